@@ -1,0 +1,33 @@
+# `make test` builds .venv from nothing and runs the suite; `make demo` runs the main job on this CPU.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo bench lint venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints-ci.txt
+	$(PYTHON) -m venv $(VENV)
+	# torch first and pinned: the CPU build of 2.13.0 is what the test machines carry (a range pulls a CUDA build).
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints-ci.txt torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints-ci.txt -e '.[tvm,triton,analysis,dev]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m pytest -q tests/benchmarks --benchmark-only -p no:randomly
+
+demo: $(STAMP)
+	$(VENV)/bin/ea-ops info
+	$(PY) -m ea_ops.demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,15 @@
+"""ea-ops: element-wise attention (G. Feng, arXiv:2501.05730) with torch, TVM and Triton backends."""
+
+from .api import ea_attention, ea_attention_exact, ea_recurrent_step
+from .errors import BackendUnavailableError
+from .state import EAState
+
+__version__ = "0.1.0"
+__all__ = [
+    "BackendUnavailableError",
+    "EAState",
+    "__version__",
+    "ea_attention",
+    "ea_attention_exact",
+    "ea_recurrent_step",
+]

@@ -1,0 +1,101 @@
+"""The public operators (SPEC section 3): validate, then dispatch to a backend."""
+
+from __future__ import annotations
+
+import torch
+
+from . import checks, dispatch
+from .exact import exact_attention
+from .state import EAState
+
+
+def ea_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    order: int = 6,
+    causal: bool = True,
+    scale: float = 1.0,
+    initial_state: EAState | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, EAState | None]:
+    """Element-wise attention with the even Taylor order ``order`` (EA-t).
+
+    Args:
+        q, k, v: ``[B, T, H, D]``, one float dtype and device (float64 on the torch backend only).
+        order: even Taylor order t of ``exp(2 x y)``.
+        causal: prefix sums (``j <= i``) or full sums.
+        scale: ``s`` in ``exp(-s (q - k)^2)``.
+        initial_state: ``EAState`` with sums ``[B, H, t+1, D]`` (``[N, ...]`` with ``cu_seqlens``); causal only.
+        output_final_state: also return the state after the last token; causal only.
+        cu_seqlens: ``[N+1]`` int offsets of N sequences packed along T (batch size 1).
+        backend: "auto", "torch", "tvm" or "triton".
+
+    Returns:
+        ``(o, final_state)``: ``o`` like ``q``; ``final_state`` is None unless ``output_final_state``.
+    """
+    checks.check_qkv(q, k, v, rank=4)
+    order = checks.check_order(order)
+    causal = checks.check_flag(causal, "causal")
+    scale = checks.check_scale(scale)
+    output_final_state = checks.check_flag(output_final_state, "output_final_state")
+    backend = checks.check_backend(backend)
+    B, T, H, D = q.shape
+    segments = None
+    if cu_seqlens is not None:
+        segments = checks.check_cu_seqlens(cu_seqlens, q)
+    if not causal and initial_state is not None:
+        raise ValueError("initial_state needs causal=True (non-causal EA has no running state)")
+    if not causal and output_final_state:
+        raise ValueError("output_final_state needs causal=True (non-causal EA has no running state)")
+    if initial_state is not None:
+        n_state = B if segments is None else len(segments)
+        checks.check_state(initial_state, "initial_state", batch=n_state, heads=H, dim=D, order=order, q=q)
+    if q.dtype == torch.float64 and backend not in ("auto", "torch"):
+        raise TypeError(f"float64 inputs run on the torch backend only, got backend={backend!r}")
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    mod = dispatch.resolve(backend, q, causal=causal, order=order, needs_grad=needs_grad)
+    return mod.attention(
+        q, k, v, order=order, causal=causal, scale=scale, initial_state=initial_state,
+        output_final_state=output_final_state, cu_seqlens=segments,
+    )
+
+
+def ea_recurrent_step(
+    q_t: torch.Tensor,
+    k_t: torch.Tensor,
+    v_t: torch.Tensor,
+    state: EAState | None,
+    order: int = 6,
+    scale: float = 1.0,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, EAState]:
+    """One decoding step of causal EA-t: ``q_t, k_t, v_t [B, H, D]`` -> ``(o_t [B, H, D], new_state)``.
+
+    ``state=None`` starts from the empty state. Cost O(t D) per token, whatever came before.
+    """
+    checks.check_qkv(q_t, k_t, v_t, rank=3)
+    order = checks.check_order(order)
+    scale = checks.check_scale(scale)
+    backend = checks.check_backend(backend)
+    B, H, D = q_t.shape
+    if state is None:
+        state = EAState.empty(B, H, D, order, device=q_t.device, dtype=checks.state_dtype(q_t.dtype))
+    else:
+        checks.check_state(state, "state", batch=B, heads=H, dim=D, order=order, q=q_t)
+    if q_t.dtype == torch.float64 and backend not in ("auto", "torch"):
+        raise TypeError(f"float64 inputs run on the torch backend only, got backend={backend!r}")
+    mod = dispatch.resolve(backend, q_t, causal=True, order=order, needs_grad=False)
+    return mod.recurrent_step(q_t, k_t, v_t, state, order=order, scale=scale)
+
+
+def ea_attention_exact(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, scale: float = 1.0
+) -> torch.Tensor:
+    """Exact EA, ``exp(-s (q_i - k_j)^2)`` weights, O(T^2): ``[B, T, H, D] -> [B, T, H, D]``."""
+    checks.check_qkv(q, k, v, rank=4)
+    causal = checks.check_flag(causal, "causal")
+    scale = checks.check_scale(scale)
+    return exact_attention(q, k, v, causal=causal, scale=scale)

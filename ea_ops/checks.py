@@ -1,0 +1,125 @@
+"""Input validation for the public operators: every bad input names the argument and what was expected."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from .state import EAState
+
+MAX_ORDER = 32
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+BACKENDS = ("auto", "torch", "tvm", "triton")
+
+
+def check_order(order: object, *, allow_odd: bool = False) -> int:
+    if isinstance(order, bool) or not isinstance(order, numbers.Integral):
+        raise TypeError(f"order must be an int, got {type(order).__name__}")
+    order = int(order)
+    if order < 0:
+        raise ValueError(f"order must be a non-negative even int, got {order}")
+    if order % 2 and not allow_odd:
+        raise ValueError(
+            f"order must be even (odd Taylor orders give negative attention weights), got {order}"
+        )
+    if order > MAX_ORDER:
+        raise ValueError(f"order must be at most {MAX_ORDER}, got {order}")
+    return order
+
+
+def check_scale(scale: object) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number, got {type(scale).__name__}")
+    scale = float(scale)
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a finite number > 0, got {scale}")
+    return scale
+
+
+def check_flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_backend(backend: object) -> str:
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def check_qkv(q: object, k: object, v: object, rank: int) -> None:
+    """q, k, v: tensors of equal shape with ``rank`` dims, one float dtype, one device."""
+    layout = "[B, T, H, D]" if rank == 4 else "[B, H, D]"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != rank:
+            raise ValueError(f"{name} must have shape {layout} ({rank} dims), got shape {tuple(t.shape)}")
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}"
+            )
+    for name, t in (("k", k), ("v", v)):
+        if t.shape != q.shape:
+            raise ValueError(f"{name} must have the shape of q {tuple(q.shape)}, got {tuple(t.shape)}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} must be on the device of q ({q.device}), got {t.device}")
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Sums accumulate in float32; float64 inputs (references, gradcheck) keep float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_state(state: object, name: str, *, batch: int, heads: int, dim: int, order: int,
+                q: torch.Tensor) -> EAState:
+    if not isinstance(state, EAState):
+        raise TypeError(f"{name} must be an ea_ops.EAState, got {type(state).__name__}")
+    want = (batch, heads, order + 1, dim)
+    for field in ("S", "Z"):
+        t = getattr(state, field)
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}.{field} must be a torch.Tensor, got {type(t).__name__}")
+        if tuple(t.shape) != want:
+            got_order = t.shape[2] - 1 if t.dim() == 4 else "?"
+            raise ValueError(
+                f"{name}.{field} must have shape [B, H, order+1, D] = {list(want)} for order={order}, "
+                f"got {list(t.shape)} (order {got_order})"
+            )
+    if not isinstance(state.m, torch.Tensor) or tuple(state.m.shape) != (batch, heads, dim):
+        shape = list(state.m.shape) if isinstance(state.m, torch.Tensor) else type(state.m).__name__
+        raise ValueError(f"{name}.m must have shape [B, H, D] = {[batch, heads, dim]}, got {shape}")
+    want_dtype = state_dtype(q.dtype)
+    for field in ("S", "Z", "m"):
+        t = getattr(state, field)
+        if t.dtype != want_dtype:
+            raise TypeError(f"{name}.{field} must be {want_dtype} for {q.dtype} inputs, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name}.{field} must be on the device of q ({q.device}), got {t.device}")
+    return state
+
+
+def check_cu_seqlens(cu_seqlens: object, q: torch.Tensor) -> list[tuple[int, int]]:
+    """Validated ``[N+1]`` offsets as a list of ``(begin, end)`` pairs."""
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must have shape [N+1] with N >= 1, got {tuple(cu_seqlens.shape)}")
+    if q.shape[0] != 1:
+        raise ValueError(f"cu_seqlens needs batch size 1 (sequences packed along T), got q batch {q.shape[0]}")
+    offsets = [int(x) for x in cu_seqlens.tolist()]
+    T = q.shape[1]
+    if offsets[0] != 0 or offsets[-1] != T:
+        raise ValueError(f"cu_seqlens must start at 0 and end at T={T}, got {offsets[0]}..{offsets[-1]}")
+    if any(b < a for a, b in zip(offsets, offsets[1:])):
+        raise ValueError("cu_seqlens must be non-decreasing")
+    return list(zip(offsets[:-1], offsets[1:]))

@@ -1,0 +1,330 @@
+"""The torch backend: chunked, stabilised EA-t with an explicit backward (the reference for every kernel).
+
+Internally every channel ``(b, h, d)`` is one row: tensors are ``[N, T]`` with ``N = B*H*D`` (or ``H*D`` per
+sequence with ``cu_seqlens``), states ``[N, t+1]`` and offsets ``[N]``. Within a chunk of ``C`` positions the
+causal sums are an explicit ``C x C`` weight matrix ``exp(m_i - y_j^2) P_t(2 x_i y_j)``; across chunks they
+go through the state. Every exponent is ``<= 0`` (``m_i`` is the running minimum of ``y^2``), so nothing
+overflows and nothing underflows to 0/0. Memory beyond the inputs is O(N T) plus O(N C^2) per chunk.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .features import features, features_grad, taylor_exp
+from .state import EAState
+
+NAME = "torch"
+EXTRA = None
+_MAX_TILE_ELEMS = 1 << 22  # N * C * C per temporary: ~16 MB in float32
+
+
+def unavailable_reason() -> str | None:
+    return None
+
+
+def supports(q: torch.Tensor, *, causal: bool, order: int, needs_grad: bool) -> str | None:
+    return None
+
+
+def prefers(q: torch.Tensor, order: int) -> bool:
+    return False
+
+
+def chunk_size(n_rows: int, T: int) -> int:
+    c = 64
+    while c > 16 and n_rows * c * c > _MAX_TILE_ELEMS:
+        c //= 2
+    return max(1, min(c, T))
+
+
+# ----------------------------------------------------------------------------------------------- layout
+def to_rows(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[B, T, H, D] -> [B*H*D, T]`` in ``dtype``."""
+    B, T, H, D = x.shape
+    return x.to(dtype).permute(0, 2, 3, 1).reshape(B * H * D, T)
+
+
+def from_rows(x: torch.Tensor, B: int, H: int, D: int) -> torch.Tensor:
+    """``[B*H*D, T] -> [B, T, H, D]``."""
+    return x.reshape(B, H, D, -1).permute(0, 3, 1, 2)
+
+
+def state_to_rows(state: EAState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, H, t1, D = state.S.shape
+    S = state.S.permute(0, 1, 3, 2).reshape(B * H * D, t1)
+    Z = state.Z.permute(0, 1, 3, 2).reshape(B * H * D, t1)
+    return S, Z, state.m.reshape(B * H * D)
+
+
+def state_from_rows(S: torch.Tensor, Z: torch.Tensor, m: torch.Tensor, B: int, H: int, D: int) -> EAState:
+    t1 = S.shape[1]
+    return EAState(
+        S.reshape(B, H, D, t1).permute(0, 1, 3, 2).contiguous(),
+        Z.reshape(B, H, D, t1).permute(0, 1, 3, 2).contiguous(),
+        m.reshape(B, H, D).contiguous(),
+    )
+
+
+# ------------------------------------------------------------------------------------- causal forward
+def _intra(x: torch.Tensor, y: torch.Tensor, mi: torch.Tensor, order: int, deriv: str | None = None):
+    """Weights within a chunk ``[N, C, C]`` (row i = query, column j = key, j <= i).
+
+    ``deriv=None``: ``exp(m_i - y_j^2) P_t(2 x_i y_j)``; ``"x"``: its derivative in ``x_i``;
+    ``"y"``: its derivative in ``y_j`` (as a function of ``exp(-y_j^2)`` too, ``m_i`` held fixed).
+    """
+    C = x.shape[1]
+    y2 = y * y
+    logits = mi[:, :, None] - y2[:, None, :]
+    mask = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
+    e = torch.exp(logits.masked_fill(~mask, -math.inf))
+    z = 2 * x[:, :, None] * y[:, None, :]
+    if deriv is None:
+        return e * taylor_exp(z, order)
+    dp = taylor_exp(z, order - 1)
+    if deriv == "x":
+        return e * (2 * y[:, None, :]) * dp
+    return e * (2 * x[:, :, None] * dp - 2 * y[:, None, :] * taylor_exp(z, order))
+
+
+def _absorb(S, Z, m, y, v, m_end, order):
+    """State after the keys ``y, v`` ``[N, C]``, rebased from ``m`` to ``m_end`` (both ``[N]``)."""
+    kf = features(y, order) * torch.exp(m_end[:, None] - y * y)[..., None]
+    r = torch.exp(m_end - m)[:, None]
+    return r * S + (kf * v[..., None]).sum(1), r * Z + kf.sum(1)
+
+
+def causal_forward(x, y, v, S, Z, m, order: int, chunk: int):
+    """Causal EA-t over rows. ``x, y, v [N, T]``; state ``S, Z [N, t+1], m [N]``.
+
+    Returns ``o [N, T]``, the stabilised denominators ``den [N, T]`` (scaled by ``exp(m_i)``) and the
+    final state.
+    """
+    N, T = x.shape
+    o = x.new_empty(N, T)
+    den = x.new_empty(N, T)
+    for s in range(0, T, chunk):
+        e = min(s + chunk, T)
+        xc, yc, vc = x[:, s:e], y[:, s:e], v[:, s:e]
+        mi = torch.minimum(torch.cummin(yc * yc, dim=1).values, m[:, None])
+        A = _intra(xc, yc, mi, order)
+        qf = features(xc, order) * torch.exp(mi - m[:, None])[..., None]
+        num = torch.bmm(A, vc[..., None]).squeeze(-1) + (qf * S[:, None, :]).sum(-1)
+        d = A.sum(-1) + (qf * Z[:, None, :]).sum(-1)
+        o[:, s:e] = num / d
+        den[:, s:e] = d
+        S, Z = _absorb(S, Z, m, yc, vc, mi[:, -1], order)
+        m = mi[:, -1]
+    return o, den, S, Z, m
+
+
+def causal_backward(x, y, v, o, den, g, S, Z, m, order: int, chunk: int):
+    """Gradients ``dx, dy, dv [N, T]`` of causal EA-t (SPEC section 1), from the saved ``o`` and ``den``.
+
+    One forward re-scan (for ``dx``, needs the prefix state) and one reverse scan (for ``dv, dy``, with
+    the suffix sums ``U = sum_i c_i f(x_i)``, ``W = sum_i c_i o_i f(x_i)``, ``c = g / den``).
+    """
+    N, T = x.shape
+    c = g / den
+    m0 = m
+    m_all = torch.minimum(torch.cummin(y * y, dim=1).values, m0[:, None])
+    dx = torch.empty_like(x)
+    dy = torch.empty_like(x)
+    dv = torch.empty_like(x)
+    bounds = [(s, min(s + chunk, T)) for s in range(0, T, chunk)]
+    for s, e in bounds:
+        xc, yc, vc = x[:, s:e], y[:, s:e], v[:, s:e]
+        mi = m_all[:, s:e]
+        B_ = _intra(xc, yc, mi, order, deriv="x")
+        dqf = features_grad(features(xc, order)) * torch.exp(mi - m[:, None])[..., None]
+        nx = torch.bmm(B_, vc[..., None]).squeeze(-1) + (dqf * S[:, None, :]).sum(-1)
+        dnx = B_.sum(-1) + (dqf * Z[:, None, :]).sum(-1)
+        dx[:, s:e] = c[:, s:e] * (nx - o[:, s:e] * dnx)
+        S, Z = _absorb(S, Z, m, yc, vc, mi[:, -1], order)
+        m = mi[:, -1]
+
+    # Reverse scan. Entering chunk [s, e), U and W hold the queries i >= e scaled by exp(m_i - m_{e-1})
+    # (<= 1, m is non-increasing); keys j < e have y_j^2 >= m_{e-1}, so exp(m_{e-1} - y_j^2) <= 1 too.
+    t1 = order + 1
+    U = x.new_zeros(N, t1)
+    W = x.new_zeros(N, t1)
+    for s, e in reversed(bounds):
+        xc, yc, vc = x[:, s:e], y[:, s:e], v[:, s:e]
+        mi, cc, oc = m_all[:, s:e], c[:, s:e], o[:, s:e]
+        ref = mi[:, -1]
+        A = _intra(xc, yc, mi, order)
+        G = _intra(xc, yc, mi, order, deriv="y")
+        gc = G.transpose(1, 2)
+        dv_c = torch.bmm(A.transpose(1, 2), cc[..., None]).squeeze(-1)
+        dy_c = vc * torch.bmm(gc, cc[..., None]).squeeze(-1) - torch.bmm(gc, (cc * oc)[..., None]).squeeze(-1)
+        kf = features(yc, order)
+        damp = torch.exp(ref[:, None] - yc * yc)[..., None]
+        dkf = (features_grad(kf) - 2 * yc[..., None] * kf) * damp
+        kf = kf * damp
+        dv_c = dv_c + (kf * U[:, None, :]).sum(-1)
+        dy_c = dy_c + vc * (dkf * U[:, None, :]).sum(-1) - (dkf * W[:, None, :]).sum(-1)
+        dv[:, s:e] = dv_c
+        dy[:, s:e] = dy_c
+        if s > 0:
+            new_ref = m_all[:, s - 1]
+            r = torch.exp(ref - new_ref)[:, None]
+            qf = features(xc, order) * torch.exp(mi - new_ref[:, None])[..., None]
+            U = r * U + (cc[..., None] * qf).sum(1)
+            W = r * W + ((cc * oc)[..., None] * qf).sum(1)
+    return dx, dy, dv
+
+
+# --------------------------------------------------------------------------------- non-causal (global)
+def global_state(y, v, order: int, chunk: int):
+    """Sums over all keys, scaled by ``exp(min y^2)``: ``S, Z [N, t+1]``, ``m [N]``."""
+    N, T = y.shape
+    m = (y * y).amin(dim=1)
+    S = y.new_zeros(N, order + 1)
+    Z = y.new_zeros(N, order + 1)
+    for s in range(0, T, chunk):
+        yc, vc = y[:, s:s + chunk], v[:, s:s + chunk]
+        kf = features(yc, order) * torch.exp(m[:, None] - yc * yc)[..., None]
+        S = S + (kf * vc[..., None]).sum(1)
+        Z = Z + kf.sum(1)
+    return S, Z, m
+
+
+def noncausal_forward(x, y, v, order: int, chunk: int):
+    N, T = x.shape
+    S, Z, m = global_state(y, v, order, chunk)
+    o = x.new_empty(N, T)
+    den = x.new_empty(N, T)
+    for s in range(0, T, chunk):
+        qf = features(x[:, s:s + chunk], order)
+        d = (qf * Z[:, None, :]).sum(-1)
+        o[:, s:s + chunk] = (qf * S[:, None, :]).sum(-1) / d
+        den[:, s:s + chunk] = d
+    return o, den
+
+
+def noncausal_backward(x, y, v, o, den, g, order: int, chunk: int):
+    N, T = x.shape
+    S, Z, m = global_state(y, v, order, chunk)
+    c = g / den
+    dx = torch.empty_like(x)
+    U = x.new_zeros(N, order + 1)
+    W = x.new_zeros(N, order + 1)
+    for s in range(0, T, chunk):
+        sl = slice(s, s + chunk)
+        qf = features(x[:, sl], order)
+        dqf = features_grad(qf)
+        dx[:, sl] = c[:, sl] * ((dqf * S[:, None, :]).sum(-1) - o[:, sl] * (dqf * Z[:, None, :]).sum(-1))
+        U = U + (c[:, sl, None] * qf).sum(1)
+        W = W + ((c[:, sl] * o[:, sl])[..., None] * qf).sum(1)
+    dy = torch.empty_like(x)
+    dv = torch.empty_like(x)
+    for s in range(0, T, chunk):
+        sl = slice(s, s + chunk)
+        yc, vc = y[:, sl], v[:, sl]
+        kf = features(yc, order)
+        damp = torch.exp(m[:, None] - yc * yc)[..., None]
+        dkf = (features_grad(kf) - 2 * yc[..., None] * kf) * damp
+        dv[:, sl] = (kf * damp * U[:, None, :]).sum(-1)
+        dy[:, sl] = vc * (dkf * U[:, None, :]).sum(-1) - (dkf * W[:, None, :]).sum(-1)
+    return dx, dy, dv
+
+
+# ------------------------------------------------------------------------------------ autograd Function
+def _segments(T: int, seg: list[tuple[int, int]] | None) -> list[tuple[int, int]]:
+    return seg if seg is not None else [(0, T)]
+
+
+class EAFunction(torch.autograd.Function):
+    """EA-t on rows ``[N, T]`` (already scaled ``x, y``), per segment, with the explicit backward.
+
+    Saves only ``x, y, v, o, den`` (``O(N T)``) and the initial states; everything else is recomputed.
+    """
+
+    @staticmethod
+    def forward(ctx, x, y, v, order, causal, segments, init, chunk):
+        N, T = x.shape
+        o = x.new_empty(N, T)
+        den = x.new_empty(N, T)
+        finals = []
+        for idx, (b, e) in enumerate(segments):
+            if causal:
+                S, Z, m = init[idx]
+                o[:, b:e], den[:, b:e], S, Z, m = causal_forward(
+                    x[:, b:e], y[:, b:e], v[:, b:e], S, Z, m, order, chunk)
+                finals.append((S, Z, m))
+            elif e > b:
+                o[:, b:e], den[:, b:e] = noncausal_forward(x[:, b:e], y[:, b:e], v[:, b:e], order, chunk)
+        ctx.save_for_backward(x, y, v, o, den)
+        ctx.meta = (order, causal, segments, init, chunk)
+        flat = [t for st in finals for t in st]
+        ctx.mark_non_differentiable(*flat)
+        return (o, *flat)
+
+    @staticmethod
+    def backward(ctx, go, *_):
+        x, y, v, o, den = ctx.saved_tensors
+        order, causal, segments, init, chunk = ctx.meta
+        dx, dy, dv = torch.zeros_like(x), torch.zeros_like(y), torch.zeros_like(v)
+        go = go.contiguous()
+        for idx, (b, e) in enumerate(segments):
+            if e == b:
+                continue
+            args = (x[:, b:e], y[:, b:e], v[:, b:e], o[:, b:e], den[:, b:e], go[:, b:e])
+            if causal:
+                grads = causal_backward(*args, *init[idx], order, chunk)
+            else:
+                grads = noncausal_backward(*args, order, chunk)
+            dx[:, b:e], dy[:, b:e], dv[:, b:e] = grads
+        return dx, dy, dv, None, None, None, None, None
+
+
+def attention(q, k, v, *, order, causal, scale, initial_state, output_final_state, cu_seqlens,
+              chunk: int | None = None):
+    """Validated inputs ``[B, T, H, D]`` -> ``(o, final_state)``. ``cu_seqlens``: list of ``(begin, end)``."""
+    B, T, H, D = q.shape
+    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    r = math.sqrt(scale)
+    x = to_rows(q, cdt) * r
+    y = to_rows(k, cdt) * r
+    vr = to_rows(v, cdt)
+    if cu_seqlens is None:
+        segments, n_state = None, B
+    else:
+        segments, n_state = cu_seqlens, len(cu_seqlens)
+    rows = (B if segments is None else 1) * H * D
+    init = []
+    if causal:
+        st = initial_state or EAState.empty(n_state, H, D, order, device=q.device, dtype=cdt)
+        if segments is None:
+            init = [state_to_rows(st)]
+        else:
+            init = [state_to_rows(EAState(st.S[i:i + 1], st.Z[i:i + 1], st.m[i:i + 1]))
+                    for i in range(n_state)]
+    segs = _segments(T, segments)
+    chunk = chunk or chunk_size(rows, T)
+    o, *flat = EAFunction.apply(x, y, vr, order, causal, segs, init, chunk)
+    out = from_rows(o, B, H, D).to(q.dtype)
+    if not output_final_state:
+        return out, None
+    finals = [state_from_rows(*flat[3 * i:3 * i + 3], 1 if segments else B, H, D) for i in range(len(segs))]
+    if len(finals) == 1:
+        return out, finals[0]
+    return out, EAState(*(torch.cat([getattr(f, n) for f in finals]) for n in ("S", "Z", "m")))
+
+
+def recurrent_step(q, k, v, state, *, order, scale):
+    """One token ``[B, H, D]`` -> ``(o [B, H, D], new state)``."""
+    cdt = state.S.dtype
+    r = math.sqrt(scale)
+    x, y, vv = q.to(cdt) * r, k.to(cdt) * r, v.to(cdt)
+    y2 = y * y
+    m_new = torch.minimum(state.m, y2)
+    kf = features(y, order) * torch.exp(m_new - y2)[..., None]  # [B, H, D, t+1]
+    decay = torch.exp(m_new - state.m)[:, :, None, :]
+    S = decay * state.S + (kf * vv[..., None]).transpose(-1, -2)
+    Z = decay * state.Z + kf.transpose(-1, -2)
+    qf = features(x, order).transpose(-1, -2)  # [B, H, t+1, D]
+    o = (qf * S).sum(2) / (qf * Z).sum(2)
+    return o.to(q.dtype), EAState(S, Z, m_new)
