@@ -1,0 +1,214 @@
+"""Tuned records: JSON data that tuners write and the runtime reads (DESIGN.md "Records").
+
+Layout: ``<root>/<backend>/<fingerprint>/records.json`` holding ``{"schema_version": 1, "records": [...]}``;
+a backend may keep more files in the same folder (TVM: its MetaSchedule JSON database). Roots, searched in
+order: the user cache (``$EA_OPS_CACHE_DIR``, default ``~/.cache/ea-ops``) and the shipped
+``autotune_cache/`` (``$EA_OPS_SHIPPED_CACHE`` overrides it). Records are data only: parsed with ``json``,
+validated field by field, never unpickled or executed. A bad file is skipped with one warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+RECORDS_FILE = "records.json"
+_KERNELS = ("forward", "backward", "step")
+_DTYPES = ("float32", "bfloat16", "float16")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_warned: set[str] = set()
+
+
+class RecordError(ValueError):
+    """A record or records file that does not match the schema."""
+
+
+def user_cache_dir() -> Path:
+    return Path(os.environ.get("EA_OPS_CACHE_DIR") or Path.home() / ".cache" / "ea-ops")
+
+
+def shipped_dir() -> Path:
+    env = os.environ.get("EA_OPS_SHIPPED_CACHE")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "autotune_cache"
+
+
+def record_dirs(backend: str, fingerprint: str) -> list[Path]:
+    """Folders that may hold records for this backend and target, user cache first."""
+    check_name(backend, "backend")
+    check_name(fingerprint, "fingerprint")
+    return [root / backend / fingerprint for root in (user_cache_dir(), shipped_dir())]
+
+
+def check_name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not _SAFE_NAME.match(value) or value in (".", ".."):
+        raise RecordError(f"{what} must be a plain name of letters, digits, '.', '_' or '-', got {value!r}")
+    return value
+
+
+def _require(d: dict, key: str, types: type | tuple[type, ...], where: str) -> Any:
+    if key not in d:
+        raise RecordError(f"{where}: missing field {key!r}")
+    val = d[key]
+    if not isinstance(val, types) or isinstance(val, bool) and bool not in (
+        types if isinstance(types, tuple) else (types,)
+    ):
+        raise RecordError(f"{where}: field {key!r} has type {type(val).__name__}")
+    return val
+
+
+def _json_scalar_tree(value: Any, where: str, depth: int = 0) -> None:
+    if depth > 8:
+        raise RecordError(f"{where}: nested too deeply")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise RecordError(f"{where}: non-string key {k!r}")
+            _json_scalar_tree(v, where, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _json_scalar_tree(v, where, depth + 1)
+    elif not (value is None or isinstance(value, (str, int, float, bool))):
+        raise RecordError(f"{where}: value of type {type(value).__name__}")
+
+
+def validate_record(rec: object, *, backend: str | None = None, fingerprint: str | None = None) -> dict:
+    """Check one record against the schema; returns it, or raises RecordError saying what is wrong."""
+    if not isinstance(rec, dict):
+        raise RecordError(f"record must be an object, got {type(rec).__name__}")
+    where = "record"
+    ver = _require(rec, "schema_version", int, where)
+    if ver != SCHEMA_VERSION:
+        raise RecordError(f"{where}: schema_version {ver}, expected {SCHEMA_VERSION}")
+    b = check_name(_require(rec, "backend", str, where), "backend")
+    fp = check_name(_require(rec, "fingerprint", str, where), "fingerprint")
+    if backend is not None and b != backend:
+        raise RecordError(f"{where}: backend {b!r}, expected {backend!r}")
+    if fingerprint is not None and fp != fingerprint:
+        raise RecordError(f"{where}: fingerprint {fp!r} is another target than {fingerprint!r}")
+    _require(rec, "target", dict, where)
+    kernel = _require(rec, "kernel", dict, where)
+    name = _require(kernel, "name", str, "record.kernel")
+    if name not in _KERNELS:
+        raise RecordError(f"record.kernel: name {name!r} not in {_KERNELS}")
+    _require(kernel, "causal", bool, "record.kernel")
+    order = _require(kernel, "order", int, "record.kernel")
+    if order < 0 or order % 2:
+        raise RecordError(f"record.kernel: order {order} is not a non-negative even int")
+    dtype = _require(kernel, "dtype", str, "record.kernel")
+    if dtype not in _DTYPES:
+        raise RecordError(f"record.kernel: dtype {dtype!r} not in {_DTYPES}")
+    _require(rec, "workload", dict, where)
+    _require(rec, "config", dict, where)
+    lat = _require(rec, "latency_us", dict, where)
+    for key in ("chosen", "default"):
+        val = lat.get(key)
+        if val is not None and (not isinstance(val, (int, float)) or isinstance(val, bool) or val < 0):
+            raise RecordError(f"record.latency_us: {key} must be a non-negative number or null")
+    _require(rec, "versions", dict, where)
+    for key in ("target", "workload", "config", "versions"):
+        _json_scalar_tree(rec[key], f"record.{key}")
+    return rec
+
+
+def _warn_once(path: Path, why: str) -> None:
+    key = f"{path}:{why}"
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"ea-ops: skipping tuned records in {path}: {why}", RuntimeWarning, stacklevel=3)
+
+
+def read_records_file(path: Path, *, backend: str, fingerprint: str) -> list[dict]:
+    """Valid records of one file; a malformed file or record is skipped with one warning."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        _warn_once(path, f"not readable JSON ({exc})")
+        return []
+    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+        _warn_once(path, f"not a schema_version {SCHEMA_VERSION} records file")
+        return []
+    recs = data.get("records")
+    if not isinstance(recs, list):
+        _warn_once(path, "field 'records' is not a list")
+        return []
+    good = []
+    for rec in recs:
+        try:
+            good.append(validate_record(rec, backend=backend, fingerprint=fingerprint))
+        except RecordError as exc:
+            _warn_once(path, str(exc))
+    return good
+
+
+def load_records(backend: str, fingerprint: str) -> list[dict]:
+    """All valid records for this backend and target: user cache first, then shipped."""
+    out: list[dict] = []
+    for d in record_dirs(backend, fingerprint):
+        out.extend(read_records_file(d / RECORDS_FILE, backend=backend, fingerprint=fingerprint))
+    return out
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers see old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` (a ``.lock`` file), so concurrent tuners merge rather than clobber."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _same_slot(a: dict, b: dict) -> bool:
+    return a["kernel"] == b["kernel"] and a["workload"] == b["workload"]
+
+
+def add_records(folder: Path, new: list[dict]) -> Path:
+    """Validate ``new`` and merge it into ``folder/records.json`` (a newer record replaces the same slot)."""
+    folder = Path(folder)
+    for rec in new:
+        validate_record(rec)
+    with locked(folder):
+        path = folder / RECORDS_FILE
+        old: list[dict] = []
+        if path.exists() and new:
+            old = read_records_file(path, backend=new[0]["backend"], fingerprint=new[0]["fingerprint"])
+        kept = [r for r in old if not any(_same_slot(r, n) for n in new)]
+        atomic_write_json(path, {"schema_version": SCHEMA_VERSION, "records": kept + new})
+    return path

@@ -1,0 +1,30 @@
+"""``ea-ops compile``: build kernels for a target (also cross-target) and export them with a manifest."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from .cli_tune import parse_orders
+
+_RUNNERS = {"tvm": "schedules.tvm.compile_cli", "triton": "schedules.triton.compile_cli"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ea-ops compile", description=__doc__)
+    ap.add_argument("--backend", choices=sorted(_RUNNERS), required=True)
+    ap.add_argument("--target", required=True, help="cpu | cuda:sm_80 | cuda:sm_90 ...")
+    ap.add_argument("--out", required=True, help="output folder (created)")
+    ap.add_argument("--orders", default="6", help="comma-separated even orders")
+    ap.add_argument("--dtypes", default="float32", help="comma-separated: float32,bfloat16,float16")
+    return ap
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    args.orders = parse_orders(args.orders)
+    args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    bad = [d for d in args.dtypes if d not in ("float32", "bfloat16", "float16")]
+    if bad or not args.dtypes:
+        raise SystemExit(f"--dtypes must be among float32,bfloat16,float16, got {args.dtypes}")
+    return int(importlib.import_module(_RUNNERS[args.backend]).run(args) or 0)
