@@ -27,7 +27,7 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/ea-ops info
-	$(PY) -m ea_ops.demo
+	$(PY) examples/basic.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

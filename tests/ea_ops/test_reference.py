@@ -1,0 +1,53 @@
+"""The torch backend and the exact reference against the literal float64 formulas (ea_ops.naive)."""
+
+import pytest
+import torch
+
+import ea_ops
+from ea_ops import torch_backend
+from ea_ops.naive import naive_attention
+from tests.helpers import qkv, rel_err
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("order", [0, 2, 4, 6, 8, 12, 16])
+@pytest.mark.parametrize("chunk", [5, 64])
+def test_taylor_matches_naive(causal, order, chunk):
+    q, k, v = qkv((2, 37, 3, 4), seed=order)
+    o, _ = torch_backend.attention(q, k, v, order=order, causal=causal, scale=0.8, initial_state=None,
+                                   output_final_state=False, cu_seqlens=None, chunk=chunk)
+    ref = naive_attention(q, k, v, order=order, causal=causal, scale=0.8)
+    assert rel_err(o, ref) < 1e-12
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("scale", [0.3, 1.0, 2.5])
+def test_exact_matches_naive(causal, scale):
+    q, k, v = qkv((2, 300, 2, 3), seed=1)
+    o = ea_ops.ea_attention_exact(q, k, v, causal=causal, scale=scale)
+    ref = naive_attention(q, k, v, order=None, causal=causal, scale=scale)
+    assert rel_err(o, ref) < 1e-12
+
+
+def test_exact_far_apart_inputs_stay_finite():
+    # exp(-(q-k)^2) underflows for |q-k| > ~27 even in float64; the row-max shift keeps the ratio.
+    q, k, v = qkv((1, 16, 1, 2), seed=2)
+    o = ea_ops.ea_attention_exact(q, k + 40.0, v)
+    assert torch.isfinite(o).all()
+    assert (o >= v.cummin(1).values - 1e-12).all() and (o <= v.cummax(1).values + 1e-12).all()
+
+
+def test_high_order_converges_to_exact():
+    q, k, v = qkv((1, 64, 2, 4), scale_q=0.5, scale_k=0.5, seed=3)
+    exact = ea_ops.ea_attention_exact(q, k, v)
+    errs = [rel_err(ea_ops.ea_attention(q, k, v, order=t)[0], exact) for t in (2, 6, 12, 20, 28)]
+    assert all(b < a for a, b in zip(errs, errs[1:])), errs
+    assert errs[-1] < 1e-14  # at t = 28 only float64 rounding is left
+
+
+def test_torch_backend_writes_every_output():
+    # Poison: the rows layout buffer is filled by chunks; any chunk left unwritten would stay NaN.
+    q, k, v = qkv((1, 131, 1, 3), seed=4)
+    for causal in (True, False):
+        o, _ = ea_ops.ea_attention(q, k, v, order=4, causal=causal, backend="torch")
+        assert torch.isfinite(o).all()

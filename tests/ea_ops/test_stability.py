@@ -1,0 +1,52 @@
+"""Stabilisation and dtypes: large keys stay finite and exact, half inputs accumulate in float32."""
+
+import pytest
+import torch
+
+import ea_ops
+from ea_ops.naive import naive_attention
+from tests.helpers import qkv, rel_err
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_keys_near_12_float32_equal_float64_math(causal, sign):
+    # exp(-144) = 3e-63 is zero in float32: unstabilised sums would give 0/0.
+    q, k, v = qkv((2, 200, 2, 4), scale_q=0.5, scale_k=0.3, shift_k=12.0 * sign, seed=1)
+    o32, _ = ea_ops.ea_attention(q.float(), (k * sign * sign).float(), v.float(), order=6, causal=causal)
+    ref = naive_attention(q, k, v, order=6, causal=causal)  # float64 has the range for exp(-150)
+    assert torch.isfinite(o32).all()
+    assert rel_err(o32, ref) < 1e-5
+
+
+def test_decreasing_keys_rescale_the_state():
+    # The running minimum of y^2 drops at every step: the stored sums must be rebased each time.
+    T = 60
+    k = torch.linspace(13.0, 0.0, T, dtype=torch.float64).reshape(1, T, 1, 1)
+    q = torch.zeros_like(k) + 0.2
+    v = torch.randn(1, T, 1, 1, dtype=torch.float64)
+    o32, st = ea_ops.ea_attention(q.float(), k.float(), v.float(), order=8, output_final_state=True)
+    ref = naive_attention(q, k, v, order=8)
+    assert torch.isfinite(o32).all() and rel_err(o32, ref) < 1e-5
+    assert st.m.item() == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("causal", [True, False])
+def test_half_inputs_accumulate_in_float32(dtype, causal):
+    q, k, v = qkv((1, 3000, 1, 4), dtype=dtype, seed=2)
+    o, st = ea_ops.ea_attention(q, k, v, order=6, causal=causal, output_final_state=causal)
+    assert o.dtype == dtype
+    ref = naive_attention(q.double(), k.double(), v.double(), order=6, causal=causal)
+    # Only the final rounding to the half dtype remains (fp16: 2^-11, bf16: 2^-8), not 3000 additions.
+    tol = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    assert rel_err(o, ref) < tol
+    if causal:
+        assert st.S.dtype == torch.float32 and st.Z[0, 0, 0].min() > 256  # a bf16 sum would stall at 256
+
+
+def test_float32_state_for_float32_inputs_float64_for_float64():
+    for dt, sdt in ((torch.float32, torch.float32), (torch.float64, torch.float64)):
+        q, k, v = qkv((1, 5, 1, 2), dtype=dt)
+        _, st = ea_ops.ea_attention(q, k, v, order=2, output_final_state=True)
+        assert st.S.dtype == st.Z.dtype == st.m.dtype == sdt
