@@ -1,0 +1,31 @@
+"""The Taylor path never forms an O(T^2) tensor: every intermediate stays O(B*T*H*D)."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import ea_ops
+
+
+class LargestTensor(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_no_quadratic_intermediates(causal):
+    B, T, H, D, order = 1, 4096, 1, 2, 6
+    q, k, v = (torch.randn(B, T, H, D, requires_grad=True) for _ in range(3))
+    with LargestTensor() as mode:
+        o, _ = ea_ops.ea_attention(q, k, v, order=order, causal=causal, backend="torch")
+        o.sum().backward()
+    # Chunk-local C x C weights (C <= 64) and [N, C, t+1] features; a T x T tensor would be 8M elements.
+    assert mode.largest <= 64 * B * T * H * D, mode.largest
