@@ -48,16 +48,19 @@ def test_gradcheck_with_state_and_varlen():
 
 def test_large_keys_gradients_match_float64():
     # Keys near |k| = 12: exp(-k^2) underflows float32, the stabilised backward must not.
-    q, k, v = qkv((1, 40, 2, 3), scale_q=0.3, scale_k=0.3, shift_k=12.0, seed=7)
-    g = torch.randn_like(q)
+    # Both runs see the same float32-representable inputs, so only the kernels' rounding differs.
+    q, k, v, g = (t.float().double() for t in (*qkv((1, 40, 2, 3), scale_q=0.3, scale_k=0.3, shift_k=12.0,
+                                                     seed=7), torch.randn(1, 40, 2, 3, dtype=torch.float64)))
     grads = {}
     for dt in (torch.float32, torch.float64):
         ins = [t.to(dt).requires_grad_() for t in (q, k, v)]
         o, _ = ea_ops.ea_attention(*ins, order=6)
         grads[dt] = torch.autograd.grad(o, ins, g.to(dt))
-    for a, b in zip(grads[torch.float32], grads[torch.float64]):
-        assert torch.isfinite(a).all()
-        assert rel_err(a, b) < 1e-4
+    # dq = sum_j w_ij 2 y_j (v_j - o_i) cancels its y ~ 12 part (sum_j w_ij (v_j - o_i) = 0), leaving the
+    # spread 0.3: float32 loses a factor |k| / spread(k) = 40 there, and nowhere else.
+    for name, a, b, tol in zip("qkv", grads[torch.float32], grads[torch.float64], (1e-3, 2e-5, 2e-5)):
+        assert torch.isfinite(a).all(), name
+        assert rel_err(a, b) < tol, name
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
