@@ -1,0 +1,95 @@
+"""``backend="tvm"``: the dispatch interface of ``ea_ops.dispatch`` over the TVM kernels.
+
+Importing this module does not import TVM (``backend="auto"`` asks ``prefers`` on every call): TVM is
+imported when a kernel is first built. CPU tensors run on LLVM code for this CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from ..state import EAState
+from . import tuned
+from .target import cpu_fingerprint
+
+NAME = "tvm"
+EXTRA = "tvm"
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+_MAX_ELEMS = 2**31 - 1  # the kernels index with int32
+
+
+def unavailable_reason() -> str | None:
+    for mod in ("tvm", "tvm_ffi"):
+        try:
+            found = importlib.util.find_spec(mod) is not None
+        except (ImportError, ValueError) as exc:
+            return f"{mod} cannot be imported ({exc})"
+        if not found:
+            return f"{mod} is not installed"
+    return None
+
+
+def supports(q: torch.Tensor, *, causal: bool, order: int, needs_grad: bool) -> str | None:
+    if q.device.type != "cpu":
+        return f"the TVM backend runs CPU tensors in this build (got {q.device.type}); " \
+               "CUDA kernels are exported with `ea-ops compile --backend tvm --target cuda:sm_90`"
+    if q.dtype not in _FLOATS:
+        return f"dtype {q.dtype} (the TVM kernels take float32, bfloat16, float16)"
+    if q.numel() > _MAX_ELEMS or q.dim() == 4 and q.shape[0] * q.shape[2] * (order + 1) * q.shape[3] > _MAX_ELEMS:
+        return "tensors above 2^31 elements (the kernels index with int32)"
+    return None
+
+
+def prefers(q: torch.Tensor, order: int) -> bool:
+    """On CPU, only when a tuned forward record exists for this target, order, dtype, H and D."""
+    if q.device.type != "cpu" or q.dtype not in _FLOATS or q.dim() not in (3, 4):
+        return False
+    H, D = q.shape[-2], q.shape[-1]
+    dtype = str(q.dtype).removeprefix("torch.")
+    try:
+        return tuned.has_forward_record(order, dtype, H, D)
+    except Exception:  # a broken cache must never break "auto"; load_records already warned
+        return False
+
+
+def attention(q, k, v, *, order, causal, scale, initial_state, output_final_state, cu_seqlens):
+    from .ops import forward_op
+
+    B, T, H, D = q.shape
+    offsets: list[int] = []
+    if cu_seqlens is not None:
+        offsets = [cu_seqlens[0][0]] + [e for _, e in cu_seqlens]
+    if causal:
+        n = B if cu_seqlens is None else len(cu_seqlens)
+        st = initial_state or EAState.empty(n, H, D, order, device=q.device)
+        S0, Z0, M0 = st.S, st.Z, st.m
+    else:
+        S0, Z0, M0 = (q.new_empty(0, dtype=torch.float32) for _ in range(3))
+    o, S, Z, M = forward_op(q, k, v, S0, Z0, M0, order, causal, float(scale), offsets)
+    if not output_final_state:
+        return o, None
+    return o, EAState(S, Z, M)
+
+
+def recurrent_step(q, k, v, state, *, order, scale):
+    from .ops import step_impl
+
+    o, S, Z, M = step_impl(q, k, v, state.S, state.Z, state.m, order, float(scale))
+    return o, EAState(S, Z, M)
+
+
+def describe() -> dict:
+    """Target fingerprint, records found for it, and kernels built in this process."""
+    from . import build
+    from .target import describe_cpu
+
+    out = describe_cpu()
+    recs = tuned.load(cpu_fingerprint())
+    out["records"] = len(recs)
+    out["tuned"] = sorted({f"{r['kernel']['name']}/{'causal' if r['kernel']['causal'] else 'full'}"
+                           f"/t{r['kernel']['order']}/{r['kernel']['dtype']}/H{r['workload'].get('H')}"
+                           f"xD{r['workload'].get('D')}" for r in recs})
+    out["built_in_process"] = build.cached_count()
+    return out

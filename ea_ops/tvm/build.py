@@ -1,0 +1,100 @@
+"""Compiled kernels, built once per process and configuration (symbolic ``B`` and ``T``).
+
+``kernel_for(...)`` picks the configuration (a tuned record for this target and workload, else the
+default schedule), builds the module with LLVM for this CPU on first use and keeps it in a
+process-wide cache; later calls with any ``B`` and ``T`` reuse it. Compiled code is never written to or
+loaded from disk here (records are data only).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import tuned
+from .target import cpu_fingerprint
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A built kernel: ``fn(*tensors, r)`` plus where its schedule came from."""
+
+    fn: Any = field(repr=False)
+    lib: Any = field(repr=False)
+    kernel: str
+    config: dict
+    source: str  # "record" or "default"
+    build_s: float
+
+
+_modules: dict[tuple, Compiled] = {}
+_fast: dict[tuple, Compiled] = {}
+_lock = threading.Lock()
+BUILD_LOG: list[tuple] = []  # (key, seconds) of every build in this process, for tests and `describe`
+
+
+def _freeze(cfg: dict) -> tuple:
+    return tuple(sorted(cfg.items()))
+
+
+def choose_cpu_config(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, T: int):
+    """``(config, source)``: the nearest valid tuned record's knobs, else the default schedule."""
+    from .schedule import ScheduleError, default_cpu_config, validate_cpu_config
+
+    for rec in tuned.candidates(kernel, causal, order, dtype, H, D, T):
+        try:
+            return validate_cpu_config(rec["config"], H, D), "record"
+        except ScheduleError as exc:
+            tuned.warn_once(f"{rec['fingerprint']}:{rec['kernel']}:{rec['workload']}",
+                            f"ea-ops: skipping a tuned TVM record for {rec['kernel']}: {exc}")
+    return default_cpu_config(kernel, H, D), "default"
+
+
+def build_cpu(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, cfg: dict):
+    """The compiled runtime module of one kernel under one CPU config (no caching)."""
+    import tvm
+
+    from . import kernels, schedule
+    from .target import cpu_target
+
+    func = kernels.build_func(kernel, order, dtype, causal, H, D)
+    mod = schedule.schedule_cpu(func, kernel, causal, cfg)
+    return tvm.compile(mod, target=cpu_target())
+
+
+def kernel_for(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, T: int,
+               config: dict | None = None) -> Compiled:
+    """The compiled CPU kernel for this call (built on first use, then cached in the process)."""
+    import time
+
+    if kernel == "step":
+        causal = True
+    stamp = tuned._stamp(cpu_fingerprint()) if config is None else None
+    fast_key = (kernel, causal, order, dtype, H, D, tuned.t_bucket(T), stamp,
+                None if config is None else _freeze(config))
+    hit = _fast.get(fast_key)
+    if hit is not None:
+        return hit
+    if config is None:
+        cfg, source = choose_cpu_config(kernel, causal, order, dtype, H, D, T)
+    else:
+        from .schedule import validate_cpu_config
+
+        cfg, source = validate_cpu_config(config, H, D), "given"
+    key = (kernel, causal, order, dtype, H, D, _freeze(cfg))
+    with _lock:
+        comp = _modules.get(key)
+        if comp is None:
+            t0 = time.perf_counter()
+            lib = build_cpu(kernel, causal, order, dtype, H, D, cfg)
+            dt = time.perf_counter() - t0
+            comp = Compiled(lib["main"], lib, kernel, cfg, source, dt)
+            _modules[key] = comp
+            BUILD_LOG.append((key, dt))
+        _fast[fast_key] = comp
+    return comp
+
+
+def cached_count() -> int:
+    return len(_modules)

@@ -1,0 +1,264 @@
+"""EA-t kernels for CPUs as TIR (TVM s_tir PrimFuncs), generated per (kernel, order, dtype, H, D).
+
+Layout is the public one, ``[B, T, H, D]`` (zero copy with torch), with ``B`` and ``T`` symbolic and ``H, D``
+static; state tensors ``S, Z [B, H, t+1, D]`` and ``m [B, H, D]`` follow ``ea_ops.state.EAState``.
+
+Form ("channel vector"): every block iterates over ``(b, h, t, d)`` with all four axes declared spatial.
+The running state lives in the state buffers and is deliberately left out of the block's reads and
+writes: declared honestly, TVM sees the scan dependence and refuses to parallelise over channels or
+vectorise over ``d`` (FINDINGS.md). The price: TVM does not know that ``t`` must run in order, so every
+schedule must keep the time loop serial and ascending (``schedule.check_time_loops`` enforces it and the
+tests check every schedule the tuner can produce).
+
+Kernels and their arguments (``r = sqrt(scale)``; state buffers are updated in place: the caller passes
+a copy of the initial state and receives the final one):
+
+- ``forward`` causal:     ``q, k, v, o, S, Z, M, r``
+- ``forward`` non-causal: ``q, k, v, o, S, Z, M, r`` (``S, Z, M`` scratch holding the empty state)
+- ``backward`` causal:    ``q, k, v, g, S, Z, M, C, CO, MM, U, W, MN, dq, dk, dv, r``
+  (``C = g/den``, ``CO = C o``, ``MM`` the running minimum per position: ``[B, T, H, D]`` float32
+  scratch; ``U, W`` zeros and ``MN = -inf``: the reverse scan's state)
+- ``backward`` non-causal: ``q, k, v, g, S, Z, M, U, W, dq, dk, dv, r``
+The recurrent step is the causal forward at ``T = 1``. bfloat16 tensors are passed as int16 views
+(``tir_math.storage_dtype``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from . import tir_math as tm
+from .tir_math import F32, StateRef, let
+
+KERNELS = ("forward", "backward", "step")
+DTYPES = ("float32", "bfloat16", "float16")
+
+# Block names per kernel: every one loops over (b, h, t, d) and must keep t serial and ascending.
+SCAN_BLOCKS = {
+    ("forward", True): ("scan",),
+    ("forward", False): ("scan", "out"),
+    ("backward", True): ("rescan", "reverse"),
+    ("backward", False): ("scan", "gradx", "gradkv"),
+}
+
+
+class _Sig:
+    """The symbolic shape and the buffers of one PrimFunc under construction."""
+
+    def __init__(self, H: int, D: int, order: int):
+        self.B = T.int32()
+        self.T = T.int32()
+        IRBuilder.name("B", self.B)
+        IRBuilder.name("T", self.T)
+        self.H, self.D, self.t1 = H, D, order + 1
+        self.bufs: dict[str, tirx.Buffer] = {}
+
+    def buffer(self, name: str, kind: str, dtype: str = F32) -> tirx.Buffer:
+        shape = {
+            "seq": (self.B, self.T, self.H, self.D),
+            "state": (self.B, self.H, self.t1, self.D),
+            "m": (self.B, self.H, self.D),
+        }[kind]
+        handle = T.arg(name, T.handle())
+        # align = element size: torch views (cu_seqlens segments) start anywhere.
+        buf = T.match_buffer(handle, shape, tm.storage_dtype(dtype), align=tirx_dtype_bytes(dtype),
+                             offset_factor=1)
+        IRBuilder.name(name, buf)
+        self.bufs[name] = buf
+        return buf
+
+    def scalar(self, name: str):
+        var = T.arg(name, T.float32())
+        IRBuilder.name(name, var)
+        return var
+
+
+def tirx_dtype_bytes(dtype: str) -> int:
+    return 4 if dtype == "float32" else 2
+
+
+def _state_ref(S, Z, M, b, h, d) -> StateRef:
+    bufs = {"S": S, "Z": Z}
+    return StateRef(
+        load=lambda w, n: bufs[w][b, h, n, d],
+        store=lambda w, n, val: T.buffer_store(bufs[w], val, [b, h, n, d]),
+        load_m=lambda: M[b, h, d],
+        store_m=lambda val: T.buffer_store(M, val, [b, h, d]),
+    )
+
+
+def _time_block(sig: _Sig, name: str, reads: list, writes: list, body: Callable, reverse: bool = False):
+    """A block over ``(b, h, t, d)``; ``body(b, h, pos, d)`` with ``pos = t`` or ``T-1-t`` (reverse)."""
+    with T.grid(sig.B, sig.H, sig.T, sig.D) as (b, h, t, d):
+        with T.sblock(name):
+            vb = T.axis.spatial(sig.B, b)
+            vh = T.axis.spatial(sig.H, h)
+            vt = T.axis.spatial(sig.T, t)
+            vd = T.axis.spatial(sig.D, d)
+            pos = sig.T - 1 - vt if reverse else vt
+            T.reads(*[buf[vb, pos, vh, vd] for buf in reads])
+            T.writes(*[buf[vb, pos, vh, vd] for buf in writes])
+            body(vb, vh, pos, vd)
+
+
+def _load(buf, b, t, h, d):
+    return tm.to_f32(buf[b, t, h, d], buf.dtype)
+
+
+def _store(buf, val, b, t, h, d):
+    T.buffer_store(buf, tm.from_f32(val, buf.dtype), [b, t, h, d])
+
+
+def _finish(ib: IRBuilder) -> tirx.PrimFunc:
+    return ib.get()
+
+
+def forward(order: int, dtype: str, causal: bool, H: int, D: int) -> tirx.PrimFunc:
+    """The forward kernel (see the module docstring for its arguments)."""
+    with IRBuilder() as ib:
+        with T.prim_func(s_tir=True):
+            T.func_name("main")
+            T.func_attr({"tirx.noalias": True})
+            sig = _Sig(H, D, order)
+            q, k, v, o = (sig.buffer(n, "seq", dtype) for n in ("q", "k", "v", "o"))
+            S, Z = sig.buffer("S", "state"), sig.buffer("Z", "state")
+            M = sig.buffer("M", "m")
+            r = sig.scalar("r")
+
+            def scan(b, h, t, d):
+                y = let("y", _load(k, b, t, h, d) * r)
+                vv = let("v", _load(v, b, t, h, d))
+                s_new, z_new, _ = tm.scan_step(_state_ref(S, Z, M, b, h, d), y, vv, order)
+                if causal:
+                    x = let("x", _load(q, b, t, h, d) * r)
+                    out, _, _ = tm.output(x, s_new, z_new, order)
+                    _store(o, out, b, t, h, d)
+
+            if causal:
+                _time_block(sig, "scan", [q, k, v], [o], scan)
+            else:
+                _time_block(sig, "scan", [k, v], [], scan)
+
+                def out_block(b, h, t, d):
+                    Sn, Zn = tm.load_state(_state_ref(S, Z, M, b, h, d), order)
+                    x = let("x", _load(q, b, t, h, d) * r)
+                    _store(o, tm.output(x, Sn, Zn, order)[0], b, t, h, d)
+
+                _time_block(sig, "out", [q], [o], out_block)
+    return _finish(ib)
+
+
+def backward(order: int, dtype: str, causal: bool, H: int, D: int) -> tirx.PrimFunc:
+    """The backward kernel: a forward re-scan (``dq``) and a reverse scan (``dk, dv``), SPEC gradients."""
+    with IRBuilder() as ib:
+        with T.prim_func(s_tir=True):
+            T.func_name("main")
+            T.func_attr({"tirx.noalias": True})
+            sig = _Sig(H, D, order)
+            q, k, v, g = (sig.buffer(n, "seq", dtype) for n in ("q", "k", "v", "g"))
+            S, Z = sig.buffer("S", "state"), sig.buffer("Z", "state")
+            M = sig.buffer("M", "m")
+            if causal:
+                C, CO, MM = (sig.buffer(n, "seq") for n in ("C", "CO", "MM"))
+            U, W = sig.buffer("U", "state"), sig.buffer("W", "state")
+            if causal:
+                MN = sig.buffer("MN", "m")
+            dq, dk, dv = (sig.buffer(n, "seq", dtype) for n in ("dq", "dk", "dv"))
+            r = sig.scalar("r")
+            t1 = order + 1
+
+            def uw_ref(b, h, d):
+                return {"U": lambda n: U[b, h, n, d], "W": lambda n: W[b, h, n, d]}
+
+            if causal:
+                def rescan(b, h, t, d):
+                    y = let("y", _load(k, b, t, h, d) * r)
+                    vv = let("v", _load(v, b, t, h, d))
+                    s_new, z_new, m_new = tm.scan_step(_state_ref(S, Z, M, b, h, d), y, vv, order)
+                    x = let("x", _load(q, b, t, h, d) * r)
+                    out, den, gx = tm.output(x, s_new, z_new, order)
+                    c = let("c", _load(g, b, t, h, d) / den)
+                    _store(dq, tm.grad_x(gx, s_new, z_new, out, c) * r, b, t, h, d)
+                    T.buffer_store(C, c, [b, t, h, d])
+                    T.buffer_store(CO, c * out, [b, t, h, d])
+                    T.buffer_store(MM, m_new, [b, t, h, d])
+
+                _time_block(sig, "rescan", [q, k, v, g], [dq, C, CO, MM], rescan)
+
+                def reverse(b, h, t, d):
+                    mj = let("mj", MM[b, t, h, d])
+                    # m is non-increasing in t, so mn - mj <= 0; MN starts at -inf (a = 0, U = W = 0).
+                    a = tm.exp_neg(MN[b, h, d] - mj, "a")
+                    T.buffer_store(MN, mj, [b, h, d])
+                    x = let("x", _load(q, b, t, h, d) * r)
+                    gx = tm.steps(x, order, "gx")
+                    cf = tm.chain(let("c", C[b, t, h, d]), gx, "cf")
+                    cof = tm.chain(let("co", CO[b, t, h, d]), gx, "cof")
+                    Un, Wn = [], []
+                    for n in range(t1):
+                        u_n = let(f"U{n}", U[b, h, n, d] * a + cf[n])
+                        w_n = let(f"W{n}", W[b, h, n, d] * a + cof[n])
+                        T.buffer_store(U, u_n, [b, h, n, d])
+                        T.buffer_store(W, w_n, [b, h, n, d])
+                        Un.append(u_n)
+                        Wn.append(w_n)
+                    y = let("y", _load(k, b, t, h, d) * r)
+                    vv = let("v", _load(v, b, t, h, d))
+                    e = tm.exp_neg(mj - y * y, "ek")
+                    dy, dvv = tm.grad_key(y, vv, e, Un, Wn, order)
+                    _store(dk, dy * r, b, t, h, d)
+                    _store(dv, dvv, b, t, h, d)
+
+                _time_block(sig, "reverse", [q, k, v, C, CO, MM], [dk, dv], reverse, reverse=True)
+            else:
+                def scan(b, h, t, d):
+                    y = let("y", _load(k, b, t, h, d) * r)
+                    vv = let("v", _load(v, b, t, h, d))
+                    tm.scan_step(_state_ref(S, Z, M, b, h, d), y, vv, order)
+
+                _time_block(sig, "scan", [k, v], [], scan)
+
+                def gradx(b, h, t, d):
+                    Sn, Zn = tm.load_state(_state_ref(S, Z, M, b, h, d), order)
+                    x = let("x", _load(q, b, t, h, d) * r)
+                    out, den, gx = tm.output(x, Sn, Zn, order)
+                    c = let("c", _load(g, b, t, h, d) / den)
+                    _store(dq, tm.grad_x(gx, Sn, Zn, out, c) * r, b, t, h, d)
+                    cf = tm.chain(c, gx, "cf")
+                    cof = tm.chain(let("co", c * out), gx, "cof")
+                    for n in range(t1):
+                        T.buffer_store(U, U[b, h, n, d] + cf[n], [b, h, n, d])
+                        T.buffer_store(W, W[b, h, n, d] + cof[n], [b, h, n, d])
+
+                _time_block(sig, "gradx", [q, g], [dq], gradx)
+
+                def gradkv(b, h, t, d):
+                    ref = uw_ref(b, h, d)
+                    Un = [let(f"U{n}", ref["U"](n)) for n in range(t1)]
+                    Wn = [let(f"W{n}", ref["W"](n)) for n in range(t1)]
+                    y = let("y", _load(k, b, t, h, d) * r)
+                    vv = let("v", _load(v, b, t, h, d))
+                    e = tm.exp_neg(M[b, h, d] - y * y, "ek")
+                    dy, dvv = tm.grad_key(y, vv, e, Un, Wn, order)
+                    _store(dk, dy * r, b, t, h, d)
+                    _store(dv, dvv, b, t, h, d)
+
+                _time_block(sig, "gradkv", [k, v], [dk, dv], gradkv)
+    return _finish(ib)
+
+
+def build_func(kernel: str, order: int, dtype: str, causal: bool, H: int, D: int) -> tirx.PrimFunc:
+    """The unscheduled PrimFunc of one kernel (``step`` is the causal forward, run at ``T = 1``)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if order < 0 or order % 2:
+        raise ValueError(f"order must be a non-negative even int, got {order}")
+    if kernel == "backward":
+        return backward(order, dtype, causal, H, D)
+    return forward(order, dtype, causal if kernel == "forward" else True, H, D)

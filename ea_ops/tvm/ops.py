@@ -1,0 +1,171 @@
+"""PyTorch integration of the TVM kernels: zero-copy calls through DLPack, and ``torch.library`` custom ops.
+
+Tensors go to the compiled functions as they are (``tvm_ffi`` takes torch tensors through DLPack without
+copying); only non-contiguous inputs are made contiguous first. The kernels update the state buffers in
+place, so the caller's initial state is cloned once. ``cu_seqlens`` runs the kernel once per sequence on
+views of the packed tensors (batch size 1, so every view is contiguous).
+
+``ea_ops_tvm::forward`` and ``ea_ops_tvm::backward`` are custom ops with fake implementations and a
+registered autograd formula, so ``torch.compile`` can hold them without graph breaks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from torch import Tensor
+
+from . import build
+
+_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def kernel_dtype(dtype: torch.dtype) -> str:
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise TypeError(f"the TVM backend takes float32, bfloat16 or float16 tensors, got {dtype}") from None
+
+
+def _arg(t: Tensor) -> Tensor:
+    """A tensor as the kernels take it: bfloat16 as its int16 bits (a view, no copy)."""
+    return t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+
+
+def set_threads_once() -> None:
+    """TVM's CPU thread pool reads TVM_NUM_THREADS when it starts; without it TVM takes half the
+    hardware threads (1 on a 2-core machine). Match torch's intra-op thread count unless the user chose."""
+    os.environ.setdefault("TVM_NUM_THREADS", str(torch.get_num_threads()))
+
+
+def _segments(T: int, offsets: list[int]) -> list[tuple[int, int]]:
+    return list(zip(offsets[:-1], offsets[1:])) if offsets else [(0, T)]
+
+
+def _empty_state(n: int, H: int, t1: int, D: int, device) -> tuple[Tensor, Tensor, Tensor]:
+    S = torch.zeros(n, H, t1, D, device=device, dtype=torch.float32)
+    return S, S.clone(), torch.full((n, H, D), math.inf, device=device, dtype=torch.float32)
+
+
+def _views(offsets: list[int], T: int, B: int):
+    """``(time slice, state slice)`` per sequence: the whole batch, or one sequence per segment."""
+    if not offsets:
+        return [(slice(0, T), slice(0, B))]
+    return [(slice(b, e), slice(i, i + 1)) for i, (b, e) in enumerate(_segments(T, offsets))]
+
+
+def forward_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
+                 causal: bool, scale: float, offsets: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``o`` and the final state (causal; empty tensors otherwise). ``q, k, v [B, T, H, D]``."""
+    set_threads_once()
+    q, k, v = (t.contiguous() for t in (q, k, v))
+    B, T, H, D = q.shape
+    o = torch.empty_like(q)
+    r = math.sqrt(scale)
+    if causal:
+        S, Z, M = (t.to(torch.float32).contiguous().clone() for t in (S0, Z0, M0))
+    else:  # no state: three distinct empty outputs (custom-op returns must not alias)
+        S, Z, M = (q.new_empty(0, dtype=torch.float32) for _ in range(3))
+    if T == 0:
+        return o, S, Z, M
+    comp = build.kernel_for("forward", causal, order, kernel_dtype(q.dtype), H, D, T)
+    for ts, ss in _views(offsets, T, B):
+        if ts.stop == ts.start:
+            continue
+        if causal:
+            st = (S[ss], Z[ss], M[ss])
+        else:
+            st = _empty_state(ss.stop - ss.start, H, order + 1, D, q.device)
+        comp.fn(*(_arg(t[:, ts]) for t in (q, k, v, o)), *st, r)
+    return o, S, Z, M
+
+
+def backward_impl(q: Tensor, k: Tensor, v: Tensor, g: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
+                  causal: bool, scale: float, offsets: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """``dq, dk, dv`` (in the input dtype) of ``sum(g * o)``; the state gets no gradient."""
+    set_threads_once()
+    q, k, v = (t.contiguous() for t in (q, k, v))
+    g = g.to(q.dtype).contiguous()
+    B, T, H, D = q.shape
+    t1 = order + 1
+    dq, dk, dv = (torch.empty_like(q) for _ in range(3))
+    if T == 0:
+        return dq, dk, dv
+    r = math.sqrt(scale)
+    comp = build.kernel_for("backward", causal, order, kernel_dtype(q.dtype), H, D, T)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    if causal:
+        S, Z, M = (t.to(torch.float32).contiguous().clone() for t in (S0, Z0, M0))
+        scratch = [torch.empty(B, T, H, D, **f32) for _ in range(3)]  # C, CO, MM
+    for ts, ss in _views(offsets, T, B):
+        n = ss.stop - ss.start
+        if ts.stop == ts.start:
+            continue
+        U = torch.zeros(n, H, t1, D, **f32)
+        W = torch.zeros_like(U)
+        seq = tuple(_arg(t[:, ts]) for t in (q, k, v, g))
+        grads = tuple(_arg(t[:, ts]) for t in (dq, dk, dv))
+        if causal:
+            MN = torch.full((n, H, D), -math.inf, **f32)
+            comp.fn(*seq, S[ss], Z[ss], M[ss], *(c[:, ts] for c in scratch), U, W, MN, *grads, r)
+        else:
+            comp.fn(*seq, *_empty_state(n, H, t1, D, q.device), U, W, *grads, r)
+    return dq, dk, dv
+
+
+def step_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
+              scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One token ``[B, H, D]``: the causal forward kernel at ``T = 1`` (its own records and cache slot)."""
+    set_threads_once()
+    B, H, D = q.shape
+    o = torch.empty_like(q)
+    S, Z, M = (t.to(torch.float32).contiguous().clone() for t in (S0, Z0, M0))
+    comp = build.kernel_for("step", True, order, kernel_dtype(q.dtype), H, D, 1)
+    comp.fn(*(_arg(t.contiguous().unsqueeze(1)) for t in (q, k, v, o)), S, Z, M, math.sqrt(scale))
+    return o, S, Z, M
+
+
+# ------------------------------------------------------------------------------------------ custom ops
+@torch.library.custom_op("ea_ops_tvm::forward", mutates_args=())
+def forward_op(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int, causal: bool,
+               scale: float, offsets: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return forward_impl(q, k, v, S0, Z0, M0, order, causal, scale, offsets)
+
+
+@forward_op.register_fake
+def _forward_fake(q, k, v, S0, Z0, M0, order, causal, scale, offsets):
+    if causal:
+        st = (S0.new_empty(S0.shape, dtype=torch.float32), Z0.new_empty(Z0.shape, dtype=torch.float32),
+              M0.new_empty(M0.shape, dtype=torch.float32))
+    else:
+        st = tuple(q.new_empty(0, dtype=torch.float32) for _ in range(3))
+    return (torch.empty_like(q, memory_format=torch.contiguous_format), *st)
+
+
+@torch.library.custom_op("ea_ops_tvm::backward", mutates_args=())
+def backward_op(q: Tensor, k: Tensor, v: Tensor, g: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
+                causal: bool, scale: float, offsets: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+    return backward_impl(q, k, v, g, S0, Z0, M0, order, causal, scale, offsets)
+
+
+@backward_op.register_fake
+def _backward_fake(q, k, v, g, S0, Z0, M0, order, causal, scale, offsets):
+    return tuple(torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(3))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, S0, Z0, M0, order, causal, scale, offsets = inputs
+    ctx.save_for_backward(q, k, v, S0, Z0, M0)
+    ctx.meta = (order, causal, scale, offsets)
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _backward(ctx, go, *_state_grads):
+    q, k, v, S0, Z0, M0 = ctx.saved_tensors
+    dq, dk, dv = backward_op(q, k, v, go, S0, Z0, M0, *ctx.meta)
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+forward_op.register_autograd(_backward, setup_context=_setup_context)

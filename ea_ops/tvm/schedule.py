@@ -1,0 +1,173 @@
+"""Schedules the runtime applies: the default for every kernel, and a tuned record's knobs.
+
+A CPU configuration (a record's ``config``) holds a few knobs, all applied to every time block of the
+kernel (``kernels.SCAN_BLOCKS``), each of which loops over ``(b, h, t, d)``:
+
+- ``loop``: ``"d_t"`` = ``parallel(b, h, d_o) > t > vector(d_i)`` (the state of one vector of channels
+  stays in registers across time) or ``"t_d"`` = ``parallel(b, h_o) > t > h_i > d_o > vector(d_i)``
+  (contiguous rows of ``h_i * D`` channels per time step);
+- ``d_tile``: the vectorised inner channel count (divides ``D``); ``h_tile``: heads per step (``"t_d"``);
+- ``t_unroll``: the time loop split by this factor and its inner part unrolled (1 = not split).
+
+The tuner's design space (``schedules.tvm.spaces``) samples exactly these knobs with MetaSchedule and
+calls ``apply_cpu`` with the sampled random variables; the runtime calls it with the record's ints. Either
+way ``check_time_loops`` then verifies that no time loop was parallelised, vectorised or reordered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tvm
+from tvm import s_tir, tirx
+
+from .kernels import SCAN_BLOCKS
+
+LOOPS = ("d_t", "t_d")
+T_UNROLLS = (1, 2, 4, 8)
+
+
+class ScheduleError(ValueError):
+    """A configuration that does not fit the kernel, or a schedule that breaks the time order."""
+
+
+def _divisors(n: int) -> list[int]:
+    return [i for i in range(1, n + 1) if n % i == 0]
+
+
+def default_cpu_config(kernel: str, H: int, D: int) -> dict[str, Any]:
+    """The untuned schedule: one 16-lane vector of channels per task, state in registers.
+
+    16 float32 lanes fill one AVX-512 register (two AVX2 ones); no knowledge of the measured target.
+    """
+    d_tile = max(x for x in _divisors(D) if x <= 16)
+    return {"loop": "d_t", "d_tile": d_tile, "h_tile": 1, "t_unroll": 1}
+
+
+def validate_cpu_config(cfg: object, H: int, D: int) -> dict[str, Any]:
+    """A CPU config read from a record, checked knob by knob (records are data from elsewhere)."""
+    if not isinstance(cfg, dict):
+        raise ScheduleError(f"config must be an object, got {type(cfg).__name__}")
+    out = {}
+    loop = cfg.get("loop")
+    if loop not in LOOPS:
+        raise ScheduleError(f"config.loop must be one of {LOOPS}, got {loop!r}")
+    out["loop"] = loop
+    for key, n in (("d_tile", D), ("h_tile", H)):
+        val = cfg.get(key, 1)
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1 or n % val:
+            raise ScheduleError(f"config.{key} must be a positive divisor of {n}, got {val!r}")
+        out[key] = val
+    unroll = cfg.get("t_unroll", 1)
+    if unroll not in T_UNROLLS or isinstance(unroll, bool):
+        raise ScheduleError(f"config.t_unroll must be one of {T_UNROLLS}, got {unroll!r}")
+    out["t_unroll"] = unroll
+    return out
+
+
+def apply_cpu(sch: s_tir.Schedule, kernel: str, causal: bool, *, loop: str, d_factors, h_factors,
+              t_unroll, annotate: bool = True) -> None:
+    """Schedule every time block of ``sch`` in place.
+
+    ``d_factors``/``h_factors``: ``[outer, inner]`` split factors (ints, ``None`` or MetaSchedule
+    ``ExprRV``s); ``t_unroll``: an int or ``ExprRV``. Raises ScheduleError for an unknown loop order.
+    """
+    if loop not in LOOPS:
+        raise ScheduleError(f"loop must be one of {LOOPS}, got {loop!r}")
+    blocks = SCAN_BLOCKS[("forward", True) if kernel == "step" else (kernel, causal)]
+    for name in blocks:
+        block = sch.get_sblock(name)
+        b, h, t, d = sch.get_loops(block)
+        d_o, d_i = sch.split(d, factors=list(d_factors))
+        if loop == "d_t":
+            sch.reorder(b, h, d_o, t, d_i)
+            par = sch.fuse(b, h, d_o)
+        else:
+            h_o, h_i = sch.split(h, factors=list(h_factors))
+            sch.reorder(b, h_o, t, h_i, d_o, d_i)
+            par = sch.fuse(b, h_o)
+        sch.parallel(par)
+        sch.vectorize(d_i)
+        if not (isinstance(t_unroll, int) and t_unroll == 1):
+            _, t_i = sch.split(t, factors=[None, t_unroll])
+            sch.unroll(t_i)
+        if annotate:
+            sch.annotate(block, "ea_ops.loop", loop)
+
+
+def schedule_cpu(func: tirx.PrimFunc, kernel: str, causal: bool, cfg: dict[str, Any]) -> tvm.IRModule:
+    """``func`` scheduled with the (validated) CPU config ``cfg``; the time loops are checked."""
+    sch = s_tir.Schedule(func)
+    apply_cpu(sch, kernel, causal, loop=cfg["loop"], d_factors=[None, cfg["d_tile"]],
+              h_factors=[None, cfg["h_tile"]], t_unroll=cfg["t_unroll"])
+    check_time_loops(sch.mod)
+    return sch.mod
+
+
+# ----------------------------------------------------------------------------------- the time order
+def _vars_in(expr) -> set:
+    from tvm.tirx.analysis import undefined_vars
+
+    return set(undefined_vars(expr))
+
+
+def check_time_loops(mod: tvm.IRModule | tirx.PrimFunc, blocks: tuple[str, ...] | None = None) -> int:
+    """Raise ScheduleError unless every time axis is covered by serial loops fused in nesting order.
+
+    The scan dependence is hidden from TVM (module docstring of ``kernels``), so nothing else stops a
+    schedule from running time steps in parallel, in vector lanes, or out of order. For each block with a
+    time axis (the third block axis; all blocks of these kernels when ``blocks`` is None), the loops its
+    binding uses must be serial or unrolled and the binding must equal those loops fused outer to inner
+    (``t_o * extent(t_i) + t_i``). Returns the number of blocks checked.
+    """
+    func = mod["main"] if isinstance(mod, tvm.IRModule) else mod
+    from tvm.s_tir.stmt import SBlockRealize
+    from tvm.sym.analyzer import Analyzer
+
+    analyzer = Analyzer()
+    checked = 0
+    stack: list[tirx.For] = []
+    allowed = {int(tirx.ForKind.SERIAL), int(tirx.ForKind.UNROLLED)}
+
+    def walk(stmt):
+        nonlocal checked
+        if isinstance(stmt, tirx.For):
+            stack.append(stmt)
+            walk(stmt.body)
+            stack.pop()
+        elif isinstance(stmt, SBlockRealize):
+            blk = stmt.block
+            if blk.name_hint != "root" and (blocks is None or blk.name_hint in blocks) \
+                    and len(blk.iter_vars) == 4:
+                _check_block(blk.name_hint, stmt.iter_values[2], list(stack), analyzer, allowed)
+                checked += 1
+            walk(blk.body)
+        elif isinstance(stmt, tirx.SeqStmt):
+            for s in stmt:
+                walk(s)
+        elif hasattr(stmt, "body") and isinstance(stmt.body, tirx.Stmt):
+            walk(stmt.body)
+
+    walk(func.body)
+    if blocks is not None and checked < len(blocks):
+        raise ScheduleError(f"time blocks {blocks} not all found (checked {checked})")
+    return checked
+
+
+def _check_block(name, binding, loops, analyzer, allowed) -> None:
+    used = _vars_in(binding)
+    feeding = [lp for lp in loops if lp.loop_var in used]
+    for lp in feeding:
+        if int(lp.kind) not in allowed:
+            raise ScheduleError(f"block {name!r}: time loop {lp.loop_var.name} is "
+                                f"{tirx.ForKind(int(lp.kind)).name.lower()}, "
+                                f"it must stay serial (the scan runs in time order)")
+        if lp.thread_binding is not None:
+            raise ScheduleError(f"block {name!r}: time loop {lp.loop_var.name} is bound to a thread")
+    expected = tirx.const(0, "int32")
+    for lp in feeding:
+        expected = expected * lp.extent + lp.loop_var
+    # The reverse scan binds its axis to t as well (it reads position T - 1 - t inside the block).
+    if not analyzer.can_prove_equal(binding, expected):
+        raise ScheduleError(f"block {name!r}: time binding {binding} is not its loops "
+                            f"{[lp.loop_var.name for lp in feeding]} fused in nesting order")
