@@ -1,0 +1,156 @@
+"""``ea-ops bench``: the kernel against eager PyTorch, torch.compile, SDPA and a copy, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ea_ops import dispatch
+from ea_ops.errors import BackendUnavailableError
+from ea_ops.records import atomic_write_json, atomic_write_text
+
+from . import peers, report
+from .runner import Options, Runner
+from .workloads import DTYPES, MODES, PRESETS, Workload, parse_shape, preset
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="ea-ops bench", description=__doc__,
+        epilog="presets: " + "; ".join(f"{k}: {v[0]}" for k, v in PRESETS.items()))
+    ap.add_argument("--backend", default="auto",
+                    help="auto (what ea_attention picks for the device), torch, tvm or triton")
+    what = ap.add_mutually_exclusive_group()
+    what.add_argument("--workload", default=None, choices=sorted(PRESETS), help="a preset (default: cpu or gpu)")
+    what.add_argument("--shape", default=None, help="one workload B,T,H,D")
+    ap.add_argument("--order", type=int, default=None, help="even Taylor order (default 6)")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="input dtype (default: the preset's)")
+    ap.add_argument("--mode", choices=MODES, default=None,
+                    help="fwd, fwdbwd (forward + backward) or step (one decoding step at context T)")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--peers", default=",".join(peers.PEERS[1:]),
+                    help="comma-separated peers besides the kernel: eager,compiled,sdpa,copy")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads), default 2")
+    ap.add_argument("--min-run-s", type=float, default=0.5, help="CPU: least measuring time of a fast call")
+    ap.add_argument("--budget-s", type=float, default=5.0, help="CPU: measuring time of a slow call (>=1 sample)")
+    ap.add_argument("--max-call-s", type=float, default=60.0,
+                    help="skip a call predicted (from smaller T) to take longer than this")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    ap.add_argument("--out", default=None, help="folder for bench-<name>.json, .txt and .png")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ap
+
+
+def _device(arg: str, preset_name: str | None) -> str:
+    need = PRESETS[preset_name][1] if preset_name else None
+    cuda = torch.cuda.is_available()
+    dev = arg if arg != "auto" else (need or ("cuda" if cuda else "cpu"))
+    if dev == "cuda" and not cuda:
+        raise ValueError(f"{'preset ' + repr(preset_name) if preset_name else '--device cuda'} needs a CUDA "
+                         "device and torch.cuda.is_available() is False here")
+    return dev
+
+
+def workloads_from(args: argparse.Namespace) -> tuple[str, list[Workload]]:
+    """``(name, workloads)`` from the command line (ValueError naming the option otherwise)."""
+    if args.shape is not None:
+        B, T, H, D = parse_shape(args.shape)
+        dev = _device(args.device, None)
+        base = [Workload(B, T, H, D, 6, "bfloat16" if dev == "cuda" else "float32", "fwd", dev)]
+        name = f"shape-{B}x{T}x{H}x{D}"
+    else:
+        name = args.workload or ("gpu" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
+        dev = _device(args.device, name)
+        base = preset(name, dev)
+    if name == "decode" and args.mode not in (None, "step"):
+        raise ValueError(f"--workload decode is --mode step, got --mode {args.mode}")
+    if args.order is not None and (args.order < 0 or args.order % 2):
+        raise ValueError(f"--order must be a non-negative even int, got {args.order}")
+    out = []
+    for w in base:
+        changes = {k: v for k, v in (("order", args.order), ("dtype", args.dtype), ("mode", args.mode))
+                   if v is not None}
+        out.append(Workload(**{**w.to_json(), **changes}))
+    return name, out
+
+
+def parse_peers(text: str) -> tuple[str, ...]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in names if p not in peers.PEERS[1:]]
+    if bad:
+        raise ValueError(f"--peers takes names from {','.join(peers.PEERS[1:])}, got {','.join(bad)}")
+    return ("kernel", *dict.fromkeys(names))
+
+
+def resolve_backend(name: str, w: Workload) -> str:
+    """The backend to bench: a named one if it can run here, or what ``ea_attention`` picks for ``auto``."""
+    if name != "auto":
+        dispatch.load(name)  # raises BackendUnavailableError with the reason and the extra to install
+        return name
+    q = torch.empty(w.B, 1, w.H, w.D, dtype=w.torch_dtype, device=w.device)
+    mod = dispatch.resolve("auto", q, causal=True, order=w.order, needs_grad=w.mode == "fwdbwd")
+    return mod.NAME
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    log = lambda msg: print(f"ea-ops bench: {msg}", file=sys.stderr)
+    try:
+        name, workloads = workloads_from(args)
+        peer_names = parse_peers(args.peers)
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        for opt in ("min_run_s", "budget_s", "max_call_s"):
+            if not getattr(args, opt) > 0:
+                raise ValueError(f"--{opt.replace('_', '-')} must be > 0, got {getattr(args, opt)}")
+        backend = resolve_backend(args.backend, workloads[0])
+    except ValueError as exc:
+        log(str(exc))
+        return 2
+    except BackendUnavailableError as exc:
+        log(f"{exc}. Available: "
+            + ", ".join(n for n, why in dispatch.available().items() if why is None))
+        return 2
+    device = workloads[0].device
+    threads_before = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args, argv, name, workloads, peer_names, backend, device, log)
+    finally:
+        torch.set_num_threads(threads_before)  # main() may run inside another program (tests)
+
+
+def _run(args, argv, name, workloads, peer_names, backend, device, log) -> int:
+    if not args.json:
+        log(f"backend={backend} on {device}"
+            + (f", {args.threads} threads (torch.set_num_threads)" if device == "cpu" else ""))
+    opts = Options(backend=backend, peers=peer_names, threads=args.threads, min_run_s=args.min_run_s,
+                   budget_s=args.budget_s, max_call_s=args.max_call_s, seed=args.seed,
+                   show_progress=not args.no_progress)
+    results = Runner(opts, log).run(workloads)
+    timer = "triton.testing.do_bench" if device == "cuda" else "torch.utils.benchmark"
+    doc = report.document(results, backend=backend, device=device, threads=args.threads, timer=timer,
+                          argv=argv)
+    text = report.table(doc)
+    if args.json:
+        print(json.dumps(doc, indent=1))
+    else:
+        print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / f"bench-{name}.json", doc)
+        atomic_write_text(out / f"bench-{name}.txt", text + "\n")
+        why = report.plot(doc, out / f"bench-{name}.png")
+        log(f"wrote {out / f'bench-{name}.json'}, .txt" + (f"; no PNG: {why}" if why else ", .png"))
+    failed = [r for r in results if not r.gate.ok]
+    if failed:
+        log(f"{len(failed)} of {len(results)} workloads failed the correctness gate: no speed reported for them")
+        return 1
+    return 0

@@ -1,0 +1,133 @@
+"""Output of ``ea-ops bench``: the ratio table, the JSON document and the log-log plot."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from .runner import WorkloadResult
+
+SCHEMA = "ea-ops-bench/1"
+
+
+def machine(device: str, threads: int) -> dict:
+    """Machine class and versions for the record (no host names)."""
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(terse=True),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "device": device,
+    }
+    if device == "cpu":
+        info["threads"] = threads
+    elif torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def document(results: list[WorkloadResult], *, backend: str, device: str, threads: int, timer: str,
+             argv: list[str]) -> dict:
+    return {
+        "schema": SCHEMA,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "ea-ops bench " + " ".join(argv),
+        "backend": backend,
+        "timer": timer,
+        "machine": machine(device, threads),
+        "workloads": [r.to_json() for r in results],
+    }
+
+
+def _fmt_time(s: float | None) -> str:
+    if s is None:
+        return "-"
+    for unit, f in (("s", 1.0), ("ms", 1e3), ("us", 1e6)):
+        if s * f >= 1.0 or unit == "us":
+            return f"{s * f:.3g} {unit}"
+    return f"{s:.3g} s"
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(doc: dict) -> str:
+    """Plain-text table: per workload and peer, median, kernel speedup, GB/s and roofline fraction."""
+    m = doc["machine"]
+    where = (f"cpu, {m['threads']} threads (torch.set_num_threads)" if m["device"] == "cpu"
+             else f"{m.get('gpu', m['device'])}")
+    lines = [f"ea-ops bench: backend={doc['backend']}  device={where}  timer={doc['timer']} (medians)",
+             "speedup = peer median / kernel median (> 1: the kernel is faster); roofline = GB/s / copy GB/s"]
+    if m["device"] == "cpu":
+        lines.append("CPU times depend on load from other processes: compare the ratios, not the times.")
+    common = {(w["workload"]["order"], w["workload"]["dtype"], w["workload"]["mode"]) for w in doc["workloads"]}
+    if len(common) == 1:
+        order, dtype, mode = common.pop()
+        lines.append(f"order {order}, {dtype}, mode {mode}")
+    head = f"{'workload':<30} {'peer':<40} {'median':>10} {'speedup':>8} {'GB/s':>8} {'roofline':>8}  note"
+    lines += ["", head, "-" * len(head)]
+    for wr in doc["workloads"]:
+        w = wr["workload"]
+        name = wr["label"] if not common else f"{wr['label']} t{w['order']} {w['dtype']} {w['mode']}"
+        if not wr["gate"]["ok"]:
+            lines.append(f"{name:<30} {'NOT TIMED':<40} {wr['gate']['message']}")
+            continue
+        for i, r in enumerate(wr["results"]):
+            status = "" if r["status"] == "ok" else f"[{r['status']}] "
+            lines.append(f"{name if i == 0 else '':<30} {r['label']:<40} {_fmt_time(r['median_s']):>10} "
+                         f"{_fmt(r['speedup'], '.3g'):>8} {_fmt(r['gbps'], '.3g'):>8} "
+                         f"{_fmt(r['roofline'], '.1%'):>8}  {status}{r['note']}".rstrip())
+    return "\n".join(lines)
+
+
+def plot(doc: dict, path: Path) -> str | None:
+    """Log-log time against T per peer, with T and T^2 guides; returns why not, or None when written."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install 'ea-ops[analysis]')"
+    series: dict[str, list[tuple[int, float]]] = {}
+    labels: dict[str, str] = {}
+    step = False
+    for wr in doc["workloads"]:
+        step = step or wr["workload"]["mode"] == "step"
+        for r in wr["results"]:
+            if r["median_s"] is not None and not r["note"].startswith("the kernel itself"):
+                series.setdefault(r["peer"], []).append((wr["workload"]["T"], r["median_s"]))
+                labels[r["peer"]] = r["label"]
+    if not series:
+        return "no timings to plot"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for peer, pts in series.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=labels[peer])
+    ts = sorted({p[0] for pts in series.values() for p in pts})
+    if len(ts) > 1:
+        # Guides start at the kernel's (T^1) and at SDPA's (T^2) first point, where present.
+        firsts = {peer: pts[0] for peer, pts in series.items()}
+        for power, style, peer in ((1, ":", "kernel"), (2, "--", "sdpa")):
+            t0, s0 = firsts.get(peer) or firsts.get("kernel") or next(iter(firsts.values()))
+            ax.plot(ts, [s0 * (t / t0) ** power for t in ts], style, color="grey", linewidth=1,
+                    label=f"grows as T^{power}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("context length (KV cache)" if step else "sequence length T")
+    ax.set_ylabel("median time per call (s)")
+    ax.set_title(f"ea-ops bench ({doc['backend']} backend, {doc['machine']['device']})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return None

@@ -1,0 +1,216 @@
+"""Run workloads: gate the kernel against the reference, then time it and its peers in this process."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from ea_ops.errors import BackendUnavailableError
+from ea_ops.progress import progress
+
+from . import gate, peers, timing
+from .workloads import Workload
+
+
+@dataclass
+class Options:
+    backend: str
+    peers: tuple[str, ...] = peers.PEERS
+    threads: int = 2
+    min_run_s: float = 0.5
+    budget_s: float = 5.0
+    max_call_s: float = 60.0
+    seed: int = 0
+    show_progress: bool = True
+
+
+@dataclass
+class PeerResult:
+    peer: str
+    label: str
+    status: str  # ok | skipped | failed | wrong
+    median_s: float | None = None
+    samples: int = 0
+    bytes: int = 0
+    note: str = ""
+
+    @property
+    def gbps(self) -> float | None:
+        return None if self.median_s is None else self.bytes / self.median_s / 1e9
+
+    def to_json(self) -> dict:
+        return {"peer": self.peer, "label": self.label, "status": self.status, "median_s": self.median_s,
+                "samples": self.samples, "bytes": self.bytes, "gbps": self.gbps, "note": self.note}
+
+
+@dataclass
+class WorkloadResult:
+    workload: Workload
+    gate: gate.GateResult
+    results: list[PeerResult] = field(default_factory=list)
+
+    def get(self, peer: str) -> PeerResult | None:
+        return next((r for r in self.results if r.peer == peer), None)
+
+    def ratios(self) -> dict[str, dict]:
+        """Per peer: ``speedup`` = peer median / kernel median (> 1: the kernel is faster) and
+        ``roofline`` = the peer's GB/s over the GB/s of the copy of the same number of bytes."""
+        k = self.get("kernel")
+        copies = {r.bytes: r for r in self.results if r.peer.startswith("copy") and r.gbps is not None}
+        out = {}
+        for r in self.results:
+            sp = rf = None
+            if r.median_s is not None and k is not None and k.median_s is not None:
+                sp = r.median_s / k.median_s
+            c = copies.get(r.bytes)
+            if r.gbps is not None and c is not None:
+                rf = r.gbps / c.gbps
+            out[r.peer] = {"speedup": sp, "roofline": rf}
+        return out
+
+    def to_json(self) -> dict:
+        ratios = self.ratios()
+        return {"workload": self.workload.to_json(), "label": self.workload.label, "gate": self.gate.to_json(),
+                "results": [{**r.to_json(), **ratios[r.peer]} for r in self.results]}
+
+
+def _exponent(peer: str, mode: str) -> int:
+    """How a peer's time grows with T: EA and the copy linearly (not at all per step), SDPA quadratically
+    (linearly per step, over a growing cache)."""
+    if peer == "sdpa":
+        return 1 if mode == "step" else 2
+    return 0 if mode == "step" else 1
+
+
+def _first_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text.splitlines()[0][:200]
+
+
+class Runner:
+    """Runs workloads in order, remembering per series (everything but T) the last time of each peer, so a
+    call predicted to take longer than ``max_call_s`` is skipped rather than run."""
+
+    def __init__(self, opts: Options, log: Callable[[str], None]):
+        self.opts = opts
+        self.log = log
+        self.last: dict[tuple, tuple[int, float]] = {}
+        self.compile_failed: dict[tuple, str] = {}
+
+    def _series(self, w: Workload, peer: str) -> tuple:
+        return (replace(w, T=0), peer)
+
+    def _predicted(self, w: Workload, peer: str) -> float | None:
+        prev = self.last.get(self._series(w, peer))
+        if prev is None:
+            return None
+        t_prev, s_prev = prev
+        return s_prev * (w.T / t_prev) ** _exponent(peer, w.mode)
+
+    def _time(self, w: Workload, peer: str, label: str, fn, nbytes: int) -> PeerResult:
+        pred = self._predicted(w, peer)
+        if pred is not None and pred > self.opts.max_call_s:
+            return PeerResult(peer, label, "skipped", bytes=nbytes,
+                              note=f"about {pred:.3g} s per call predicted from smaller T (> --max-call-s)")
+        try:
+            t = timing.measure(fn, device=w.device, threads=self.opts.threads, min_run_s=self.opts.min_run_s,
+                               budget_s=self.opts.budget_s)
+        except Exception as exc:  # a peer that cannot run here is reported, not fatal
+            return PeerResult(peer, label, "failed", bytes=nbytes, note=_first_line(exc))
+        self.last[self._series(w, peer)] = (w.T, t.median_s)
+        return PeerResult(peer, label, "ok", t.median_s, t.samples, nbytes)
+
+    def run(self, workloads: list[Workload]) -> list[WorkloadResult]:
+        steps = [(w, p) for w in workloads for p in ("gate", *self.opts.peers)]
+        results: list[WorkloadResult] = []
+        state: dict = {}
+        for w, step in progress(steps, total=len(steps), desc="ea-ops bench",
+                                disable=not self.opts.show_progress):
+            if step == "gate":
+                state = self._gate(w)
+                results.append(state["result"])
+                continue
+            if not state["result"].gate.ok:
+                continue
+            state["result"].results += self._peer(w, step, state)
+            if step == self.opts.peers[-1]:
+                state.clear()
+                gc.collect()
+        return results
+
+    # ------------------------------------------------------------------------------------------- steps
+    def _gate(self, w: Workload) -> dict:
+        x = peers.make_inputs(w, self.opts.seed, with_sdpa="sdpa" in self.opts.peers)
+        ref_dt = gate.reference_dtype(w.B * w.T * w.H * w.D if w.mode != "step" else w.B * w.H * w.D)
+        if w.torch_dtype == torch.float64:
+            ref_dt = torch.float64
+        what = f"{self.opts.backend} backend, {w.label} {w.dtype} {w.mode}"
+        try:
+            got = peers.ea_call(w, x, self.opts.backend)()
+        except BackendUnavailableError as exc:
+            g = gate.GateResult(False, message=f"{what}: cannot run: {exc}")
+            self.log(g.message)
+            return {"result": WorkloadResult(w, g)}
+        except Exception as exc:
+            g = gate.GateResult(False, message=f"{what}: raised {_first_line(exc)}")
+            self.log(g.message)
+            return {"result": WorkloadResult(w, g)}
+        ref = peers.reference_call(w, x, ref_dt)()
+        g = gate.compare(w.mode, w.dtype, got, ref, ref_dt, what)
+        if not g.ok:
+            self.log(g.message + "; no speed is reported for it")
+        return {"result": WorkloadResult(w, g), "inputs": x, "ref": ref, "ref_dtype": ref_dt}
+
+    def _peer(self, w: Workload, peer: str, st: dict) -> list[PeerResult]:
+        x: peers.Inputs = st["inputs"]
+        ea_bytes = w.ea_bytes()
+        if peer == "kernel":
+            return [self._time(w, peer, f"{self.opts.backend} backend", peers.ea_call(w, x, self.opts.backend),
+                               ea_bytes)]
+        if peer == "eager":
+            k = st["result"].get("kernel")
+            if self.opts.backend == "torch" and k is not None:
+                note = "the kernel itself" + (f"; {k.note}" if k.note else "")
+                return [replace(k, peer="eager", label=peers.LABELS["eager"], note=note)]
+            return [self._time(w, peer, peers.LABELS[peer], peers.ea_call(w, x, "torch"), ea_bytes)]
+        if peer == "compiled":
+            return [self._compiled(w, x, st)]
+        if peer == "sdpa":
+            label = peers.LABELS["sdpa"] + (" (1 query, KV cache)" if w.mode == "step" else " (causal)")
+            return [self._time(w, peer, label, peers.sdpa_call(w, x), w.sdpa_bytes())]
+        if peer == "copy":
+            out = [self._time(w, peer, peers.LABELS["copy"], peers.copy_call(w.ea_bytes(), w.device), ea_bytes)]
+            if w.sdpa_bytes() != ea_bytes and "sdpa" in self.opts.peers:
+                # SDPA moves other bytes (the KV cache): its roofline is a copy of those.
+                out.append(self._time(w, "copy_kv", "copy of SDPA's bytes (KV cache)",
+                                      peers.copy_call(w.sdpa_bytes(), w.device), w.sdpa_bytes()))
+            return out
+        raise ValueError(f"unknown peer {peer!r}")
+
+    def _compiled(self, w: Workload, x: peers.Inputs, st: dict) -> PeerResult:
+        label, nbytes = peers.LABELS["compiled"], w.ea_bytes()
+        if w.mode == "step":
+            label = "torch.compile (torch backend step)"
+        series = self._series(w, "compiled")
+        if series in self.compile_failed:
+            return PeerResult("compiled", label, "failed", bytes=nbytes, note=self.compile_failed[series])
+        pred = self._predicted(w, "compiled")
+        if pred is not None and pred > self.opts.max_call_s:
+            return PeerResult("compiled", label, "skipped", bytes=nbytes,
+                              note=f"about {pred:.3g} s per call predicted from smaller T (> --max-call-s)")
+        try:
+            fn = peers.compiled_call(w, x)
+            got = fn()  # compiles
+        except Exception as exc:
+            note = "torch.compile failed: " + _first_line(exc)
+            self.compile_failed[series] = note
+            self.log(note)
+            return PeerResult("compiled", label, "failed", bytes=nbytes, note=note)
+        g = gate.compare(w.mode, w.dtype, got, st["ref"], st["ref_dtype"], label)
+        if not g.ok:
+            self.log(g.message + "; not timed")
+            return PeerResult("compiled", label, "wrong", bytes=nbytes, note=g.message)
+        return self._time(w, "compiled", label, fn, nbytes)

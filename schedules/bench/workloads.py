@@ -1,0 +1,125 @@
+"""Benchmark workloads: one shape, order, dtype, mode and device each, and the named presets.
+
+A workload's ``T`` is the sequence length for ``fwd``/``fwdbwd`` and the context length (KV-cache length
+for attention) for ``step``, where EA's cost does not depend on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+MODES = ("fwd", "fwdbwd", "step")
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
+STATE_BYTES = 4  # EA states are float32 (SPEC section 3)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One measurement point: ``q, k, v [B, T, H, D]`` (``[B, H, D]`` per step in ``step`` mode)."""
+
+    B: int
+    T: int
+    H: int
+    D: int
+    order: int = 6
+    dtype: str = "float32"
+    mode: str = "fwd"
+    device: str = "cpu"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def elem_bytes(self) -> int:
+        return torch.empty((), dtype=self.torch_dtype).element_size()
+
+    @property
+    def label(self) -> str:
+        what = "ctx" if self.mode == "step" else "T"
+        return f"B{self.B} {what}{self.T} H{self.H} D{self.D}"
+
+    def ea_bytes(self) -> int:
+        """The least traffic of EA for this workload, in bytes.
+
+        fwd: q, k, v read and o written (4 tensors of B*T*H*D). fwdbwd: that plus the backward's q, k, v,
+        o, do read and dq, dk, dv written (12 tensors in all). step: q, k, v read, o written (B*H*D each)
+        and the float32 state S, Z ([B, H, t+1, D]) and m ([B, H, D]) read and written.
+        """
+        n = self.B * self.T * self.H * self.D
+        if self.mode == "fwd":
+            return 4 * n * self.elem_bytes
+        if self.mode == "fwdbwd":
+            return 12 * n * self.elem_bytes
+        bhd = self.B * self.H * self.D
+        state = (2 * (self.order + 1) + 1) * bhd * STATE_BYTES
+        return 4 * bhd * self.elem_bytes + 2 * state
+
+    def sdpa_bytes(self) -> int:
+        """Least traffic of softmax attention: as EA for fwd/fwdbwd; one query against a K, V cache of T."""
+        if self.mode != "step":
+            return self.ea_bytes()
+        bhd = self.B * self.H * self.D
+        return (2 * bhd + 2 * bhd * self.T) * self.elem_bytes
+
+    def to_json(self) -> dict:
+        return {"B": self.B, "T": self.T, "H": self.H, "D": self.D, "order": self.order,
+                "dtype": self.dtype, "mode": self.mode, "device": self.device}
+
+
+def _sweep(base: Workload, ts: list[int]) -> list[Workload]:
+    return [replace(base, T=t) for t in ts]
+
+
+def _pow2(lo: int, hi: int) -> list[int]:
+    out, t = [], lo
+    while t <= hi:
+        out.append(t)
+        t *= 2
+    return out
+
+
+# name -> (one-line description, device it needs or None for "cuda when present, else cpu")
+PRESETS: dict[str, tuple[str, str | None]] = {
+    "cpu": ("B=1 H=8 D=64 order 6 float32 (the TVM issue's size at T=4096), T from 1k to 64k", "cpu"),
+    "gpu": ("B=8 H=16 D=128 order 6 bfloat16 (the Triton issue's size at T=8192), T from 2k to 64k", "cuda"),
+    "decode": ("one recurrent step at contexts 1k, 16k, 128k against SDPA over a KV cache that long", None),
+    "demo": ("B=1 H=8 D=64 order 6 float32 at T=1024 and 2048: a quick look on this CPU", "cpu"),
+    "smoke": ("tiny shapes for tests: B=1 H=2 D=16 at T=64 and 128", "cpu"),
+}
+
+
+def preset(name: str, device: str) -> list[Workload]:
+    """The workloads of preset ``name`` on ``device`` ("cpu" or "cuda")."""
+    if name == "cpu":
+        return _sweep(Workload(1, 4096, 8, 64, 6, "float32", "fwd", device), _pow2(1024, 65536))
+    if name == "gpu":
+        return _sweep(Workload(8, 8192, 16, 128, 6, "bfloat16", "fwd", device), _pow2(2048, 65536))
+    if name == "decode":
+        base = (Workload(8, 1024, 16, 128, 6, "bfloat16", "step", device) if device == "cuda"
+                else Workload(1, 1024, 8, 64, 6, "float32", "step", device))
+        return _sweep(base, [1024, 16384, 131072])
+    if name == "demo":
+        return _sweep(Workload(1, 1024, 8, 64, 6, "float32", "fwd", device), [1024, 2048])
+    if name == "smoke":
+        return _sweep(Workload(1, 64, 2, 16, 6, "float32", "fwd", device), [64, 128])
+    raise ValueError(f"--workload must be one of {sorted(PRESETS)}, got {name!r}")
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int]:
+    """``"B,T,H,D"`` -> four positive ints (ValueError naming --shape otherwise)."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) != 4 or any(d < 1 for d in dims):
+        raise ValueError(f"--shape must be four positive ints B,T,H,D, got {text!r}")
+    return dims  # type: ignore[return-value]

@@ -1,0 +1,83 @@
+"""The bench's peers and workloads: the compiled formulation's math, byte counts, presets, the memory probe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ea_ops
+from schedules.bench import memory, peers
+from schedules.bench.gate import rel_err
+from schedules.bench.workloads import PRESETS, Workload, parse_shape, preset
+
+
+@pytest.mark.parametrize("T, block", [(100, 32), (64, 64), (7, 2048)])
+def test_blocked_cumsum_form_matches_reference(T, block):
+    """The formulation timed under torch.compile, run eagerly: same outputs and gradients as the reference."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v, go = (torch.randn(2, T, 3, 4, generator=g, dtype=torch.float64) * s for s in (0.5, 0.5, 1, 1))
+    q, k, v = (t.requires_grad_(True) for t in (q, k, v))
+    ref, _ = ea_ops.ea_attention(q, k, v, order=6, backend="torch")
+    o = peers.blocked_attention(q.float(), k.float(), v.float(), order=6, block=block)
+    assert rel_err(o, ref) < 1e-5
+    gr = torch.autograd.grad(ref, (q, k, v), go)
+    qf, kf, vf = (t.detach().float().requires_grad_(True) for t in (q, k, v))
+    o = peers.blocked_attention(qf, kf, vf, order=6, block=block)
+    gb = torch.autograd.grad(o, (qf, kf, vf), go.float())
+    for a, b in zip(gb, gr, strict=True):
+        assert rel_err(a, b) < 1e-4
+
+
+def test_blocked_form_survives_large_keys_within_a_block():
+    """Keys with y^2 ~ 60 alone would underflow exp(-y^2) in float32; the block offset keeps them."""
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(1, 50, 1, 2, generator=g, dtype=torch.float64) * 0.5 + 7.5
+    k = torch.randn(1, 50, 1, 2, generator=g, dtype=torch.float64) * 0.5 + 7.5
+    v = torch.randn(1, 50, 1, 2, generator=g, dtype=torch.float64)
+    ref, _ = ea_ops.ea_attention(q, k, v, order=6, backend="torch")
+    o = peers.blocked_attention(q.float(), k.float(), v.float(), order=6, block=25)
+    assert torch.isfinite(o).all()
+    assert rel_err(o, ref) < 1e-3
+
+
+def test_byte_counts():
+    w = Workload(2, 100, 3, 8, order=4, dtype="bfloat16", mode="fwd")
+    n = 2 * 100 * 3 * 8
+    assert w.ea_bytes() == 4 * n * 2 == w.sdpa_bytes()
+    assert Workload(2, 100, 3, 8, dtype="float16", mode="fwdbwd").ea_bytes() == 12 * n * 2
+    s = Workload(2, 100, 3, 8, order=4, dtype="bfloat16", mode="step")
+    bhd = 2 * 3 * 8
+    assert s.ea_bytes() == 4 * bhd * 2 + 2 * (2 * 5 * bhd + bhd) * 4  # q,k,v,o + S, Z, m read and written
+    assert s.sdpa_bytes() == (2 * bhd + 2 * bhd * 100) * 2
+
+
+def test_presets_match_the_issues_sizes():
+    cpu = preset("cpu", "cpu")
+    assert [w.T for w in cpu] == [1024, 2048, 4096, 8192, 16384, 32768, 65536]
+    assert {(w.B, w.H, w.D, w.order, w.dtype, w.mode) for w in cpu} == {(1, 8, 64, 6, "float32", "fwd")}
+    gpu = preset("gpu", "cuda")
+    assert gpu[0].T == 2048 and 8192 in [w.T for w in gpu]
+    assert {(w.B, w.H, w.D, w.dtype) for w in gpu} == {(8, 16, 128, "bfloat16")}
+    assert [w.T for w in preset("decode", "cpu")] == [1024, 16384, 131072]
+    assert {w.mode for w in preset("decode", "cuda")} == {"step"}
+    assert set(PRESETS) == {"cpu", "gpu", "decode", "demo", "smoke"}
+    with pytest.raises(ValueError, match="--workload must be one of"):
+        preset("huge", "cpu")
+
+
+def test_parse_shape():
+    assert parse_shape(" 1, 2,3 ,4") == (1, 2, 3, 4)
+    for bad in ("1,2,3", "a,b,c,d", "1,2,3,4,5", "1,-2,3,4", ""):
+        with pytest.raises(ValueError, match="--shape"):
+            parse_shape(bad)
+
+
+def test_memory_probe_counts_the_output():
+    """The fresh-process probe sees at least the float32 output and the row copies the backend makes."""
+    w = Workload(1, 8192, 2, 16, mode="fwd")
+    r = memory.peak_memory("ea", w, threads=1)
+    out_bytes = 8192 * 2 * 16 * 4
+    assert r["input_bytes"] == 3 * out_bytes
+    assert out_bytes <= r["peak_bytes"] < 40 * out_bytes, r
+    with pytest.raises(ValueError, match="kind must be one of"):
+        memory.measure_here("flash", w)
