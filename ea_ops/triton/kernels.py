@@ -1,0 +1,428 @@
+"""Triton kernels of EA-t (SPEC section 1), in the state convention of ``ea_ops.state.EAState``.
+
+Data layout. ``q, k, v, o`` (and gradients) are contiguous ``[B, T, H, D]`` seen as rows ``[R, HD]``
+(``R = B*T`` positions, ``HD = H*D`` channels): element ``(row, c)`` sits at ``row*HD + c``. A *work item*
+is a range of rows ``bounds[2*i], bounds[2*i+1]`` (a whole sequence, or a chunk of one). State buffers
+``[items, H, T1, D]`` (``T1 = order+1``) hold item ``i``'s sums like ``EAState.S``; offsets ``[items, H, D]``.
+
+Lanes. One program handles ``BLOCK_C`` channels of one work item; the Taylor index ``n`` is the first dim of
+``[T1P, BLOCK_C]`` tiles (``T1P`` = next power of two >= ``T1``, the padded rows held at 0). The launch code
+uses ``BLOCK_C = 32 * num_warps``: one channel per thread, so Triton gives the tiles a layout with all of
+``n`` inside one thread (sums over ``n`` and the feature products stay in registers) that equals the
+layout of the per-row loads, and no layout conversion goes through shared memory (checked on the
+compiled code by the ahead-of-time test).
+
+Stabilisation: every ``exp`` argument is ``<= 0`` (``m`` is the running minimum of ``y^2``; suffix sums of
+the backward are referenced to the position's own ``m``), as in ``ea_ops.torch_backend``.
+
+Argument naming (the ahead-of-time compiler builds signatures from it): ``*_ptr`` of ``q k v o g dq dk
+dv`` are in the input dtype, ``bounds_ptr seq_chunks_ptr item_seq_ptr`` are int32, other pointers float32;
+``r`` is float32, other scalars int32; upper-case names are ``tl.constexpr``.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+# ------------------------------------------------------------------------------------------ helpers
+@triton.jit
+def _feature_coefs(T1P: tl.constexpr, ORDER: tl.constexpr):
+    """``(a, b)`` with ``f = cumprod(a + b*x)`` over ``n``: ``a = [1, 0, ...]``, ``b_n = sqrt(2/n)``."""
+    n = tl.arange(0, T1P)
+    nf = tl.maximum(n.to(tl.float32), 1.0)
+    a = tl.where(n == 0, 1.0, 0.0)
+    b = tl.where((n >= 1) & (n <= ORDER), tl.sqrt(2.0 / nf), 0.0)
+    return a, b
+
+
+@triton.jit
+def _deriv_coefs(T1P: tl.constexpr, ORDER: tl.constexpr):
+    """``(a, b, keep)`` with ``f'_n = sqrt(2n) f_{n-1} = keep * cumprod(a + b*x)``.
+
+    ``f'_1 = sqrt(2)``, ``f'_n / f'_{n-1} = sqrt(2n) x / (n-1)``; row 0 holds a 1 to seed the product.
+    """
+    n = tl.arange(0, T1P)
+    nf = n.to(tl.float32)
+    live = (n >= 2) & (n <= ORDER)
+    a = tl.where(n == 0, 1.0, tl.where((n == 1) & (n <= ORDER), 1.4142135623730951, 0.0))
+    b = tl.where(live, tl.sqrt(2.0 * nf) / tl.maximum(nf - 1.0, 1.0), 0.0)
+    keep = tl.where(n >= 1, 1.0, 0.0)
+    return a, b, keep
+
+
+@triton.jit
+def _feats(x, a, b):
+    """``[C] -> [T1P, C]``: the features ``f_n(x)`` (``0`` for padded ``n``)."""
+    return tl.cumprod(a[:, None] + b[:, None] * x[None, :], axis=0)
+
+
+@triton.jit
+def _dfeats(x, a, b, keep):
+    """``[C] -> [T1P, C]``: ``d f_n / dx``."""
+    return tl.cumprod(a[:, None] + b[:, None] * x[None, :], axis=0) * keep[:, None]
+
+
+@triton.jit
+def _rebase(m_to, m_from):
+    """``exp(m_to - m_from)``, and 1 where both are equal (also ``inf == inf``, never ``exp(nan)``)."""
+    return tl.where(m_to == m_from, 1.0, tl.exp(m_to - m_from))
+
+
+@triton.jit
+def _state_offsets(item, c, HD, D, T1: tl.constexpr, T1P: tl.constexpr):
+    """Offsets ``[T1P, C]`` of ``S[item, h, n, d]`` for channels ``c = h*D + d``, and the row mask."""
+    n = tl.arange(0, T1P)
+    lane = (c // D) * (T1 * D) + c % D
+    off = tl.cast(item, tl.int64) * HD * T1 + n[:, None] * D + lane[None, :]
+    return off, n < T1
+
+
+# ------------------------------------------------------------------------------- causal forward scan
+@triton.jit
+def ea_fwd_scan(q_ptr, k_ptr, v_ptr, o_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in_ptr,
+                s_out_ptr, z_out_ptr, m_out_ptr, r, HD, D,
+                ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
+                LOAD_STATE: tl.constexpr, WRITE_O: tl.constexpr, STORE_STATE: tl.constexpr):
+    """Causal scan over the rows of one work item for ``BLOCK_C`` channels.
+
+    Starts from state ``in[item]`` (``LOAD_STATE``) or the empty state; writes ``o`` per row (``WRITE_O``)
+    and the state after the item to ``out[item]`` (``STORE_STATE``). Grid ``(items, cdiv(HD, BLOCK_C))``.
+    """
+    item = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < HD
+    start = tl.load(bounds_ptr + 2 * item)
+    end = tl.load(bounds_ptr + 2 * item + 1)
+    a, b = _feature_coefs(T1P, ORDER)
+    soff, nm = _state_offsets(item, c, HD, D, T1, T1P)
+    smask = nm[:, None] & cm[None, :]
+    moff = tl.cast(item, tl.int64) * HD + c
+    if LOAD_STATE:
+        S = tl.load(s_in_ptr + soff, mask=smask, other=0.0)
+        Z = tl.load(z_in_ptr + soff, mask=smask, other=0.0)
+        m = tl.load(m_in_ptr + moff, mask=cm, other=float("inf"))
+    else:
+        S = tl.zeros([T1P, BLOCK_C], tl.float32)
+        Z = tl.zeros([T1P, BLOCK_C], tl.float32)
+        m = tl.full([BLOCK_C], float("inf"), tl.float32)
+    off = tl.cast(start, tl.int64) * HD + c
+    for _ in range(start, end):
+        y = tl.load(k_ptr + off, mask=cm, other=0.0).to(tl.float32) * r
+        v = tl.load(v_ptr + off, mask=cm, other=0.0).to(tl.float32)
+        y2 = y * y
+        mn = tl.minimum(m, y2)
+        keep = _rebase(mn, m)
+        w = tl.exp(mn - y2)
+        F = _feats(y, a, b)
+        S = keep[None, :] * S + (w * v)[None, :] * F
+        Z = keep[None, :] * Z + w[None, :] * F
+        m = mn
+        if WRITE_O:
+            x = tl.load(q_ptr + off, mask=cm, other=0.0).to(tl.float32) * r
+            G = _feats(x, a, b)
+            num = tl.sum(G * S, axis=0)
+            den = tl.sum(G * Z, axis=0)
+            tl.store(o_ptr + off, (num / den).to(o_ptr.dtype.element_ty), mask=cm)
+        off += HD
+    if STORE_STATE:
+        tl.store(s_out_ptr + soff, S, mask=smask)
+        tl.store(z_out_ptr + soff, Z, mask=smask)
+        tl.store(m_out_ptr + moff, m, mask=cm)
+
+
+@triton.jit
+def ea_chunk_prefix(bounds_ptr, seq_chunks_ptr, s_init_ptr, z_init_ptr, m_init_ptr,
+                    s_ptr, z_ptr, m_ptr, s_fin_ptr, z_fin_ptr, m_fin_ptr, HD, D,
+                    T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
+                    LOAD_INIT: tl.constexpr, STORE_FINAL: tl.constexpr):
+    """Prefix over the chunk states of one sequence, in place.
+
+    On entry ``s/z/m[ch]`` hold chunk ``ch``'s own sums (from the empty state); on exit the state entering
+    chunk ``ch``. Starts from ``init[seq]`` (``LOAD_INIT``) or empty; the state after the last chunk goes
+    to ``fin[seq]`` (``STORE_FINAL``). Grid ``(sequences, cdiv(HD, BLOCK_C))``.
+    """
+    seq = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < HD
+    first = tl.load(seq_chunks_ptr + seq)
+    last = tl.load(seq_chunks_ptr + seq + 1)
+    soff, nm = _state_offsets(seq, c, HD, D, T1, T1P)
+    smask = nm[:, None] & cm[None, :]
+    moff = tl.cast(seq, tl.int64) * HD + c
+    if LOAD_INIT:
+        S = tl.load(s_init_ptr + soff, mask=smask, other=0.0)
+        Z = tl.load(z_init_ptr + soff, mask=smask, other=0.0)
+        m = tl.load(m_init_ptr + moff, mask=cm, other=float("inf"))
+    else:
+        S = tl.zeros([T1P, BLOCK_C], tl.float32)
+        Z = tl.zeros([T1P, BLOCK_C], tl.float32)
+        m = tl.full([BLOCK_C], float("inf"), tl.float32)
+    for ch in range(first, last):
+        coff, _ = _state_offsets(ch, c, HD, D, T1, T1P)
+        cmoff = tl.cast(ch, tl.int64) * HD + c
+        Sc = tl.load(s_ptr + coff, mask=smask, other=0.0)
+        Zc = tl.load(z_ptr + coff, mask=smask, other=0.0)
+        mc = tl.load(m_ptr + cmoff, mask=cm, other=float("inf"))
+        tl.store(s_ptr + coff, S, mask=smask)
+        tl.store(z_ptr + coff, Z, mask=smask)
+        tl.store(m_ptr + cmoff, m, mask=cm)
+        mn = tl.minimum(m, mc)
+        ka = _rebase(mn, m)
+        kb = _rebase(mn, mc)
+        S = ka[None, :] * S + kb[None, :] * Sc
+        Z = ka[None, :] * Z + kb[None, :] * Zc
+        m = mn
+    if STORE_FINAL:
+        tl.store(s_fin_ptr + soff, S, mask=smask)
+        tl.store(z_fin_ptr + soff, Z, mask=smask)
+        tl.store(m_fin_ptr + moff, m, mask=cm)
+
+
+# ------------------------------------------------------------------------------------ causal backward
+@triton.jit
+def ea_bwd_dx_scan(q_ptr, k_ptr, v_ptr, g_ptr, dq_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in_ptr,
+                   c_ptr, co_ptr, mm_ptr, r, HD, D,
+                   ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Forward re-scan of the backward: ``dq`` per row, and float32 ``c = g/den``, ``c*o``, ``m`` per row.
+
+    Starts from ``in[item]`` (the initial state, or the state entering the chunk). Grid as ``ea_fwd_scan``.
+    """
+    item = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < HD
+    start = tl.load(bounds_ptr + 2 * item)
+    end = tl.load(bounds_ptr + 2 * item + 1)
+    a, b = _feature_coefs(T1P, ORDER)
+    da, db, dkeep = _deriv_coefs(T1P, ORDER)
+    soff, nm = _state_offsets(item, c, HD, D, T1, T1P)
+    smask = nm[:, None] & cm[None, :]
+    moff = tl.cast(item, tl.int64) * HD + c
+    S = tl.load(s_in_ptr + soff, mask=smask, other=0.0)
+    Z = tl.load(z_in_ptr + soff, mask=smask, other=0.0)
+    m = tl.load(m_in_ptr + moff, mask=cm, other=float("inf"))
+    off = tl.cast(start, tl.int64) * HD + c
+    for _ in range(start, end):
+        y = tl.load(k_ptr + off, mask=cm, other=0.0).to(tl.float32) * r
+        v = tl.load(v_ptr + off, mask=cm, other=0.0).to(tl.float32)
+        x = tl.load(q_ptr + off, mask=cm, other=0.0).to(tl.float32) * r
+        g = tl.load(g_ptr + off, mask=cm, other=0.0).to(tl.float32)
+        y2 = y * y
+        mn = tl.minimum(m, y2)
+        keep = _rebase(mn, m)
+        w = tl.exp(mn - y2)
+        F = _feats(y, a, b)
+        S = keep[None, :] * S + (w * v)[None, :] * F
+        Z = keep[None, :] * Z + w[None, :] * F
+        m = mn
+        G = _feats(x, a, b)
+        dG = _dfeats(x, da, db, dkeep)
+        den = tl.sum(G * Z, axis=0)
+        o = tl.sum(G * S, axis=0) / den
+        cc = g / den
+        dx = cc * (tl.sum(dG * S, axis=0) - o * tl.sum(dG * Z, axis=0))
+        tl.store(dq_ptr + off, (dx * r).to(dq_ptr.dtype.element_ty), mask=cm)
+        tl.store(c_ptr + off, cc, mask=cm)
+        tl.store(co_ptr + off, cc * o, mask=cm)
+        tl.store(mm_ptr + off, mn, mask=cm)
+        off += HD
+
+
+@triton.jit
+def ea_bwd_rev_scan(q_ptr, k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, c_ptr, co_ptr, mm_ptr,
+                    u_in_ptr, w_in_ptr, mr_in_ptr, u_out_ptr, w_out_ptr, mr_out_ptr, r, HD, D,
+                    ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
+                    LOAD_STATE: tl.constexpr, WRITE_GRADS: tl.constexpr, STORE_STATE: tl.constexpr):
+    """Reverse scan of the backward over one work item, last row first.
+
+    ``U = sum_{i >= j} c_i f(x_i) exp(m_i - m_j)`` and ``W`` (with ``c_i o_i``) are held referenced to the
+    current row's ``m_j`` (all factors ``<= 1``: ``m`` is non-increasing in ``i``). Starts from the sums
+    of the rows after the item, ``u/w_in[item]`` referenced to ``mr_in[item]`` (``LOAD_STATE``), or from
+    zero; writes ``dk, dv`` (``WRITE_GRADS``); stores the item's sums referenced to its first row's ``m``
+    (``STORE_STATE``). Grid as ``ea_fwd_scan``.
+    """
+    item = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < HD
+    start = tl.load(bounds_ptr + 2 * item)
+    end = tl.load(bounds_ptr + 2 * item + 1)
+    a, b = _feature_coefs(T1P, ORDER)
+    da, db, dkeep = _deriv_coefs(T1P, ORDER)
+    soff, nm = _state_offsets(item, c, HD, D, T1, T1P)
+    smask = nm[:, None] & cm[None, :]
+    moff = tl.cast(item, tl.int64) * HD + c
+    if LOAD_STATE:
+        U = tl.load(u_in_ptr + soff, mask=smask, other=0.0)
+        W = tl.load(w_in_ptr + soff, mask=smask, other=0.0)
+        mref = tl.load(mr_in_ptr + moff, mask=cm, other=float("-inf"))
+    else:
+        U = tl.zeros([T1P, BLOCK_C], tl.float32)
+        W = tl.zeros([T1P, BLOCK_C], tl.float32)
+        mref = tl.full([BLOCK_C], float("-inf"), tl.float32)
+    off = tl.cast(end - 1, tl.int64) * HD + c
+    for _ in range(start, end):
+        x = tl.load(q_ptr + off, mask=cm, other=0.0).to(tl.float32) * r
+        cc = tl.load(c_ptr + off, mask=cm, other=0.0)
+        co = tl.load(co_ptr + off, mask=cm, other=0.0)
+        mi = tl.load(mm_ptr + off, mask=cm, other=0.0)
+        keep = _rebase(mref, mi)
+        G = _feats(x, a, b)
+        U = keep[None, :] * U + cc[None, :] * G
+        W = keep[None, :] * W + co[None, :] * G
+        mref = mi
+        if WRITE_GRADS:
+            y = tl.load(k_ptr + off, mask=cm, other=0.0).to(tl.float32) * r
+            v = tl.load(v_ptr + off, mask=cm, other=0.0).to(tl.float32)
+            e = tl.exp(mi - y * y)
+            F = _feats(y, a, b)
+            dF = _dfeats(y, da, db, dkeep) - (2.0 * y)[None, :] * F
+            dv = e * tl.sum(F * U, axis=0)
+            dy = e * (v * tl.sum(dF * U, axis=0) - tl.sum(dF * W, axis=0))
+            tl.store(dk_ptr + off, (dy * r).to(dk_ptr.dtype.element_ty), mask=cm)
+            tl.store(dv_ptr + off, dv.to(dv_ptr.dtype.element_ty), mask=cm)
+        off -= HD
+    if STORE_STATE:
+        tl.store(u_out_ptr + soff, U, mask=smask)
+        tl.store(w_out_ptr + soff, W, mask=smask)
+        tl.store(mr_out_ptr + moff, mref, mask=cm)
+
+
+@triton.jit
+def ea_chunk_suffix(seq_chunks_ptr, u_ptr, w_ptr, mr_ptr, HD, D,
+                    T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Suffix over the chunk sums of one sequence, in place (last chunk first).
+
+    On entry ``u/w[ch]`` hold chunk ``ch``'s own reverse sums referenced to ``mr[ch]`` (its first row's
+    ``m``); on exit the sums of all rows after chunk ``ch``, referenced to ``mr[ch]`` (``-inf`` and zero
+    sums for the last chunk). Grid ``(sequences, cdiv(HD, BLOCK_C))``.
+    """
+    seq = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < HD
+    first = tl.load(seq_chunks_ptr + seq)
+    last = tl.load(seq_chunks_ptr + seq + 1)
+    n = tl.arange(0, T1P)
+    smask = (n < T1)[:, None] & cm[None, :]
+    U = tl.zeros([T1P, BLOCK_C], tl.float32)
+    W = tl.zeros([T1P, BLOCK_C], tl.float32)
+    mref = tl.full([BLOCK_C], float("-inf"), tl.float32)
+    for i in range(first, last):
+        ch = last - 1 - (i - first)
+        coff, _ = _state_offsets(ch, c, HD, D, T1, T1P)
+        cmoff = tl.cast(ch, tl.int64) * HD + c
+        Uc = tl.load(u_ptr + coff, mask=smask, other=0.0)
+        Wc = tl.load(w_ptr + coff, mask=smask, other=0.0)
+        mc = tl.load(mr_ptr + cmoff, mask=cm, other=float("-inf"))
+        tl.store(u_ptr + coff, U, mask=smask)
+        tl.store(w_ptr + coff, W, mask=smask)
+        tl.store(mr_ptr + cmoff, mref, mask=cm)
+        keep = _rebase(mref, mc)
+        U = keep[None, :] * U + Uc
+        W = keep[None, :] * W + Wc
+        mref = mc
+
+
+# ----------------------------------------------------------------------------------------- non-causal
+@triton.jit
+def ea_nc_out(q_ptr, o_ptr, bounds_ptr, item_seq_ptr, s_ptr, z_ptr, r, HD, D,
+              ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Non-causal output of one work item from its sequence's global sums. Grid as ``ea_fwd_scan``."""
+    item = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < HD
+    start = tl.load(bounds_ptr + 2 * item)
+    end = tl.load(bounds_ptr + 2 * item + 1)
+    seq = tl.load(item_seq_ptr + item)
+    a, b = _feature_coefs(T1P, ORDER)
+    soff, nm = _state_offsets(seq, c, HD, D, T1, T1P)
+    smask = nm[:, None] & cm[None, :]
+    S = tl.load(s_ptr + soff, mask=smask, other=0.0)
+    Z = tl.load(z_ptr + soff, mask=smask, other=0.0)
+    off = tl.cast(start, tl.int64) * HD + c
+    for _ in range(start, end):
+        x = tl.load(q_ptr + off, mask=cm, other=0.0).to(tl.float32) * r
+        G = _feats(x, a, b)
+        o = tl.sum(G * S, axis=0) / tl.sum(G * Z, axis=0)
+        tl.store(o_ptr + off, o.to(o_ptr.dtype.element_ty), mask=cm)
+        off += HD
+
+
+@triton.jit
+def ea_nc_bwd_dx(q_ptr, g_ptr, dq_ptr, bounds_ptr, item_seq_ptr, s_ptr, z_ptr, u_part_ptr, w_part_ptr,
+                 r, HD, D, ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Non-causal backward, query side: ``dq`` per row and the item's partial ``U = sum c f(x)``, ``W``."""
+    item = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < HD
+    start = tl.load(bounds_ptr + 2 * item)
+    end = tl.load(bounds_ptr + 2 * item + 1)
+    seq = tl.load(item_seq_ptr + item)
+    a, b = _feature_coefs(T1P, ORDER)
+    da, db, dkeep = _deriv_coefs(T1P, ORDER)
+    soff, nm = _state_offsets(seq, c, HD, D, T1, T1P)
+    smask = nm[:, None] & cm[None, :]
+    S = tl.load(s_ptr + soff, mask=smask, other=0.0)
+    Z = tl.load(z_ptr + soff, mask=smask, other=0.0)
+    U = tl.zeros([T1P, BLOCK_C], tl.float32)
+    W = tl.zeros([T1P, BLOCK_C], tl.float32)
+    off = tl.cast(start, tl.int64) * HD + c
+    for _ in range(start, end):
+        x = tl.load(q_ptr + off, mask=cm, other=0.0).to(tl.float32) * r
+        g = tl.load(g_ptr + off, mask=cm, other=0.0).to(tl.float32)
+        G = _feats(x, a, b)
+        dG = _dfeats(x, da, db, dkeep)
+        den = tl.sum(G * Z, axis=0)
+        o = tl.sum(G * S, axis=0) / den
+        cc = g / den
+        dx = cc * (tl.sum(dG * S, axis=0) - o * tl.sum(dG * Z, axis=0))
+        tl.store(dq_ptr + off, (dx * r).to(dq_ptr.dtype.element_ty), mask=cm)
+        U += cc[None, :] * G
+        W += (cc * o)[None, :] * G
+        off += HD
+    poff, _ = _state_offsets(item, c, HD, D, T1, T1P)
+    tl.store(u_part_ptr + poff, U, mask=smask)
+    tl.store(w_part_ptr + poff, W, mask=smask)
+
+
+@triton.jit
+def ea_nc_bwd_dkdv(k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, item_seq_ptr, u_ptr, w_ptr, m_ptr, r, HD, D,
+                   ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Non-causal backward, key side: ``dk, dv`` per row from the sequence's ``U, W`` and ``m``."""
+    item = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < HD
+    start = tl.load(bounds_ptr + 2 * item)
+    end = tl.load(bounds_ptr + 2 * item + 1)
+    seq = tl.load(item_seq_ptr + item)
+    a, b = _feature_coefs(T1P, ORDER)
+    da, db, dkeep = _deriv_coefs(T1P, ORDER)
+    soff, nm = _state_offsets(seq, c, HD, D, T1, T1P)
+    smask = nm[:, None] & cm[None, :]
+    U = tl.load(u_ptr + soff, mask=smask, other=0.0)
+    W = tl.load(w_ptr + soff, mask=smask, other=0.0)
+    m = tl.load(m_ptr + tl.cast(seq, tl.int64) * HD + c, mask=cm, other=0.0)
+    off = tl.cast(start, tl.int64) * HD + c
+    for _ in range(start, end):
+        y = tl.load(k_ptr + off, mask=cm, other=0.0).to(tl.float32) * r
+        v = tl.load(v_ptr + off, mask=cm, other=0.0).to(tl.float32)
+        e = tl.exp(m - y * y)
+        F = _feats(y, a, b)
+        dF = _dfeats(y, da, db, dkeep) - (2.0 * y)[None, :] * F
+        dv = e * tl.sum(F * U, axis=0)
+        dy = e * (v * tl.sum(dF * U, axis=0) - tl.sum(dF * W, axis=0))
+        tl.store(dk_ptr + off, (dy * r).to(dk_ptr.dtype.element_ty), mask=cm)
+        tl.store(dv_ptr + off, dv.to(dv_ptr.dtype.element_ty), mask=cm)
+        off += HD
+
+
+KERNELS = {
+    "fwd_scan": ea_fwd_scan,
+    "chunk_prefix": ea_chunk_prefix,
+    "bwd_dx_scan": ea_bwd_dx_scan,
+    "bwd_rev_scan": ea_bwd_rev_scan,
+    "chunk_suffix": ea_chunk_suffix,
+    "nc_out": ea_nc_out,
+    "nc_bwd_dx": ea_nc_bwd_dx,
+    "nc_bwd_dkdv": ea_nc_bwd_dkdv,
+}

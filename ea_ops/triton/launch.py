@@ -1,0 +1,186 @@
+"""Host side of the Triton kernels: buffers, work tables and launches for one configuration.
+
+Inputs arrive contiguous ``[B, T, H, D]`` (rows ``[B*T, H*D]``) with the state ``S, Z [seqs, H, t+1, D]``,
+``m [seqs, H, D]`` float32. A configuration is a dict (``ea_ops.triton.configs``):
+``{"variant": "scan" | "chunked", "num_warps": w, "chunk": L}``; programs take ``BLOCK_C = 32 * w``
+channels (one per thread, see ``kernels``). ``poison_outputs()`` makes every buffer start as NaN, so a
+test sees any element a kernel forgot to write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from . import kernels as K
+from .plan import Plan, make_plan, sequences
+
+_POISON = False
+
+
+@contextlib.contextmanager
+def poison_outputs() -> Iterator[None]:
+    """Within the block, outputs and scratch buffers are allocated filled with NaN (for tests)."""
+    global _POISON
+    old, _POISON = _POISON, True
+    try:
+        yield
+    finally:
+        _POISON = old
+
+
+def _new(shape, dtype, device) -> Tensor:
+    if _POISON:
+        return torch.full(shape, math.nan, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def padded_terms(order: int) -> int:
+    """``T1P``: ``order + 1`` rounded up to a power of two (at least 2)."""
+    return max(2, 1 << (order).bit_length())
+
+
+def block_c(config: dict) -> int:
+    return 32 * int(config["num_warps"])
+
+
+def _meta(order: int, config: dict) -> dict:
+    return dict(ORDER=order, T1=order + 1, T1P=padded_terms(order), BLOCK_C=block_c(config),
+                num_warps=int(config["num_warps"]))
+
+
+def _grid(n: int, HD: int, config: dict) -> tuple[int, int]:
+    return (n, triton_cdiv(HD, block_c(config)))
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _state_bufs(n: int, H: int, t1: int, D: int, device) -> tuple[Tensor, Tensor, Tensor]:
+    f32 = torch.float32
+    return _new((n, H, t1, D), f32, device), _new((n, H, t1, D), f32, device), _new((n, H, D), f32, device)
+
+
+def _plan(B: int, T: int, segments, config: dict, device, *, force_chunk: bool = False) -> Plan:
+    chunked = force_chunk or config.get("variant") == "chunked"
+    return make_plan(sequences(B, T, segments), int(config["chunk"]) if chunked else None, device)
+
+
+def _chunk_states(k: Tensor, v: Tensor, plan: Plan, HD: int, D: int, r: float, meta: dict, config: dict,
+                  init: tuple[Tensor, Tensor, Tensor] | None, final: tuple[Tensor, Tensor, Tensor] | None):
+    """States entering each chunk ``[items, H, t+1, D]`` (pass 1: chunk sums; pass 2: prefix per sequence)."""
+    H = HD // D
+    st = _state_bufs(plan.n_items, H, meta["T1"], D, k.device)
+    if plan.n_items:
+        K.ea_fwd_scan[_grid(plan.n_items, HD, config)](
+            k, k, v, k, plan.bounds, *st, *st, r, HD, D,
+            LOAD_STATE=False, WRITE_O=False, STORE_STATE=True, **meta)
+    dummy = st if init is None else init
+    K.ea_chunk_prefix[_grid(plan.n_seqs, HD, config)](
+        plan.bounds, plan.seq_chunks, *(init or dummy), *st, *(final or dummy), HD, D,
+        T1=meta["T1"], T1P=meta["T1P"], BLOCK_C=meta["BLOCK_C"], num_warps=meta["num_warps"],
+        LOAD_INIT=init is not None, STORE_FINAL=final is not None)
+    return st
+
+
+# --------------------------------------------------------------------------------------------- forward
+def forward(q: Tensor, k: Tensor, v: Tensor, state: tuple[Tensor, Tensor, Tensor] | None, *, order: int,
+            causal: bool, scale: float, segments: list[tuple[int, int]] | None, want_state: bool,
+            config: dict) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor] | None]:
+    """``o`` and (causal, ``want_state``) the final state. ``state``: the initial state (causal only)."""
+    B, T, H, D = q.shape
+    HD, r, dev = H * D, math.sqrt(scale), q.device
+    meta = _meta(order, config)
+    o = _new(q.shape, q.dtype, dev)
+    n_seqs = B if segments is None else len(segments)
+    if not causal:
+        plan = _plan(B, T, segments, config, dev, force_chunk=True)
+        g = _state_bufs(n_seqs, H, order + 1, D, dev)
+        _chunk_states(k, v, plan, HD, D, r, meta, config, None, g)
+        if plan.n_items:
+            K.ea_nc_out[_grid(plan.n_items, HD, config)](q, o, plan.bounds, plan.item_seq, g[0], g[1], r, HD, D,
+                                                        **meta)
+        return o, None
+    final = _state_bufs(n_seqs, H, order + 1, D, dev) if want_state else None
+    plan = _plan(B, T, segments, config, dev)
+    if plan.chunk is None:
+        out = final or state
+        K.ea_fwd_scan[_grid(plan.n_items, HD, config)](
+            q, k, v, o, plan.bounds, *state, *out, r, HD, D,
+            LOAD_STATE=True, WRITE_O=True, STORE_STATE=want_state, **meta)
+        return o, final
+    st = _chunk_states(k, v, plan, HD, D, r, meta, config, state, final)
+    if plan.n_items:
+        K.ea_fwd_scan[_grid(plan.n_items, HD, config)](
+            q, k, v, o, plan.bounds, *st, *st, r, HD, D,
+            LOAD_STATE=True, WRITE_O=True, STORE_STATE=False, **meta)
+    return o, final
+
+
+def step(q: Tensor, k: Tensor, v: Tensor, state: tuple[Tensor, Tensor, Tensor], *, order: int, scale: float,
+         config: dict) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """One token ``q, k, v [B, H, D]``: the forward scan over one row per batch entry."""
+    B, H, D = q.shape
+    meta = _meta(order, config)
+    o = _new(q.shape, q.dtype, q.device)
+    new = _state_bufs(B, H, order + 1, D, q.device)
+    plan = make_plan(sequences(B, 1, None), None, q.device)
+    K.ea_fwd_scan[_grid(B, H * D, config)](
+        q, k, v, o, plan.bounds, *state, *new, math.sqrt(scale), H * D, D,
+        LOAD_STATE=True, WRITE_O=True, STORE_STATE=True, **meta)
+    return o, new
+
+
+# -------------------------------------------------------------------------------------------- backward
+def backward(q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: tuple[Tensor, Tensor, Tensor] | None, *,
+             order: int, causal: bool, scale: float, segments: list[tuple[int, int]] | None,
+             config: dict) -> tuple[Tensor, Tensor, Tensor]:
+    """``dq, dk, dv`` of ``sum(g * o)`` in the input dtype (the state gets no gradient)."""
+    B, T, H, D = q.shape
+    HD, r, dev = H * D, math.sqrt(scale), q.device
+    meta = _meta(order, config)
+    t1 = order + 1
+    dq, dk, dv = (_new(q.shape, q.dtype, dev) for _ in range(3))
+    n_seqs = B if segments is None else len(segments)
+    if not causal:
+        plan = _plan(B, T, segments, config, dev, force_chunk=True)
+        gs = _state_bufs(n_seqs, H, t1, D, dev)
+        _chunk_states(k, v, plan, HD, D, r, meta, config, None, gs)
+        if plan.n_items == 0:
+            return dq, dk, dv
+        up = _new((plan.n_items, H, t1, D), torch.float32, dev)
+        wp = _new((plan.n_items, H, t1, D), torch.float32, dev)
+        grid = _grid(plan.n_items, HD, config)
+        K.ea_nc_bwd_dx[grid](q, g, dq, plan.bounds, plan.item_seq, gs[0], gs[1], up, wp, r, HD, D, **meta)
+        idx = plan.item_seq[:plan.n_items].long()
+        U = torch.zeros((n_seqs, H, t1, D), dtype=torch.float32, device=dev).index_add_(0, idx, up)
+        W = torch.zeros((n_seqs, H, t1, D), dtype=torch.float32, device=dev).index_add_(0, idx, wp)
+        K.ea_nc_bwd_dkdv[grid](k, v, dk, dv, plan.bounds, plan.item_seq, U, W, gs[2], r, HD, D, **meta)
+        return dq, dk, dv
+    f32 = torch.float32
+    cbuf, cobuf, mbuf = (_new((B * T, HD), f32, dev) for _ in range(3))
+    plan = _plan(B, T, segments, config, dev)
+    if plan.n_items == 0:
+        return dq, dk, dv
+    grid = _grid(plan.n_items, HD, config)
+    if plan.chunk is None:
+        K.ea_bwd_dx_scan[grid](q, k, v, g, dq, plan.bounds, *state, cbuf, cobuf, mbuf, r, HD, D, **meta)
+        K.ea_bwd_rev_scan[grid](q, k, v, dk, dv, plan.bounds, cbuf, cobuf, mbuf, *state, *state, r, HD, D,
+                                LOAD_STATE=False, WRITE_GRADS=True, STORE_STATE=False, **meta)
+        return dq, dk, dv
+    st = _chunk_states(k, v, plan, HD, D, r, meta, config, state, None)
+    K.ea_bwd_dx_scan[grid](q, k, v, g, dq, plan.bounds, *st, cbuf, cobuf, mbuf, r, HD, D, **meta)
+    agg = _state_bufs(plan.n_items, H, t1, D, dev)  # reverse sums of each chunk, then suffixes, in place
+    K.ea_bwd_rev_scan[grid](q, k, v, dk, dv, plan.bounds, cbuf, cobuf, mbuf, *agg, *agg, r, HD, D,
+                            LOAD_STATE=False, WRITE_GRADS=False, STORE_STATE=True, **meta)
+    K.ea_chunk_suffix[_grid(plan.n_seqs, HD, config)](
+        plan.seq_chunks, *agg, HD, D, T1=meta["T1"], T1P=meta["T1P"], BLOCK_C=meta["BLOCK_C"],
+        num_warps=meta["num_warps"])
+    K.ea_bwd_rev_scan[grid](q, k, v, dk, dv, plan.bounds, cbuf, cobuf, mbuf, *agg, *agg, r, HD, D,
+                            LOAD_STATE=True, WRITE_GRADS=True, STORE_STATE=False, **meta)
+    return dq, dk, dv
