@@ -21,6 +21,23 @@ from .plan import Plan, make_plan, sequences
 
 _POISON = False
 
+# The constexpr flags each launch uses (the ahead-of-time build compiles exactly these; keep in sync).
+SCAN_OUT = dict(LOAD_STATE=True, WRITE_O=True, STORE_STATE=False)  # outputs only (chunks, or no final state)
+SCAN_OUT_STATE = dict(LOAD_STATE=True, WRITE_O=True, STORE_STATE=True)  # outputs and final state; the step
+SCAN_SUMS = dict(LOAD_STATE=False, WRITE_O=False, STORE_STATE=True)  # a chunk's own sums
+PREFIX_INIT = dict(LOAD_INIT=True, STORE_FINAL=False)
+PREFIX_INIT_FINAL = dict(LOAD_INIT=True, STORE_FINAL=True)
+PREFIX_GLOBAL = dict(LOAD_INIT=False, STORE_FINAL=True)  # non-causal: sums over the whole sequence
+REV_OWN = dict(LOAD_STATE=False, WRITE_GRADS=True, STORE_STATE=False)  # whole sequences
+REV_SUMS = dict(LOAD_STATE=False, WRITE_GRADS=False, STORE_STATE=True)  # a chunk's own reverse sums
+REV_GRADS = dict(LOAD_STATE=True, WRITE_GRADS=True, STORE_STATE=False)  # chunks, from the suffix
+LAUNCHES = (
+    ("fwd_scan", SCAN_OUT), ("fwd_scan", SCAN_OUT_STATE), ("fwd_scan", SCAN_SUMS),
+    ("chunk_prefix", PREFIX_INIT), ("chunk_prefix", PREFIX_INIT_FINAL), ("chunk_prefix", PREFIX_GLOBAL),
+    ("bwd_dx_scan", {}), ("bwd_rev_scan", REV_OWN), ("bwd_rev_scan", REV_SUMS), ("bwd_rev_scan", REV_GRADS),
+    ("chunk_suffix", {}), ("nc_out", {}), ("nc_bwd_dx", {}), ("nc_bwd_dkdv", {}),
+)
+
 
 @contextlib.contextmanager
 def poison_outputs() -> Iterator[None]:
@@ -68,7 +85,8 @@ def _state_bufs(n: int, H: int, t1: int, D: int, device) -> tuple[Tensor, Tensor
 
 def _plan(B: int, T: int, segments, config: dict, device, *, force_chunk: bool = False) -> Plan:
     chunked = force_chunk or config.get("variant") == "chunked"
-    return make_plan(sequences(B, T, segments), int(config["chunk"]) if chunked else None, device)
+    # a "scan" configuration given to the (always chunked) non-causal kernels: the longest curated chunk
+    return make_plan(sequences(B, T, segments), int(config.get("chunk", 256)) if chunked else None, device)
 
 
 def _chunk_states(k: Tensor, v: Tensor, plan: Plan, HD: int, D: int, r: float, meta: dict, config: dict,
@@ -78,13 +96,14 @@ def _chunk_states(k: Tensor, v: Tensor, plan: Plan, HD: int, D: int, r: float, m
     st = _state_bufs(plan.n_items, H, meta["T1"], D, k.device)
     if plan.n_items:
         K.ea_fwd_scan[_grid(plan.n_items, HD, config)](
-            k, k, v, k, plan.bounds, *st, *st, r, HD, D,
-            LOAD_STATE=False, WRITE_O=False, STORE_STATE=True, **meta)
-    dummy = st if init is None else init
+            k, k, v, k, plan.bounds, *st, *st, r, HD, D, **SCAN_SUMS, **meta)
+    if init is None:
+        flags = PREFIX_GLOBAL
+    else:
+        flags = PREFIX_INIT if final is None else PREFIX_INIT_FINAL
     K.ea_chunk_prefix[_grid(plan.n_seqs, HD, config)](
-        plan.bounds, plan.seq_chunks, *(init or dummy), *st, *(final or dummy), HD, D,
-        T1=meta["T1"], T1P=meta["T1P"], BLOCK_C=meta["BLOCK_C"], num_warps=meta["num_warps"],
-        LOAD_INIT=init is not None, STORE_FINAL=final is not None)
+        plan.bounds, plan.seq_chunks, *(init or st), *st, *(final or st), HD, D,
+        T1=meta["T1"], T1P=meta["T1P"], BLOCK_C=meta["BLOCK_C"], num_warps=meta["num_warps"], **flags)
     return st
 
 
@@ -111,14 +130,13 @@ def forward(q: Tensor, k: Tensor, v: Tensor, state: tuple[Tensor, Tensor, Tensor
     if plan.chunk is None:
         out = final or state
         K.ea_fwd_scan[_grid(plan.n_items, HD, config)](
-            q, k, v, o, plan.bounds, *state, *out, r, HD, D,
-            LOAD_STATE=True, WRITE_O=True, STORE_STATE=want_state, **meta)
+            q, k, v, o, plan.bounds, *state, *out, r, HD, D, **(SCAN_OUT_STATE if want_state else SCAN_OUT),
+            **meta)
         return o, final
     st = _chunk_states(k, v, plan, HD, D, r, meta, config, state, final)
     if plan.n_items:
         K.ea_fwd_scan[_grid(plan.n_items, HD, config)](
-            q, k, v, o, plan.bounds, *st, *st, r, HD, D,
-            LOAD_STATE=True, WRITE_O=True, STORE_STATE=False, **meta)
+            q, k, v, o, plan.bounds, *st, *st, r, HD, D, **SCAN_OUT, **meta)
     return o, final
 
 
@@ -131,8 +149,7 @@ def step(q: Tensor, k: Tensor, v: Tensor, state: tuple[Tensor, Tensor, Tensor], 
     new = _state_bufs(B, H, order + 1, D, q.device)
     plan = make_plan(sequences(B, 1, None), None, q.device)
     K.ea_fwd_scan[_grid(B, H * D, config)](
-        q, k, v, o, plan.bounds, *state, *new, math.sqrt(scale), H * D, D,
-        LOAD_STATE=True, WRITE_O=True, STORE_STATE=True, **meta)
+        q, k, v, o, plan.bounds, *state, *new, math.sqrt(scale), H * D, D, **SCAN_OUT_STATE, **meta)
     return o, new
 
 
@@ -171,16 +188,16 @@ def backward(q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: tuple[Tensor, Te
     if plan.chunk is None:
         K.ea_bwd_dx_scan[grid](q, k, v, g, dq, plan.bounds, *state, cbuf, cobuf, mbuf, r, HD, D, **meta)
         K.ea_bwd_rev_scan[grid](q, k, v, dk, dv, plan.bounds, cbuf, cobuf, mbuf, *state, *state, r, HD, D,
-                                LOAD_STATE=False, WRITE_GRADS=True, STORE_STATE=False, **meta)
+                                **REV_OWN, **meta)
         return dq, dk, dv
     st = _chunk_states(k, v, plan, HD, D, r, meta, config, state, None)
     K.ea_bwd_dx_scan[grid](q, k, v, g, dq, plan.bounds, *st, cbuf, cobuf, mbuf, r, HD, D, **meta)
     agg = _state_bufs(plan.n_items, H, t1, D, dev)  # reverse sums of each chunk, then suffixes, in place
     K.ea_bwd_rev_scan[grid](q, k, v, dk, dv, plan.bounds, cbuf, cobuf, mbuf, *agg, *agg, r, HD, D,
-                            LOAD_STATE=False, WRITE_GRADS=False, STORE_STATE=True, **meta)
+                            **REV_SUMS, **meta)
     K.ea_chunk_suffix[_grid(plan.n_seqs, HD, config)](
         plan.seq_chunks, *agg, HD, D, T1=meta["T1"], T1P=meta["T1P"], BLOCK_C=meta["BLOCK_C"],
         num_warps=meta["num_warps"])
     K.ea_bwd_rev_scan[grid](q, k, v, dk, dv, plan.bounds, cbuf, cobuf, mbuf, *agg, *agg, r, HD, D,
-                            LOAD_STATE=True, WRITE_GRADS=True, STORE_STATE=False, **meta)
+                            **REV_GRADS, **meta)
     return dq, dk, dv

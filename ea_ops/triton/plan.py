@@ -35,7 +35,8 @@ def sequences(B: int, T: int, segments: list[tuple[int, int]] | None) -> tuple[t
     return tuple((int(s), int(e)) for s, e in segments)
 
 
-def items_of(seqs: tuple[tuple[int, int], ...], chunk: int | None) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+def items_of(seqs: tuple[tuple[int, int], ...],
+             chunk: int | None) -> tuple[list[tuple[int, int]], list[int], list[int]]:
     """``(items, item_seq, seq_chunks)`` as python lists."""
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")

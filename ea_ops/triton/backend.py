@@ -1,0 +1,103 @@
+"""``backend="triton"``: the dispatch interface of ``ea_ops.dispatch`` over the Triton kernels.
+
+CUDA tensors run compiled kernels; CPU tensors run the same kernels under Triton's interpreter when
+``TRITON_INTERPRET=1`` was set before Triton was imported (how CI checks them). Importing this module
+does not import Triton (``backend="auto"`` asks ``prefers`` on every call); the kernels module imports it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from ..state import EAState
+from .target import interpreting
+
+NAME = "triton"
+EXTRA = "triton"
+MAX_ORDER = 14  # T1P = 16 Taylor terms per lane; every shipped configuration builds without spills to here
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+_MAX_ROWS = 2**31 - 1  # work tables are int32 rows (element offsets are int64 in the kernels)
+
+
+def unavailable_reason() -> str | None:
+    try:
+        found = importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError) as exc:
+        return f"triton cannot be imported ({exc})"
+    return None if found else "triton is not installed"
+
+
+def _interpreter_active() -> bool:
+    """The kernels were built for the interpreter (the environment variable alone is not enough:
+    Triton reads it when a kernel is defined)."""
+    if not interpreting():
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from . import kernels
+
+    return isinstance(kernels.ea_fwd_scan, InterpretedFunction)
+
+
+def supports(q: torch.Tensor, *, causal: bool, order: int, needs_grad: bool) -> str | None:
+    if q.dtype not in _FLOATS:
+        return f"dtype {q.dtype} (the Triton kernels take float32, bfloat16 or float16)"
+    if order > MAX_ORDER:
+        return f"order {order} > {MAX_ORDER} (the Triton kernels keep {MAX_ORDER + 2} Taylor terms per lane)"
+    if q.dim() == 4 and q.shape[0] * q.shape[1] > _MAX_ROWS:
+        return "more than 2^31 positions B*T (the work tables are int32)"
+    if q.device.type == "cuda":
+        return None
+    if q.device.type == "cpu":
+        if not interpreting():
+            return ("CPU tensors run the Triton kernels only under TRITON_INTERPRET=1 (set before triton is "
+                    "imported); use CUDA tensors, or backend='torch' / 'tvm' on the CPU")
+        if not _interpreter_active():
+            return "TRITON_INTERPRET=1 was set after the Triton kernels were defined; set it before importing triton"
+        return None
+    return f"device {q.device.type} (the Triton backend runs CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)"
+
+
+def prefers(q: torch.Tensor, order: int) -> bool:
+    """On CUDA, always (it is the GPU backend); never on the CPU (the interpreter is for tests)."""
+    return q.device.type == "cuda" and q.dtype in _FLOATS and order <= MAX_ORDER
+
+
+def attention(q, k, v, *, order, causal, scale, initial_state, output_final_state, cu_seqlens):
+    from .ops import forward_op
+
+    B, T, H, D = q.shape
+    offsets: list[int] = []
+    if cu_seqlens is not None:
+        offsets = [cu_seqlens[0][0]] + [e for _, e in cu_seqlens]
+    if causal:
+        n = B if cu_seqlens is None else len(cu_seqlens)
+        st = initial_state or EAState.empty(n, H, D, order, device=q.device)
+        S0, Z0, M0 = st.S, st.Z, st.m
+    else:
+        S0, Z0, M0 = (q.new_empty(0, dtype=torch.float32) for _ in range(3))
+    want = bool(causal and output_final_state)
+    o, S, Z, M = forward_op(q, k, v, S0, Z0, M0, order, causal, float(scale), offsets, want)
+    return (o, EAState(S, Z, M)) if want else (o, None)
+
+
+def recurrent_step(q, k, v, state, *, order, scale):
+    from .ops import step_op
+
+    o, S, Z, M = step_op(q, k, v, state.S, state.Z, state.m, order, float(scale))
+    return o, EAState(S, Z, M)
+
+
+def describe() -> dict:
+    """Triton version, mode, this target's fingerprint and how many tuned records exist for it."""
+    from . import configs
+    from .target import fingerprint, triton_version
+
+    out: dict = {"triton": triton_version(), "interpreter": interpreting()}
+    if torch.cuda.is_available() or interpreting():
+        fp = fingerprint()
+        out["fingerprint"] = fp
+        out["records"] = len(configs.load(fp))
+    return out

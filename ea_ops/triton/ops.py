@@ -1,0 +1,146 @@
+"""PyTorch integration of the Triton kernels: ``torch.library`` custom ops with fake implementations and a
+registered autograd formula, so ``torch.compile`` holds them without graph breaks.
+
+``ea_ops_triton::forward(q, k, v, S0, Z0, M0, order, causal, scale, offsets, want_state)`` returns
+``(o, S, Z, M)``: the final state when ``causal and want_state`` (else three empty float32 tensors; custom-op
+outputs must not alias). ``offsets`` is ``cu_seqlens`` as a list (empty: one sequence per batch entry).
+The backward saves only ``q, k, v`` and the initial state: the kernels recompute everything else.
+The configuration of each call comes from ``ea_ops.triton.configs.choose`` (tuned record or default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor
+
+from . import configs, launch
+from .target import fingerprint, interpreting
+
+_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def _segments(offsets: list[int]) -> list[tuple[int, int]] | None:
+    return list(zip(offsets[:-1], offsets[1:])) if offsets else None
+
+
+def _config(kernel: str, q: Tensor, *, causal: bool, order: int, n_seqs: int, rows: int) -> dict:
+    HD = q.shape[-1] * q.shape[-2]
+    fp = fingerprint(q.device) if q.device.type == "cuda" or interpreting() else None
+    return configs.choose(kernel, causal=causal, order=order, dtype=_DTYPES[q.dtype], HD=HD, n_seqs=n_seqs,
+                          rows=rows, fp=fp)
+
+
+def _on_device(t: Tensor):
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _state(S0: Tensor, Z0: Tensor, M0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(t.to(torch.float32).contiguous() for t in (S0, Z0, M0))
+
+
+def _empty3(q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(q.new_empty(0, dtype=torch.float32) for _ in range(3))
+
+
+def forward_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int, causal: bool,
+                 scale: float, offsets: list[int], want_state: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    q, k, v = (t.contiguous() for t in (q, k, v))
+    B, T, H, D = q.shape
+    segments = _segments(offsets)
+    n_seqs = B if segments is None else len(segments)
+    if q.numel() == 0 or n_seqs == 0:
+        o = torch.empty_like(q)
+        if causal and want_state:
+            return (o, *(t.to(torch.float32).clone() for t in (S0, Z0, M0)))
+        return (o, *_empty3(q))
+    cfg = _config("forward", q, causal=causal, order=order, n_seqs=n_seqs, rows=B * T)
+    state = _state(S0, Z0, M0) if causal else None
+    with _on_device(q):
+        o, final = launch.forward(q, k, v, state, order=order, causal=causal, scale=scale, segments=segments,
+                                  want_state=causal and want_state, config=cfg)
+    return (o, *(final if final is not None else _empty3(q)))
+
+
+def backward_impl(q: Tensor, k: Tensor, v: Tensor, g: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
+                  causal: bool, scale: float, offsets: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+    q, k, v = (t.contiguous() for t in (q, k, v))
+    g = g.to(q.dtype).contiguous()
+    B, T, H, D = q.shape
+    segments = _segments(offsets)
+    n_seqs = B if segments is None else len(segments)
+    if q.numel() == 0 or n_seqs == 0:
+        return tuple(torch.zeros_like(q) for _ in range(3))
+    cfg = _config("backward", q, causal=causal, order=order, n_seqs=n_seqs, rows=B * T)
+    state = _state(S0, Z0, M0) if causal else None
+    with _on_device(q):
+        dq, dk, dv = launch.backward(q, k, v, g, state, order=order, causal=causal, scale=scale,
+                                     segments=segments, config=cfg)
+    return dq, dk, dv
+
+
+def step_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
+              scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    q, k, v = (t.contiguous() for t in (q, k, v))
+    B, H, D = q.shape
+    if q.numel() == 0:
+        return (torch.empty_like(q), *(t.to(torch.float32).clone() for t in (S0, Z0, M0)))
+    cfg = _config("step", q, causal=True, order=order, n_seqs=B, rows=B)
+    with _on_device(q):
+        o, new = launch.step(q, k, v, _state(S0, Z0, M0), order=order, scale=scale, config=cfg)
+    return (o, *new)
+
+
+# ------------------------------------------------------------------------------------------ custom ops
+@torch.library.custom_op("ea_ops_triton::forward", mutates_args=())
+def forward_op(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int, causal: bool,
+               scale: float, offsets: list[int], want_state: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return forward_impl(q, k, v, S0, Z0, M0, order, causal, scale, offsets, want_state)
+
+
+@forward_op.register_fake
+def _forward_fake(q, k, v, S0, Z0, M0, order, causal, scale, offsets, want_state):
+    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if causal and want_state:
+        return (o, *(t.new_empty(t.shape, dtype=torch.float32) for t in (S0, Z0, M0)))
+    return (o, *(q.new_empty(0, dtype=torch.float32) for _ in range(3)))
+
+
+@torch.library.custom_op("ea_ops_triton::backward", mutates_args=())
+def backward_op(q: Tensor, k: Tensor, v: Tensor, g: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
+                causal: bool, scale: float, offsets: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+    return backward_impl(q, k, v, g, S0, Z0, M0, order, causal, scale, offsets)
+
+
+@backward_op.register_fake
+def _backward_fake(q, k, v, g, S0, Z0, M0, order, causal, scale, offsets):
+    return tuple(torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(3))
+
+
+@torch.library.custom_op("ea_ops_triton::step", mutates_args=())
+def step_op(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
+            scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return step_impl(q, k, v, S0, Z0, M0, order, scale)
+
+
+@step_op.register_fake
+def _step_fake(q, k, v, S0, Z0, M0, order, scale):
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            *(t.new_empty(t.shape, dtype=torch.float32) for t in (S0, Z0, M0)))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, S0, Z0, M0, order, causal, scale, offsets, _want = inputs
+    ctx.save_for_backward(q, k, v, S0, Z0, M0)
+    ctx.meta = (order, causal, scale, offsets)
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _backward(ctx, go, *_state_grads):
+    q, k, v, S0, Z0, M0 = ctx.saved_tensors
+    dq, dk, dv = backward_op(q, k, v, go, S0, Z0, M0, *ctx.meta)
+    return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+forward_op.register_autograd(_backward, setup_context=_setup_context)
