@@ -51,8 +51,7 @@ def heatmap(path: Path, dtype: str, panels: list[tuple[str, list[dict[str, Any]]
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 0.42 * len(orders) * nrows + 1.6 * nrows),
                              squeeze=False, constrained_layout=True)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#bbbbbb")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#bbbbbb")
     im = None
     for ax, (title, cells, field) in zip(axes.flat, panels, strict=False):
         val, bad, missing = _matrix(cells, orders, scales, field)

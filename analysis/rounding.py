@@ -51,6 +51,7 @@ def rounding_estimate(dtype: torch.dtype, order: int, zmax: float) -> dict[str, 
     """``{"accumulation", "output", "total"}``: estimated rounding error relative to the spread of v
     for EA-t with ``|2xy| <= zmax`` in ``dtype`` (see the module docstring)."""
     u_acc = UNIT_ROUNDOFF[accumulation_dtype(dtype)]
-    acc = u_acc * (4.0 + cancellation(order, zmax))
+    k = cancellation(order, zmax)
+    acc = u_acc * (4.0 + k)
     out = UNIT_ROUNDOFF[dtype] if dtype in (torch.float16, torch.bfloat16) else 0.0
-    return {"accumulation": acc, "output": out, "total": acc + out, "cancellation": cancellation(order, zmax)}
+    return {"accumulation": acc, "output": out, "total": acc + out, "cancellation": k}
