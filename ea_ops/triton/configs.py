@@ -25,6 +25,8 @@ BACKEND = "triton"
 KERNELS = ("forward", "backward", "step")
 WARPS = (1, 2, 4, 8)
 CHUNKS = (32, 64, 128, 256)  # the chunk lengths the defaults and the curated lists use
+# Longest chunk per block size: narrow blocks serve small H*D, where lanes are scarce and short chunks pay.
+MAX_CHUNK = {1: 64, 2: 128, 4: 256, 8: 256}
 LANES_TARGET = 1 << 17  # independent (channel, chunk) scans a GPU needs in flight (DESIGN.md)
 _MAX_DISTANCE = 2.0
 _forced: list[tuple[str | None, dict]] = []
@@ -106,7 +108,7 @@ def default(kernel: str, *, causal: bool, HD: int, n_seqs: int, rows: int) -> di
     if kernel == "step":
         return {"num_warps": w}
     mean = rows / max(1, n_seqs)
-    chunk = default_chunk(n_seqs, HD, rows)
+    chunk = min(default_chunk(n_seqs, HD, rows), MAX_CHUNK[w])
     if causal and (n_seqs * HD >= LANES_TARGET or mean <= min(CHUNKS)):
         return {"variant": "scan", "num_warps": w}
     return {"variant": "chunked", "num_warps": w, "chunk": chunk}
