@@ -49,11 +49,15 @@ SCAN_BLOCKS = {
 class _Sig:
     """The symbolic shape and the buffers of one PrimFunc under construction."""
 
-    def __init__(self, H: int, D: int, order: int):
-        self.B = T.int32()
-        self.T = T.int32()
-        IRBuilder.name("B", self.B)
-        IRBuilder.name("T", self.T)
+    def __init__(self, H: int, D: int, order: int, static: dict | None = None):
+        static = static or {}
+        self.B = static.get("B") or T.int32()
+        self.T = static.get("T") or T.int32()
+        self.r = static.get("r")
+        if "B" not in static:
+            IRBuilder.name("B", self.B)
+        if "T" not in static:
+            IRBuilder.name("T", self.T)
         self.H, self.D, self.t1 = H, D, order + 1
         self.bufs: dict[str, tirx.Buffer] = {}
 
@@ -72,6 +76,8 @@ class _Sig:
         return buf
 
     def scalar(self, name: str):
+        if self.r is not None:  # a tuning workload: the scale is a constant, every argument a tensor
+            return tm.const(self.r)
         var = T.arg(name, T.float32())
         IRBuilder.name(name, var)
         return var
@@ -117,13 +123,13 @@ def _finish(ib: IRBuilder) -> tirx.PrimFunc:
     return ib.get()
 
 
-def forward(order: int, dtype: str, causal: bool, H: int, D: int) -> tirx.PrimFunc:
+def forward(order: int, dtype: str, causal: bool, H: int, D: int, static: dict | None = None) -> tirx.PrimFunc:
     """The forward kernel (see the module docstring for its arguments)."""
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
             T.func_name("main")
             T.func_attr({"tirx.noalias": True})
-            sig = _Sig(H, D, order)
+            sig = _Sig(H, D, order, static)
             q, k, v, o = (sig.buffer(n, "seq", dtype) for n in ("q", "k", "v", "o"))
             S, Z = sig.buffer("S", "state"), sig.buffer("Z", "state")
             M = sig.buffer("M", "m")
@@ -152,13 +158,13 @@ def forward(order: int, dtype: str, causal: bool, H: int, D: int) -> tirx.PrimFu
     return _finish(ib)
 
 
-def backward(order: int, dtype: str, causal: bool, H: int, D: int) -> tirx.PrimFunc:
+def backward(order: int, dtype: str, causal: bool, H: int, D: int, static: dict | None = None) -> tirx.PrimFunc:
     """The backward kernel: a forward re-scan (``dq``) and a reverse scan (``dk, dv``), SPEC gradients."""
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
             T.func_name("main")
             T.func_attr({"tirx.noalias": True})
-            sig = _Sig(H, D, order)
+            sig = _Sig(H, D, order, static)
             q, k, v, g = (sig.buffer(n, "seq", dtype) for n in ("q", "k", "v", "g"))
             S, Z = sig.buffer("S", "state"), sig.buffer("Z", "state")
             M = sig.buffer("M", "m")
@@ -251,8 +257,13 @@ def backward(order: int, dtype: str, causal: bool, H: int, D: int) -> tirx.PrimF
     return _finish(ib)
 
 
-def build_func(kernel: str, order: int, dtype: str, causal: bool, H: int, D: int) -> tirx.PrimFunc:
-    """The unscheduled PrimFunc of one kernel (``step`` is the causal forward, run at ``T = 1``)."""
+def build_func(kernel: str, order: int, dtype: str, causal: bool, H: int, D: int,
+               static: dict | None = None) -> tirx.PrimFunc:
+    """The unscheduled PrimFunc of one kernel (``step`` is the causal forward, run at ``T = 1``).
+
+    ``static``: ``{"B": int, "T": int, "r": float}`` fixes the batch, the length and the scale (a tuning
+    workload: static shapes and tensor-only arguments, as MetaSchedule's runners need).
+    """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if dtype not in DTYPES:
@@ -260,5 +271,5 @@ def build_func(kernel: str, order: int, dtype: str, causal: bool, H: int, D: int
     if order < 0 or order % 2:
         raise ValueError(f"order must be a non-negative even int, got {order}")
     if kernel == "backward":
-        return backward(order, dtype, causal, H, D)
-    return forward(order, dtype, causal if kernel == "forward" else True, H, D)
+        return backward(order, dtype, causal, H, D, static)
+    return forward(order, dtype, causal if kernel == "forward" else True, H, D, static)

@@ -7,7 +7,9 @@ kernel (``kernels.SCAN_BLOCKS``), each of which loops over ``(b, h, t, d)``:
   stays in registers across time) or ``"t_d"`` = ``parallel(b, h_o) > t > h_i > d_o > vector(d_i)``
   (contiguous rows of ``h_i * D`` channels per time step);
 - ``d_tile``: the vectorised inner channel count (divides ``D``); ``h_tile``: heads per step (``"t_d"``);
-- ``t_unroll``: the time loop split by this factor and its inner part unrolled (1 = not split).
+- ``t_unroll``: the time loop split by this factor and its inner part unrolled (1 = not split);
+- ``parallel``: whether the outer channel loop runs on the thread pool (tiny workloads, e.g. the
+  recurrent step, lose more to the fork-join than they gain).
 
 The tuner's design space (``schedules.tvm.spaces``) samples exactly these knobs with MetaSchedule and
 calls ``apply_cpu`` with the sampled random variables; the runtime calls it with the record's ints. Either
@@ -41,7 +43,7 @@ def default_cpu_config(kernel: str, H: int, D: int) -> dict[str, Any]:
     16 float32 lanes fill one AVX-512 register (two AVX2 ones); no knowledge of the measured target.
     """
     d_tile = max(x for x in _divisors(D) if x <= 16)
-    return {"loop": "d_t", "d_tile": d_tile, "h_tile": 1, "t_unroll": 1}
+    return {"loop": "d_t", "d_tile": d_tile, "h_tile": 1, "t_unroll": 1, "parallel": True}
 
 
 def validate_cpu_config(cfg: object, H: int, D: int) -> dict[str, Any]:
@@ -62,11 +64,15 @@ def validate_cpu_config(cfg: object, H: int, D: int) -> dict[str, Any]:
     if unroll not in T_UNROLLS or isinstance(unroll, bool):
         raise ScheduleError(f"config.t_unroll must be one of {T_UNROLLS}, got {unroll!r}")
     out["t_unroll"] = unroll
+    par = cfg.get("parallel", True)
+    if not isinstance(par, bool):
+        raise ScheduleError(f"config.parallel must be a bool, got {par!r}")
+    out["parallel"] = par
     return out
 
 
 def apply_cpu(sch: s_tir.Schedule, kernel: str, causal: bool, *, loop: str, d_factors, h_factors,
-              t_unroll, annotate: bool = True) -> None:
+              t_unroll, parallel: bool = True) -> None:
     """Schedule every time block of ``sch`` in place.
 
     ``d_factors``/``h_factors``: ``[outer, inner]`` split factors (ints, ``None`` or MetaSchedule
@@ -86,20 +92,22 @@ def apply_cpu(sch: s_tir.Schedule, kernel: str, causal: bool, *, loop: str, d_fa
             h_o, h_i = sch.split(h, factors=list(h_factors))
             sch.reorder(b, h_o, t, h_i, d_o, d_i)
             par = sch.fuse(b, h_o)
-        sch.parallel(par)
+        if parallel:
+            sch.parallel(par)
         sch.vectorize(d_i)
         if not (isinstance(t_unroll, int) and t_unroll == 1):
             _, t_i = sch.split(t, factors=[None, t_unroll])
             sch.unroll(t_i)
-        if annotate:
-            sch.annotate(block, "ea_ops.loop", loop)
+        # Structural knobs, readable from a tuning trace (schedules.tvm.spaces.knobs_from_trace).
+        sch.annotate(block, "ea_ops.loop", loop)
+        sch.annotate(block, "ea_ops.parallel", int(parallel))
 
 
 def schedule_cpu(func: tirx.PrimFunc, kernel: str, causal: bool, cfg: dict[str, Any]) -> tvm.IRModule:
     """``func`` scheduled with the (validated) CPU config ``cfg``; the time loops are checked."""
     sch = s_tir.Schedule(func)
     apply_cpu(sch, kernel, causal, loop=cfg["loop"], d_factors=[None, cfg["d_tile"]],
-              h_factors=[None, cfg["h_tile"]], t_unroll=cfg["t_unroll"])
+              h_factors=[None, cfg["h_tile"]], t_unroll=cfg["t_unroll"], parallel=cfg["parallel"])
     check_time_loops(sch.mod)
     return sch.mod
 

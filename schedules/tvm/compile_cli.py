@@ -1,0 +1,147 @@
+"""``ea-ops compile --backend tvm``: build the EA kernels for a target and export them with a manifest.
+
+- ``--target cpu``: one shared library per kernel (``<kernel>.so``, LLVM for this CPU), scheduled with the
+  tuned record for this target when one exists, else the default schedule.
+- ``--target cuda:sm_90`` (no GPU needed): CUDA C source per kernel (``<kernel>.cu``) and, when ``nvcc`` is
+  on the PATH, its PTX for that arch (``<kernel>.ptx``). Variants: one thread per channel, and the chunked
+  (split-T) causal forward.
+
+``manifest.json`` lists target, fingerprint, per kernel the variant, schedule and its source, the
+argument order (``ea_ops.tvm.kernels``), the files with their sizes, and the tool versions. The head count
+and head size default to 8 x 64 (``EA_OPS_COMPILE_SHAPE=HxD`` overrides them).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ea_ops.records import atomic_write_json
+
+from . import targets
+from .measure import ARG_ROLES
+
+ARGS = {
+    ("forward", True): "q k v o S Z M r",
+    ("forward", False): "q k v o S Z M r",
+    ("backward", True): "q k v g S Z M C CO MM U W MN dq dk dv r",
+    ("backward", False): "q k v g S Z M U W dq dk dv r",
+    "chunked": "q k v o S Z M SC ZC MC r",
+}
+KERNELS = (("forward", True), ("forward", False), ("backward", True), ("backward", False))
+
+
+def _shape(args) -> tuple[int, int]:
+    H = getattr(args, "heads", None)
+    D = getattr(args, "dim", None)
+    text = os.environ.get("EA_OPS_COMPILE_SHAPE")
+    if text and (H is None or D is None):
+        m = re.fullmatch(r"(\d+)x(\d+)", text.strip())
+        if not m:
+            raise SystemExit(f"EA_OPS_COMPILE_SHAPE must look like 8x64, got {text!r}")
+        H, D = int(m.group(1)), int(m.group(2))
+    return int(H or 8), int(D or 64)
+
+
+def _nvcc() -> str | None:
+    path = shutil.which("nvcc")
+    if not path:
+        return None
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"release ([\d.]+)", out)
+    return m.group(1) if m else "unknown"
+
+
+def _cpu(out: Path, orders, dtypes, H: int, D: int) -> list[dict]:
+    from ea_ops.tvm import build
+
+    entries = []
+    for order in orders:
+        for dtype in dtypes:
+            for kernel, causal in KERNELS:
+                cfg, source = build.choose_cpu_config(kernel, causal, order, dtype, H, D, 4096)
+                lib = build.build_cpu(kernel, causal, order, dtype, H, D, cfg)
+                name = f"{kernel}-{'causal' if causal else 'full'}-t{order}-{dtype}-H{H}D{D}"
+                path = out / f"{name}.so"
+                lib.export_library(str(path))
+                entries.append({"name": name, "kernel": kernel, "causal": causal, "order": order,
+                                "dtype": dtype, "variant": "cpu", "schedule": cfg, "schedule_source": source,
+                                "args": ARGS[(kernel, causal)].split(),
+                                "files": {"library": _file(path)}})
+    return entries
+
+
+def _cuda(out: Path, arch: str, orders, dtypes, H: int, D: int, nvcc: str | None) -> list[dict]:
+    import tvm
+
+    from ea_ops.tvm import cuda
+    from ea_ops.tvm.target import cuda_target
+
+    target = tvm.target.Target(cuda_target(arch), host="llvm")
+    entries = []
+    for order in orders:
+        for dtype in dtypes:
+            variants = [(k, c, "channel") for k, c in KERNELS] + [("forward", True, "chunked")]
+            for kernel, causal, variant in variants:
+                cfg = {**cuda.default_config(kernel, causal), "variant": variant}
+                mod = cuda.scheduled_module(kernel, causal, order, dtype, H, D, cfg)
+                lib = tvm.compile(mod, target=target)
+                src = lib.mod.imports[0].inspect_source("cuda")
+                name = f"{kernel}-{'causal' if causal else 'full'}-{variant}-t{order}-{dtype}-H{H}D{D}"
+                files = {}
+                cu = out / f"{name}.cu"
+                cu.write_text(src)
+                files["source"] = _file(cu)
+                if nvcc:
+                    p = out / f"{name}.ptx"
+                    res = subprocess.run(["nvcc", "--ptx", f"-arch={arch}", "-O3", "-o", str(p), str(cu)],
+                                         capture_output=True, text=True, timeout=600)
+                    if res.returncode != 0:
+                        raise SystemExit(f"nvcc failed on {cu.name}:\n{res.stderr[-3000:]}")
+                    files["ptx"] = _file(p)
+                args = ARGS["chunked" if variant == "chunked" else (kernel, causal)].split()
+                entries.append({"name": name, "kernel": kernel, "causal": causal, "order": order,
+                                "dtype": dtype, "variant": variant, "schedule": cfg,
+                                "schedule_source": "default", "args": args,
+                                "kernels": sorted(set(re.findall(r"__global__\s+void\s+(?:__launch_bounds__\(\d+\)\s+)?(\w+)", src))),
+                                "files": files})
+    return entries
+
+
+def _file(path: Path) -> dict:
+    return {"path": path.name, "bytes": path.stat().st_size}
+
+
+def run(args) -> int:
+    tgt = targets.parse(args.target)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    H, D = _shape(args)
+    nvcc = _nvcc() if tgt.kind == "cuda" else None
+    if tgt.kind == "cpu":
+        entries = _cpu(out, args.orders, args.dtypes, H, D)
+    else:
+        entries = _cuda(out, tgt.arch, args.orders, args.dtypes, H, D, nvcc)
+        if nvcc is None:
+            print("nvcc not found: exported CUDA source only (no PTX)", file=sys.stderr)
+    manifest = {
+        "backend": "tvm",
+        "target": tgt.describe(),
+        "fingerprint": tgt.fingerprint,
+        "orders": list(args.orders),
+        "dtypes": list(args.dtypes),
+        "shape": {"H": H, "D": D, "B": "any", "T": "any"},
+        "arg_roles": {f"{k}-{'causal' if c else 'full'}": ARG_ROLES[(k, c)] for k, c in KERNELS},
+        "kernels": entries,
+        "versions": {**targets.versions(), "nvcc": nvcc},
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+    print(f"{len(entries)} kernels for {tgt.fingerprint} in {out} (manifest.json)")
+    return 0

@@ -1,0 +1,146 @@
+"""MetaSchedule builders and runners for the EA kernels (local or through a TVM RPC tracker).
+
+- Build: MetaSchedule's default build function imports ``tvm.s_tir.tensor_intrin`` (about 40 s here) in
+  every fresh builder worker, and LocalBuilder starts fresh workers for every batch: builds time out.
+  ``build_kernel`` compiles with ``tvm.compile`` only; the timeout is generous for 2-core machines.
+- Inputs: MetaSchedule fills every argument with random bits; these kernels then time garbage (inf,
+  NaN, a random "running minimum"). ``alloc_arguments`` fills them as a real call would: q, k, v, g
+  ~ N(0, 0.5^2), zero sums, ``m = +inf`` (``MN = -inf`` for the reverse scan), in the kernel's argument
+  order (``ARG_ROLES``).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any
+
+import numpy as np
+
+# Argument roles in kernel order (ea_ops.tvm.kernels): "x" input data, "o" output, "0" zeros,
+# "+inf"/"-inf" running minima.
+ARG_ROLES = {
+    ("forward", True): "x x x o 0 0 +inf",
+    ("forward", False): "x x x o 0 0 +inf",
+    ("step", True): "x x x o 0 0 +inf",
+    ("backward", True): "x x x x 0 0 +inf o o o 0 0 -inf o o o",
+    ("backward", False): "x x x x 0 0 +inf 0 0 o o o",
+}
+BUILD_TIMEOUT_S = 120.0
+
+
+def skip_tensor_intrinsics() -> None:
+    """Make ``import tvm.s_tir.tensor_intrin`` a no-op in this process.
+
+    MetaSchedule's ``TuneContext`` imports it unconditionally; it parses ~250 TVMScript intrinsics, each
+    calling ``inspect.stack()``, which crawls every loaded module: 40 s alone, minutes with torch
+    loaded. The EA design spaces use no tensor intrinsics, so the tuner registers an empty module in
+    its place (only in the tuning process; nothing else here needs them).
+    """
+    import types
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name not in sys.modules:
+        stub = types.ModuleType(name)
+        stub.__doc__ = "empty stand-in installed by schedules.tvm.measure.skip_tensor_intrinsics"
+        sys.modules[name] = stub
+RUN_TIMEOUT_S = 60.0
+
+
+def build_kernel(mod, target, _params):
+    """MetaSchedule ``f_build``: its default build without the tensor-intrinsic import."""
+    from tvm.driver import build
+
+    return build(mod, target=target)
+
+
+def _values(role: str, dtype: str, shape, rng) -> np.ndarray:
+    shape = tuple(int(s) for s in shape)
+    if role == "x":
+        data = (rng.standard_normal(shape) * 0.5).astype(np.float32)
+    elif role == "+inf":
+        data = np.full(shape, np.inf, np.float32)
+    elif role == "-inf":
+        data = np.full(shape, -np.inf, np.float32)
+    else:
+        data = np.zeros(shape, np.float32)
+    if dtype == "int16":  # bfloat16 bits (ea_ops.tvm.tir_math.storage_dtype)
+        return (data.view(np.uint32) >> 16).astype(np.uint16).view(np.int16)
+    return data.astype(dtype)
+
+
+def _alloc(roles: list[str], device, args_info, alloc_repeat: int, make) -> list[list[Any]]:
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(alloc_repeat):
+        args = []
+        for role, info in zip(roles, args_info):
+            _kind, dtype, shape = info
+            args.append(make(_values(role, str(dtype), shape, rng), device))
+        out.append(args)
+    return out
+
+
+def local_alloc(roles: list[str], device, args_info, alloc_repeat: int):
+    import tvm
+
+    return _alloc(roles, device, args_info, alloc_repeat, lambda a, dev: tvm.runtime.tensor(a, dev))
+
+
+def rpc_alloc(roles: list[str], session, device, args_info, alloc_repeat: int):
+    import tvm
+
+    return _alloc(roles, device, args_info, alloc_repeat, lambda a, dev: tvm.runtime.tensor(a, dev))
+
+
+def builder(workers: int = 1):
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.builder.LocalBuilder(max_workers=workers, timeout_sec=BUILD_TIMEOUT_S, f_build=build_kernel)
+
+
+def runner(kernel: str, causal: bool, *, rpc: tuple[str, int, str] | None = None, repeat: int = 3,
+           min_repeat_ms: int = 40):
+    """A LocalRunner, or an RPCRunner through ``(tracker_host, tracker_port, key)``."""
+    from tvm.s_tir import meta_schedule as ms
+
+    roles = ARG_ROLES[(kernel, causal if kernel != "step" else True)].split()
+    evaluator = ms.runner.EvaluatorConfig(number=1, repeat=repeat, min_repeat_ms=min_repeat_ms,
+                                          enable_cpu_cache_flush=False)
+    if rpc is None:
+        return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator,
+                                     f_alloc_argument=functools.partial(local_alloc, roles))
+    host, port, key = rpc
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
+                                 session_timeout_sec=int(RUN_TIMEOUT_S))
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1,
+                               f_alloc_argument=functools.partial(rpc_alloc, roles))
+
+
+def measure(mods: list, target, kernel: str, causal: bool, *, rpc=None, bld=None, run=None,
+            verbose: bool = True) -> list[float | None]:
+    """Median seconds of each scheduled IRModule (``None`` where the build or the run failed)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    bld = bld or builder()
+    run = run or runner(kernel, causal, rpc=rpc)
+    built = bld.build([ms.builder.BuilderInput(m, target) for m in mods])
+    inputs, slots, errors = [], [], []
+    for i, (m, b) in enumerate(zip(mods, built)):
+        if b.error_msg is None:
+            device = "cpu" if target.kind.name == "llvm" else target.kind.name
+            inputs.append(ms.runner.RunnerInput(b.artifact_path, device,
+                                                ms.arg_info.ArgInfo.from_prim_func(m["main"])))
+            slots.append(i)
+        else:
+            errors.append(f"build {i}: {b.error_msg}")
+    out: list[float | None] = [None] * len(mods)
+    for i, fut in zip(slots, run.run(inputs)):
+        res = fut.result()
+        if res.error_msg is None and res.run_secs:
+            out[i] = float(np.median([float(x) for x in res.run_secs]))
+        else:
+            errors.append(f"run {i}: {res.error_msg}")
+    if errors and verbose:
+        print("\n".join(errors), file=sys.stderr)
+    return out

@@ -1,0 +1,100 @@
+"""MetaSchedule design spaces of the TVM kernels, and reading a tuned trace back as knobs.
+
+CPU (LLVM): ``cpu_space`` is a ``ScheduleFn`` with one design space per structural choice (loop order
+``d_t``/``t_d`` x parallel or not); within a space MetaSchedule samples the vector width (a divisor of
+``D``), the heads per time step (a divisor of ``H``, ``t_d`` only) and the unroll factor of the time
+loop. Every space calls ``ea_ops.tvm.schedule.apply_cpu``, the function the runtime applies a
+record's knobs with, so a record means exactly what was measured. ``knobs_from_trace`` turns the best
+trace into those knobs (the ``config`` of a record).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ea_ops.tvm import schedule as rt_schedule
+from ea_ops.tvm.kernels import SCAN_BLOCKS
+
+T_UNROLL_PROBS = (0.4, 0.2, 0.2, 0.2)
+SPACES = tuple((loop, par) for loop in rt_schedule.LOOPS for par in (True, False))
+
+
+def d_tiles(D: int) -> list[int]:
+    """Vector widths worth trying: divisors of D from 4 to 64 lanes (all divisors if none)."""
+    good = [x for x in range(4, 65) if D % x == 0]
+    return good or [x for x in range(1, D + 1) if D % x == 0]
+
+
+def h_tiles(H: int) -> list[int]:
+    return [x for x in range(1, min(H, 8) + 1) if H % x == 0]
+
+
+def _uniform(cands: list) -> list[float]:
+    return [1.0 / len(cands)] * len(cands)
+
+
+def _first_block(kernel: str, causal: bool) -> str:
+    return SCAN_BLOCKS[("forward", True) if kernel == "step" else (kernel, causal)][0]
+
+
+def cpu_space(kernel: str, causal: bool, spaces=SPACES):
+    """The ``ScheduleFn`` body for one CPU kernel: ``sch -> [one schedule per (loop, parallel)]``."""
+
+    def fn(sch):
+        out = []
+        for loop, par in spaces:
+            s = sch.copy()
+            _, h, _, d = s.get_loops(s.get_sblock(_first_block(kernel, causal)))
+            D, H = int(s.get(d).extent), int(s.get(h).extent)
+            d_tile = s.sample_categorical(candidates=d_tiles(D), probs=_uniform(d_tiles(D)))
+            d_factors = [None, d_tile]
+            if loop == "t_d":
+                h_tile = s.sample_categorical(candidates=h_tiles(H), probs=_uniform(h_tiles(H)))
+                h_factors = [None, h_tile]
+            else:
+                h_factors = [None, 1]
+            t_unroll = s.sample_categorical(candidates=list(rt_schedule.T_UNROLLS),
+                                            probs=list(T_UNROLL_PROBS))
+            rt_schedule.apply_cpu(s, kernel, causal, loop=loop, d_factors=d_factors, h_factors=h_factors,
+                                  t_unroll=t_unroll, parallel=par)
+            rt_schedule.check_time_loops(s.mod)
+            out.append(s)
+        return out
+
+    return fn
+
+
+def space_generator(kernel: str, causal: bool, spaces=SPACES):
+    """A MetaSchedule ``ScheduleFn`` space generator (no schedule rules or postprocessors: the space
+    applies parallel, vectorize and unroll itself)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.space_generator.ScheduleFn(cpu_space(kernel, causal, spaces), sch_rules=[], postprocs=[],
+                                         mutator_probs={})
+
+
+def knobs_from_trace(trace) -> dict[str, Any]:
+    """A CPU config from a tuned trace: sampled decisions plus the structural annotations.
+
+    ``SampleCategorical`` decisions come in the order the space samples them: ``d_tile``, then
+    ``h_tile`` (``t_d`` spaces only), then ``t_unroll``.
+    """
+    insts, decisions = trace.as_json()[0], dict(trace.as_json()[1])
+    cats, ann = [], {}
+    for idx, inst in enumerate(insts):
+        kind, attrs = inst[0], inst[2]
+        if kind == "SampleCategorical":
+            candidates = [int(c) for c in attrs[0]]
+            cats.append(candidates[int(decisions[idx])])
+        elif kind == "Annotate" and attrs and str(attrs[0]).startswith("ea_ops."):
+            ann[str(attrs[0])] = str(inst[1][1]).strip('"')
+    loop = ann.get("ea_ops.loop", "")
+    if loop not in rt_schedule.LOOPS or len(cats) != (3 if loop == "t_d" else 2):
+        raise ValueError(f"not a trace of schedules.tvm.spaces (loop {loop!r}, {len(cats)} samples)")
+    return {
+        "loop": loop,
+        "d_tile": cats[0],
+        "h_tile": cats[1] if loop == "t_d" else 1,
+        "t_unroll": cats[-1],
+        "parallel": ann.get("ea_ops.parallel", "1") != "0",
+    }
