@@ -244,9 +244,12 @@ def channel_backward(order: int, dtype: str, causal: bool, H: int, D: int, stati
         S, Z, M = sig.buffer("S", "state"), sig.buffer("Z", "state"), sig.buffer("M", "m")
         if causal:
             C, CO, MM = (sig.buffer(n, "seq") for n in ("C", "CO", "MM"))
-        U, W = sig.buffer("U", "state"), sig.buffer("W", "state")
+        # U, W, MN: the CPU kernel's reverse-scan state, kept in registers here; declared so that both
+        # forms take the same arguments.
+        sig.buffer("U", "state")
+        sig.buffer("W", "state")
         if causal:
-            MN = sig.buffer("MN", "m")
+            sig.buffer("MN", "m")
         dq, dk, dv = (sig.buffer(n, "seq", dtype) for n in ("dq", "dk", "dv"))
         r = sig.scalar("r")
         seqs = [_seq(b, sig) for b in (q, k, v, g)]

@@ -32,6 +32,7 @@ ARGS = {
     ("backward", False): "q k v g S Z M U W dq dk dv r",
     "chunked": "q k v o S Z M SC ZC MC r",
 }
+_GLOBAL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\(\d+\)\s+)?(\w+)")
 KERNELS = (("forward", True), ("forward", False), ("backward", True), ("backward", False))
 
 
@@ -110,7 +111,7 @@ def _cuda(out: Path, arch: str, orders, dtypes, H: int, D: int, nvcc: str | None
                 entries.append({"name": name, "kernel": kernel, "causal": causal, "order": order,
                                 "dtype": dtype, "variant": variant, "schedule": cfg,
                                 "schedule_source": "default", "args": args,
-                                "kernels": sorted(set(re.findall(r"__global__\s+void\s+(?:__launch_bounds__\(\d+\)\s+)?(\w+)", src))),
+                                "kernels": sorted(set(_GLOBAL.findall(src))),
                                 "files": files})
     return entries
 
