@@ -96,23 +96,83 @@ def _absorb(S, Z, m, y, v, m_end, order):
     return r * S + (kf * v[..., None]).sum(1), r * Z + kf.sum(1)
 
 
-def causal_forward(x, y, v, S, Z, m, order: int, chunk: int):
+def _max_spread(dtype: torch.dtype) -> float:
+    """Largest drop of the running min of ``y^2`` within a chunk that the cumsum path takes.
+
+    The cumsum path scales keys by ``exp(c - y_j^2)`` (``c`` the chunk's final running min) and positions by
+    ``exp(m_i - c)``; both stay within ``exp(+-60)`` (normal floats, float32 overflows at ``exp(88)``).
+    """
+    return 600.0 if dtype == torch.float64 else 60.0
+
+
+def _rows(bad: torch.Tensor) -> torch.Tensor | None:
+    return bad.nonzero().squeeze(1) if bool(bad.any()) else None
+
+
+def _intra_sums(xc, yc, vc, mi, order: int, deriv: str | None, max_spread: float):
+    """``(sum_j W_ij v_j, sum_j W_ij)`` over keys ``j <= i`` of the chunk, ``[N, C]`` each.
+
+    ``W_ij = exp(m_i - y_j^2) P_t(2 x_i y_j)`` (``deriv="x"``: its derivative in ``x_i``). Rows whose running
+    min drops by at most ``max_spread`` in the chunk take prefix sums of features (O(C t)); the others take
+    the explicit C x C weights (O(C^2 t)), which are stable for any keys.
+    """
+    y2 = yc * yc
+    c = mi[:, -1]
+    qf = features(xc, order)
+    if deriv == "x":
+        qf = features_grad(qf)
+    kf = features(yc, order) * torch.exp(c[:, None] - y2)[..., None]
+    lift = torch.exp(mi - c[:, None])
+    num = lift * (qf * torch.cumsum(kf * vc[..., None], dim=1)).sum(-1)
+    den = lift * (qf * torch.cumsum(kf, dim=1)).sum(-1)
+    rows = _rows(mi[:, 0] - c > max_spread)
+    if rows is not None:
+        A = _intra(xc[rows], yc[rows], mi[rows], order, deriv=deriv)
+        num[rows] = torch.bmm(A, vc[rows, :, None]).squeeze(-1)
+        den[rows] = A.sum(-1)
+    return num, den
+
+
+def _intra_reverse(xc, yc, vc, mi, cc, oc, order: int, max_spread: float):
+    """Within-chunk parts of ``dv_j`` and ``dy_j``: sums over queries ``i >= j`` of the chunk, ``[N, C]``."""
+    y2 = yc * yc
+    r = mi[:, 0]  # the largest running min in the chunk
+    qf = features(xc, order) * torch.exp(mi - r[:, None])[..., None]
+    Uc = torch.cumsum((cc[..., None] * qf).flip(1), dim=1).flip(1)
+    Wc = torch.cumsum(((cc * oc)[..., None] * qf).flip(1), dim=1).flip(1)
+    kf = features(yc, order)
+    damp = torch.exp(r[:, None] - y2)[..., None]
+    dkf = (features_grad(kf) - 2 * yc[..., None] * kf) * damp
+    dv = ((kf * damp) * Uc).sum(-1)
+    dy = vc * (dkf * Uc).sum(-1) - (dkf * Wc).sum(-1)
+    rows = _rows(r - mi[:, -1] > max_spread)
+    if rows is not None:
+        x_, y_, v_, m_, c_, o_ = xc[rows], yc[rows], vc[rows], mi[rows], cc[rows], oc[rows]
+        A = _intra(x_, y_, m_, order).transpose(1, 2)
+        G = _intra(x_, y_, m_, order, deriv="y").transpose(1, 2)
+        dv[rows] = torch.bmm(A, c_[..., None]).squeeze(-1)
+        dy[rows] = v_ * torch.bmm(G, c_[..., None]).squeeze(-1) - torch.bmm(G, (c_ * o_)[..., None]).squeeze(-1)
+    return dv, dy
+
+
+def causal_forward(x, y, v, S, Z, m, order: int, chunk: int, max_spread: float | None = None):
     """Causal EA-t over rows. ``x, y, v [N, T]``; state ``S, Z [N, t+1], m [N]``.
 
     Returns ``o [N, T]``, the stabilised denominators ``den [N, T]`` (scaled by ``exp(m_i)``) and the
     final state.
     """
     N, T = x.shape
+    max_spread = _max_spread(x.dtype) if max_spread is None else max_spread
     o = x.new_empty(N, T)
     den = x.new_empty(N, T)
     for s in range(0, T, chunk):
         e = min(s + chunk, T)
         xc, yc, vc = x[:, s:e], y[:, s:e], v[:, s:e]
         mi = torch.minimum(torch.cummin(yc * yc, dim=1).values, m[:, None])
-        A = _intra(xc, yc, mi, order)
+        num, d = _intra_sums(xc, yc, vc, mi, order, None, max_spread)
         qf = features(xc, order) * torch.exp(mi - m[:, None])[..., None]
-        num = torch.bmm(A, vc[..., None]).squeeze(-1) + (qf * S[:, None, :]).sum(-1)
-        d = A.sum(-1) + (qf * Z[:, None, :]).sum(-1)
+        num = num + (qf * S[:, None, :]).sum(-1)
+        d = d + (qf * Z[:, None, :]).sum(-1)
         o[:, s:e] = num / d
         den[:, s:e] = d
         S, Z = _absorb(S, Z, m, yc, vc, mi[:, -1], order)
@@ -120,16 +180,16 @@ def causal_forward(x, y, v, S, Z, m, order: int, chunk: int):
     return o, den, S, Z, m
 
 
-def causal_backward(x, y, v, o, den, g, S, Z, m, order: int, chunk: int):
+def causal_backward(x, y, v, o, den, g, S, Z, m, order: int, chunk: int, max_spread: float | None = None):
     """Gradients ``dx, dy, dv [N, T]`` of causal EA-t (SPEC section 1), from the saved ``o`` and ``den``.
 
     One forward re-scan (for ``dx``, needs the prefix state) and one reverse scan (for ``dv, dy``, with
     the suffix sums ``U = sum_i c_i f(x_i)``, ``W = sum_i c_i o_i f(x_i)``, ``c = g / den``).
     """
     N, T = x.shape
+    max_spread = _max_spread(x.dtype) if max_spread is None else max_spread
     c = g / den
-    m0 = m
-    m_all = torch.minimum(torch.cummin(y * y, dim=1).values, m0[:, None])
+    m_all = torch.minimum(torch.cummin(y * y, dim=1).values, m[:, None])
     dx = torch.empty_like(x)
     dy = torch.empty_like(x)
     dv = torch.empty_like(x)
@@ -137,10 +197,10 @@ def causal_backward(x, y, v, o, den, g, S, Z, m, order: int, chunk: int):
     for s, e in bounds:
         xc, yc, vc = x[:, s:e], y[:, s:e], v[:, s:e]
         mi = m_all[:, s:e]
-        B_ = _intra(xc, yc, mi, order, deriv="x")
+        nx, dnx = _intra_sums(xc, yc, vc, mi, order, "x", max_spread)
         dqf = features_grad(features(xc, order)) * torch.exp(mi - m[:, None])[..., None]
-        nx = torch.bmm(B_, vc[..., None]).squeeze(-1) + (dqf * S[:, None, :]).sum(-1)
-        dnx = B_.sum(-1) + (dqf * Z[:, None, :]).sum(-1)
+        nx = nx + (dqf * S[:, None, :]).sum(-1)
+        dnx = dnx + (dqf * Z[:, None, :]).sum(-1)
         dx[:, s:e] = c[:, s:e] * (nx - o[:, s:e] * dnx)
         S, Z = _absorb(S, Z, m, yc, vc, mi[:, -1], order)
         m = mi[:, -1]
@@ -153,20 +213,13 @@ def causal_backward(x, y, v, o, den, g, S, Z, m, order: int, chunk: int):
     for s, e in reversed(bounds):
         xc, yc, vc = x[:, s:e], y[:, s:e], v[:, s:e]
         mi, cc, oc = m_all[:, s:e], c[:, s:e], o[:, s:e]
+        dv_c, dy_c = _intra_reverse(xc, yc, vc, mi, cc, oc, order, max_spread)
         ref = mi[:, -1]
-        A = _intra(xc, yc, mi, order)
-        G = _intra(xc, yc, mi, order, deriv="y")
-        gc = G.transpose(1, 2)
-        dv_c = torch.bmm(A.transpose(1, 2), cc[..., None]).squeeze(-1)
-        dy_c = vc * torch.bmm(gc, cc[..., None]).squeeze(-1) - torch.bmm(gc, (cc * oc)[..., None]).squeeze(-1)
         kf = features(yc, order)
         damp = torch.exp(ref[:, None] - yc * yc)[..., None]
         dkf = (features_grad(kf) - 2 * yc[..., None] * kf) * damp
-        kf = kf * damp
-        dv_c = dv_c + (kf * U[:, None, :]).sum(-1)
-        dy_c = dy_c + vc * (dkf * U[:, None, :]).sum(-1) - (dkf * W[:, None, :]).sum(-1)
-        dv[:, s:e] = dv_c
-        dy[:, s:e] = dy_c
+        dv[:, s:e] = dv_c + (kf * damp * U[:, None, :]).sum(-1)
+        dy[:, s:e] = dy_c + vc * (dkf * U[:, None, :]).sum(-1) - (dkf * W[:, None, :]).sum(-1)
         if s > 0:
             new_ref = m_all[:, s - 1]
             r = torch.exp(ref - new_ref)[:, None]

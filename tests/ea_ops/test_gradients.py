@@ -12,7 +12,10 @@ from tests.helpers import qkv, rel_err
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("order", [0, 2, 6, 10])
 @pytest.mark.parametrize("chunk", [7, 64])
-def test_backward_matches_autograd_of_naive(causal, order, chunk):
+@pytest.mark.parametrize("max_spread", [None, -1.0])  # default, or every chunk on the C x C path
+def test_backward_matches_autograd_of_naive(causal, order, chunk, max_spread, monkeypatch):
+    if max_spread is not None:
+        monkeypatch.setattr(torch_backend, "_max_spread", lambda dtype: max_spread)
     q, k, v = qkv((2, 29, 2, 3), seed=order, requires_grad=True)
     o, _ = torch_backend.attention(q, k, v, order=order, causal=causal, scale=0.6, initial_state=None,
                                    output_final_state=False, cu_seqlens=None, chunk=chunk)

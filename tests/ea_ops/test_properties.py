@@ -29,7 +29,9 @@ def test_causality(shape, order, seed, spread, data):
     for t in (q2, k2, v2):
         t[:, i + 1:] = torch.randn_like(t[:, i + 1:]) * 3
     o2, _ = ea_ops.ea_attention(q2, k2, v2, order=order)
-    assert torch.equal(o[:, : i + 1], o2[:, : i + 1])
+    # A chunk's prefix sums share one stabilising reference (the chunk's smallest y^2), so later keys may
+    # move earlier outputs by rounding (1e-16 here), never by more: a causality bug moves them by O(1).
+    assert rel_err(o2[:, : i + 1], o[:, : i + 1]) < 1e-12
 
 
 @given(dims, orders, st.integers(0, 2**16), st.floats(0.05, 3.0), st.booleans())

@@ -50,3 +50,21 @@ def test_float32_state_for_float32_inputs_float64_for_float64():
         q, k, v = qkv((1, 5, 1, 2), dtype=dt)
         _, st = ea_ops.ea_attention(q, k, v, order=2, output_final_state=True)
         assert st.S.dtype == st.Z.dtype == st.m.dtype == sdt
+
+
+def test_mixed_rows_take_both_paths_and_agree():
+    # Row 0: keys dropping from 13 to 0 (running min drops by 169 > 60: the C x C path); row 1: ordinary keys.
+    T = 50
+    k = torch.stack([torch.linspace(13.0, 0.0, T), torch.randn(T) * 0.5], dim=-1).double().reshape(1, T, 1, 2)
+    q = torch.randn_like(k) * 0.5
+    v = torch.randn_like(k)
+    g = torch.randn_like(k)
+    ins32 = [t.float().requires_grad_() for t in (q, k, v)]
+    o32, _ = ea_ops.ea_attention(*ins32, order=6)
+    ins64 = [t.float().double().requires_grad_() for t in (q, k, v)]
+    ref = naive_attention(*ins64, order=6)
+    assert rel_err(o32, ref) < 1e-5
+    got = torch.autograd.grad(o32, ins32, g.float())
+    want = torch.autograd.grad(ref, ins64, g)
+    for a, b in zip(got, want):
+        assert torch.isfinite(a).all() and rel_err(a, b) < 1e-3
