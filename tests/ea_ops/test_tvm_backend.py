@@ -1,0 +1,108 @@
+"""The TVM backend behind the dispatch interface: records, "auto", describe, no eager TVM import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("tvm")
+
+import ea_ops  # noqa: E402
+from ea_ops import records  # noqa: E402
+from ea_ops.tvm import backend, build, tuned  # noqa: E402
+from ea_ops.tvm.target import cpu_fingerprint  # noqa: E402
+from tests.helpers import qkv, rel_err  # noqa: E402
+
+pytestmark = pytest.mark.tvm
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def record(**over):
+    rec = {
+        "schema_version": 1, "backend": "tvm", "fingerprint": cpu_fingerprint(),
+        "target": {"kind": "llvm", "mcpu": "test"},
+        "kernel": {"name": "forward", "causal": True, "order": 2, "dtype": "float32"},
+        "workload": {"B": 1, "T": 32, "H": 2, "D": 8, "T_bucket": 32},
+        "config": {"loop": "t_d", "d_tile": 4, "h_tile": 2, "t_unroll": 2, "parallel": False},
+        "latency_us": {"chosen": 1.0, "default": 2.0}, "versions": {"tvm": "test"},
+    }
+    rec.update(over)
+    return rec
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EA_OPS_CACHE_DIR", str(tmp_path / "user"))
+    monkeypatch.setenv("EA_OPS_SHIPPED_CACHE", str(tmp_path / "shipped"))
+    records._warned.clear()
+    tuned._warned.clear()
+    return tmp_path / "user" / "tvm" / cpu_fingerprint()
+
+
+def test_a_record_for_this_target_is_applied_and_auto_prefers_tvm(cache):
+    q, k, v = qkv((1, 20, 2, 8), dtype=torch.float32, seed=1)
+    assert not backend.prefers(q, 2)
+    assert ea_ops.dispatch.resolve("auto", q, causal=True, order=2, needs_grad=False).NAME == "torch"
+    records.add_records(cache, [record()])
+    assert backend.prefers(q, 2)
+    assert not backend.prefers(q, 4) and not backend.prefers(q.double(), 2)
+    assert ea_ops.dispatch.resolve("auto", q, causal=True, order=2, needs_grad=False).NAME == "tvm"
+    comp = build.kernel_for("forward", True, 2, "float32", 2, 8, 20)
+    assert comp.source == "record" and comp.config == record()["config"]
+    o, _ = ea_ops.ea_attention(q, k, v, order=2, backend="auto")
+    assert rel_err(o, ea_ops.ea_attention(q, k, v, order=2, backend="torch")[0]) < 2e-5
+    info = backend.describe()
+    assert info["fingerprint"] == cpu_fingerprint() and info["records"] == 1 and info["mcpu"]
+
+
+def test_a_bad_config_is_skipped_with_one_warning_and_the_default_runs(cache):
+    bad = record(config={"loop": "t_d", "d_tile": 3, "h_tile": 1, "t_unroll": 1, "parallel": True})
+    records.add_records(cache, [bad])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        comp = build.kernel_for("forward", True, 2, "float32", 2, 8, 20)
+        build._fast.clear()
+        build.kernel_for("forward", True, 2, "float32", 2, 8, 20)
+    assert comp.source == "default"
+    msgs = [str(w.message) for w in caught if "tuned TVM record" in str(w.message)]
+    assert len(msgs) == 1 and "d_tile" in msgs[0]
+
+
+def test_foreign_records_are_ignored(cache):
+    cache.mkdir(parents=True)
+    data = {"schema_version": 1, "records": [record(fingerprint="arm-neon-4c")]}
+    (cache / records.RECORDS_FILE).write_text(json.dumps(data))
+    with pytest.warns(RuntimeWarning, match="another target"):
+        assert tuned.load() == []
+    assert build.kernel_for("forward", True, 2, "float32", 2, 8, 20).source == "default"
+
+
+def test_nearest_t_bucket_wins(cache):
+    near = record(workload={"B": 1, "T": 64, "H": 2, "D": 8, "T_bucket": 64},
+                  config={"loop": "d_t", "d_tile": 8, "h_tile": 1, "t_unroll": 1, "parallel": True})
+    records.add_records(cache, [record(), near])
+    got = tuned.candidates("forward", True, 2, "float32", 2, 8, 60)
+    assert got[0]["workload"]["T_bucket"] == 64
+    assert tuned.candidates("forward", True, 2, "float32", 2, 8, 20)[0]["workload"]["T_bucket"] == 32
+
+
+def test_supports_and_unsupported_inputs():
+    q = torch.zeros(1, 4, 1, 2)
+    assert backend.supports(q, causal=True, order=2, needs_grad=True) is None
+    assert "float64" in backend.supports(q.double(), causal=True, order=2, needs_grad=False)
+    with pytest.raises(TypeError, match="float64"):
+        ea_ops.ea_attention(q.double(), q.double(), q.double(), backend="tvm")
+
+
+def test_importing_the_backend_does_not_import_tvm():
+    code = ("import sys, torch, ea_ops.tvm.backend as b; q = torch.zeros(1, 3, 1, 2); "
+            "b.prefers(q, 2); b.unavailable_reason(); print('tvm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
