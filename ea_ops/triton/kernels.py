@@ -71,6 +71,19 @@ def _rebase(m_to, m_from):
 
 
 @triton.jit
+def _row(tile, ridx, i: tl.constexpr):
+    """Row ``i`` (a compile-time index) of a ``[ROWS, C]`` tile held inside each thread: the selects fold
+    to a register pick (``x + -0.0`` is ``x``)."""
+    return tl.sum(tl.where(ridx[:, None] == i, tile, -0.0), axis=0)
+
+
+@triton.jit
+def _put(tile, ridx, i: tl.constexpr, x):
+    """``tile`` with row ``i`` replaced by ``x``."""
+    return tl.where(ridx[:, None] == i, x[None, :], tile)
+
+
+@triton.jit
 def _state_offsets(item, c, HD, D, T1: tl.constexpr, T1P: tl.constexpr):
     """Offsets ``[T1P, C]`` of ``S[item, h, n, d]`` for channels ``c = h*D + d``, and the row mask."""
     n = tl.arange(0, T1P)
@@ -84,7 +97,7 @@ def _state_offsets(item, c, HD, D, T1: tl.constexpr, T1P: tl.constexpr):
 def ea_fwd_scan(q_ptr, k_ptr, v_ptr, o_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in_ptr,
                 s_out_ptr, z_out_ptr, m_out_ptr, r, HD, D,
                 ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
-                LOAD_STATE: tl.constexpr, WRITE_O: tl.constexpr, STORE_STATE: tl.constexpr):
+                ROWS: tl.constexpr, LOAD_STATE: tl.constexpr, WRITE_O: tl.constexpr, STORE_STATE: tl.constexpr):
     """Causal scan over the rows of one work item for ``BLOCK_C`` channels.
 
     Starts from state ``in[item]`` (``LOAD_STATE``) or the empty state; writes ``o`` per row (``WRITE_O``)
@@ -107,25 +120,33 @@ def ea_fwd_scan(q_ptr, k_ptr, v_ptr, o_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in
         S = tl.zeros([T1P, BLOCK_C], tl.float32)
         Z = tl.zeros([T1P, BLOCK_C], tl.float32)
         m = tl.full([BLOCK_C], float("inf"), tl.float32)
-    off = tl.cast(start, tl.int64) * HD + c
-    for _ in range(start, end):
-        y = tl.load(k_ptr + off, mask=cm, other=0.0).to(tl.float32) * r
-        v = tl.load(v_ptr + off, mask=cm, other=0.0).to(tl.float32)
-        y2 = y * y
-        mn = tl.minimum(m, y2)
-        keep = _rebase(mn, m)
-        w = tl.exp(mn - y2)
-        F = _feats(y, a, b)
-        S = keep[None, :] * S + (w * v)[None, :] * F
-        Z = keep[None, :] * Z + w[None, :] * F
-        m = mn
+    ridx = tl.arange(0, ROWS)
+    for blk in range(start, end, ROWS):
+        # ROWS rows' loads are issued together: memory latency overlaps the sequential scan
+        toff = tl.cast(blk, tl.int64) * HD + ridx[:, None] * HD + c[None, :]
+        tmask = ((blk + ridx) < end)[:, None] & cm[None, :]
+        Y = tl.load(k_ptr + toff, mask=tmask, other=0.0).to(tl.float32) * r
+        V = tl.load(v_ptr + toff, mask=tmask, other=0.0).to(tl.float32)
         if WRITE_O:
-            x = tl.load(q_ptr + off, mask=cm, other=0.0).to(tl.float32) * r
-            G = _feats(x, a, b)
-            num = tl.sum(G * S, axis=0)
-            den = tl.sum(G * Z, axis=0)
-            tl.store(o_ptr + off, (num / den).to(o_ptr.dtype.element_ty), mask=cm)
-        off += HD
+            X = tl.load(q_ptr + toff, mask=tmask, other=0.0).to(tl.float32) * r
+            O = tl.zeros([ROWS, BLOCK_C], tl.float32)
+        for i in tl.static_range(ROWS):
+            valid = blk + i < end  # rows past the item change nothing: w = 0, m kept
+            y = _row(Y, ridx, i)
+            v = _row(V, ridx, i)
+            y2 = y * y
+            mn = tl.where(valid, tl.minimum(m, y2), m)
+            keep = _rebase(mn, m)
+            w = tl.exp(mn - y2) * valid.to(tl.float32)
+            F = _feats(y, a, b)
+            S = keep[None, :] * S + (w * v)[None, :] * F
+            Z = keep[None, :] * Z + w[None, :] * F
+            m = mn
+            if WRITE_O:
+                G = _feats(_row(X, ridx, i), a, b)
+                O = _put(O, ridx, i, tl.sum(G * S, axis=0) / tl.sum(G * Z, axis=0))
+        if WRITE_O:
+            tl.store(o_ptr + toff, O.to(o_ptr.dtype.element_ty), mask=tmask)
     if STORE_STATE:
         tl.store(s_out_ptr + soff, S, mask=smask)
         tl.store(z_out_ptr + soff, Z, mask=smask)
@@ -184,7 +205,8 @@ def ea_chunk_prefix(bounds_ptr, seq_chunks_ptr, s_init_ptr, z_init_ptr, m_init_p
 @triton.jit
 def ea_bwd_dx_scan(q_ptr, k_ptr, v_ptr, g_ptr, dq_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in_ptr,
                    c_ptr, co_ptr, mm_ptr, r, HD, D,
-                   ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr):
+                   ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
+                   ROWS: tl.constexpr):
     """Forward re-scan of the backward: ``dq`` per row, and float32 ``c = g/den``, ``c*o``, ``m`` per row.
 
     Starts from ``in[item]`` (the initial state, or the state entering the chunk). Grid as ``ea_fwd_scan``.
@@ -202,38 +224,51 @@ def ea_bwd_dx_scan(q_ptr, k_ptr, v_ptr, g_ptr, dq_ptr, bounds_ptr, s_in_ptr, z_i
     S = tl.load(s_in_ptr + soff, mask=smask, other=0.0)
     Z = tl.load(z_in_ptr + soff, mask=smask, other=0.0)
     m = tl.load(m_in_ptr + moff, mask=cm, other=float("inf"))
-    off = tl.cast(start, tl.int64) * HD + c
-    for _ in range(start, end):
-        y = tl.load(k_ptr + off, mask=cm, other=0.0).to(tl.float32) * r
-        v = tl.load(v_ptr + off, mask=cm, other=0.0).to(tl.float32)
-        x = tl.load(q_ptr + off, mask=cm, other=0.0).to(tl.float32) * r
-        g = tl.load(g_ptr + off, mask=cm, other=0.0).to(tl.float32)
-        y2 = y * y
-        mn = tl.minimum(m, y2)
-        keep = _rebase(mn, m)
-        w = tl.exp(mn - y2)
-        F = _feats(y, a, b)
-        S = keep[None, :] * S + (w * v)[None, :] * F
-        Z = keep[None, :] * Z + w[None, :] * F
-        m = mn
-        G = _feats(x, a, b)
-        dG = _dfeats(x, da, db, dkeep)
-        den = tl.sum(G * Z, axis=0)
-        o = tl.sum(G * S, axis=0) / den
-        cc = g / den
-        dx = cc * (tl.sum(dG * S, axis=0) - o * tl.sum(dG * Z, axis=0))
-        tl.store(dq_ptr + off, (dx * r).to(dq_ptr.dtype.element_ty), mask=cm)
-        tl.store(c_ptr + off, cc, mask=cm)
-        tl.store(co_ptr + off, cc * o, mask=cm)
-        tl.store(mm_ptr + off, mn, mask=cm)
-        off += HD
+    ridx = tl.arange(0, ROWS)
+    for blk in range(start, end, ROWS):
+        toff = tl.cast(blk, tl.int64) * HD + ridx[:, None] * HD + c[None, :]
+        tmask = ((blk + ridx) < end)[:, None] & cm[None, :]
+        Y = tl.load(k_ptr + toff, mask=tmask, other=0.0).to(tl.float32) * r
+        V = tl.load(v_ptr + toff, mask=tmask, other=0.0).to(tl.float32)
+        X = tl.load(q_ptr + toff, mask=tmask, other=0.0).to(tl.float32) * r
+        Gr = tl.load(g_ptr + toff, mask=tmask, other=0.0).to(tl.float32)
+        DX = tl.zeros([ROWS, BLOCK_C], tl.float32)
+        CC = tl.zeros([ROWS, BLOCK_C], tl.float32)
+        CO = tl.zeros([ROWS, BLOCK_C], tl.float32)
+        MM = tl.zeros([ROWS, BLOCK_C], tl.float32)
+        for i in tl.static_range(ROWS):
+            valid = blk + i < end
+            y = _row(Y, ridx, i)
+            v = _row(V, ridx, i)
+            x = _row(X, ridx, i)
+            y2 = y * y
+            mn = tl.where(valid, tl.minimum(m, y2), m)
+            keep = _rebase(mn, m)
+            w = tl.exp(mn - y2) * valid.to(tl.float32)
+            F = _feats(y, a, b)
+            S = keep[None, :] * S + (w * v)[None, :] * F
+            Z = keep[None, :] * Z + w[None, :] * F
+            m = mn
+            G = _feats(x, a, b)
+            dG = _dfeats(x, da, db, dkeep)
+            den = tl.sum(G * Z, axis=0)
+            o = tl.sum(G * S, axis=0) / den
+            cc = _row(Gr, ridx, i) / den
+            DX = _put(DX, ridx, i, cc * (tl.sum(dG * S, axis=0) - o * tl.sum(dG * Z, axis=0)))
+            CC = _put(CC, ridx, i, cc)
+            CO = _put(CO, ridx, i, cc * o)
+            MM = _put(MM, ridx, i, mn)
+        tl.store(dq_ptr + toff, (DX * r).to(dq_ptr.dtype.element_ty), mask=tmask)
+        tl.store(c_ptr + toff, CC, mask=tmask)
+        tl.store(co_ptr + toff, CO, mask=tmask)
+        tl.store(mm_ptr + toff, MM, mask=tmask)
 
 
 @triton.jit
 def ea_bwd_rev_scan(q_ptr, k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, c_ptr, co_ptr, mm_ptr,
                     u_in_ptr, w_in_ptr, mr_in_ptr, u_out_ptr, w_out_ptr, mr_out_ptr, r, HD, D,
                     ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
-                    LOAD_STATE: tl.constexpr, WRITE_GRADS: tl.constexpr, STORE_STATE: tl.constexpr):
+                    ROWS: tl.constexpr, LOAD_STATE: tl.constexpr, WRITE_GRADS: tl.constexpr, STORE_STATE: tl.constexpr):
     """Reverse scan of the backward over one work item, last row first.
 
     ``U = sum_{i >= j} c_i f(x_i) exp(m_i - m_j)`` and ``W`` (with ``c_i o_i``) are held referenced to the
@@ -260,28 +295,39 @@ def ea_bwd_rev_scan(q_ptr, k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, c_ptr, co_p
         U = tl.zeros([T1P, BLOCK_C], tl.float32)
         W = tl.zeros([T1P, BLOCK_C], tl.float32)
         mref = tl.full([BLOCK_C], float("-inf"), tl.float32)
-    off = tl.cast(end - 1, tl.int64) * HD + c
-    for _ in range(start, end):
-        x = tl.load(q_ptr + off, mask=cm, other=0.0).to(tl.float32) * r
-        cc = tl.load(c_ptr + off, mask=cm, other=0.0)
-        co = tl.load(co_ptr + off, mask=cm, other=0.0)
-        mi = tl.load(mm_ptr + off, mask=cm, other=0.0)
-        keep = _rebase(mref, mi)
-        G = _feats(x, a, b)
-        U = keep[None, :] * U + cc[None, :] * G
-        W = keep[None, :] * W + co[None, :] * G
-        mref = mi
+    ridx = tl.arange(0, ROWS)
+    for j in range(0, (end - start + ROWS - 1) // ROWS):
+        top = end - 1 - j * ROWS  # tile row i is row top - i: blocks and rows in reverse; rows < start are off
+        toff = tl.cast(top, tl.int64) * HD - ridx[:, None] * HD + c[None, :]
+        tmask = ((top - ridx) >= start)[:, None] & cm[None, :]
+        X = tl.load(q_ptr + toff, mask=tmask, other=0.0).to(tl.float32) * r
+        CC = tl.load(c_ptr + toff, mask=tmask, other=0.0)
+        CO = tl.load(co_ptr + toff, mask=tmask, other=0.0)
+        MI = tl.load(mm_ptr + toff, mask=tmask, other=0.0)
         if WRITE_GRADS:
-            y = tl.load(k_ptr + off, mask=cm, other=0.0).to(tl.float32) * r
-            v = tl.load(v_ptr + off, mask=cm, other=0.0).to(tl.float32)
-            e = tl.exp(mi - y * y)
-            F = _feats(y, a, b)
-            dF = _dfeats(y, da, db, dkeep) - (2.0 * y)[None, :] * F
-            dv = e * tl.sum(F * U, axis=0)
-            dy = e * (v * tl.sum(dF * U, axis=0) - tl.sum(dF * W, axis=0))
-            tl.store(dk_ptr + off, (dy * r).to(dk_ptr.dtype.element_ty), mask=cm)
-            tl.store(dv_ptr + off, dv.to(dv_ptr.dtype.element_ty), mask=cm)
-        off -= HD
+            Y = tl.load(k_ptr + toff, mask=tmask, other=0.0).to(tl.float32) * r
+            V = tl.load(v_ptr + toff, mask=tmask, other=0.0).to(tl.float32)
+            DY = tl.zeros([ROWS, BLOCK_C], tl.float32)
+            DV = tl.zeros([ROWS, BLOCK_C], tl.float32)
+        for i in tl.static_range(ROWS):
+            valid = top - i >= start  # rows before the item change nothing: c = 0, reference kept
+            mi = tl.where(valid, _row(MI, ridx, i), mref)
+            keep = _rebase(mref, mi)
+            G = _feats(_row(X, ridx, i), a, b)
+            U = keep[None, :] * U + _row(CC, ridx, i)[None, :] * G
+            W = keep[None, :] * W + _row(CO, ridx, i)[None, :] * G
+            mref = mi
+            if WRITE_GRADS:
+                y = _row(Y, ridx, i)
+                v = _row(V, ridx, i)
+                e = tl.exp(mi - y * y)
+                F = _feats(y, a, b)
+                dF = _dfeats(y, da, db, dkeep) - (2.0 * y)[None, :] * F
+                DV = _put(DV, ridx, i, e * tl.sum(F * U, axis=0))
+                DY = _put(DY, ridx, i, e * (v * tl.sum(dF * U, axis=0) - tl.sum(dF * W, axis=0)))
+        if WRITE_GRADS:
+            tl.store(dk_ptr + toff, (DY * r).to(dk_ptr.dtype.element_ty), mask=tmask)
+            tl.store(dv_ptr + toff, DV.to(dv_ptr.dtype.element_ty), mask=tmask)
     if STORE_STATE:
         tl.store(u_out_ptr + soff, U, mask=smask)
         tl.store(w_out_ptr + soff, W, mask=smask)
@@ -326,7 +372,8 @@ def ea_chunk_suffix(seq_chunks_ptr, u_ptr, w_ptr, mr_ptr, HD, D,
 # ----------------------------------------------------------------------------------------- non-causal
 @triton.jit
 def ea_nc_out(q_ptr, o_ptr, bounds_ptr, item_seq_ptr, s_ptr, z_ptr, r, HD, D,
-              ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr):
+              ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
+              ROWS: tl.constexpr):
     """Non-causal output of one work item from its sequence's global sums. Grid as ``ea_fwd_scan``."""
     item = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -339,18 +386,22 @@ def ea_nc_out(q_ptr, o_ptr, bounds_ptr, item_seq_ptr, s_ptr, z_ptr, r, HD, D,
     smask = nm[:, None] & cm[None, :]
     S = tl.load(s_ptr + soff, mask=smask, other=0.0)
     Z = tl.load(z_ptr + soff, mask=smask, other=0.0)
-    off = tl.cast(start, tl.int64) * HD + c
-    for _ in range(start, end):
-        x = tl.load(q_ptr + off, mask=cm, other=0.0).to(tl.float32) * r
-        G = _feats(x, a, b)
-        o = tl.sum(G * S, axis=0) / tl.sum(G * Z, axis=0)
-        tl.store(o_ptr + off, o.to(o_ptr.dtype.element_ty), mask=cm)
-        off += HD
+    ridx = tl.arange(0, ROWS)
+    for blk in range(start, end, ROWS):
+        toff = tl.cast(blk, tl.int64) * HD + ridx[:, None] * HD + c[None, :]
+        tmask = ((blk + ridx) < end)[:, None] & cm[None, :]
+        X = tl.load(q_ptr + toff, mask=tmask, other=0.0).to(tl.float32) * r
+        O = tl.zeros([ROWS, BLOCK_C], tl.float32)
+        for i in tl.static_range(ROWS):
+            G = _feats(_row(X, ridx, i), a, b)
+            O = _put(O, ridx, i, tl.sum(G * S, axis=0) / tl.sum(G * Z, axis=0))
+        tl.store(o_ptr + toff, O.to(o_ptr.dtype.element_ty), mask=tmask)
 
 
 @triton.jit
 def ea_nc_bwd_dx(q_ptr, g_ptr, dq_ptr, bounds_ptr, item_seq_ptr, s_ptr, z_ptr, u_part_ptr, w_part_ptr,
-                 r, HD, D, ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr):
+                 r, HD, D, ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
+                 ROWS: tl.constexpr):
     """Non-causal backward, query side: ``dq`` per row and the item's partial ``U = sum c f(x)``, ``W``."""
     item = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -366,20 +417,24 @@ def ea_nc_bwd_dx(q_ptr, g_ptr, dq_ptr, bounds_ptr, item_seq_ptr, s_ptr, z_ptr, u
     Z = tl.load(z_ptr + soff, mask=smask, other=0.0)
     U = tl.zeros([T1P, BLOCK_C], tl.float32)
     W = tl.zeros([T1P, BLOCK_C], tl.float32)
-    off = tl.cast(start, tl.int64) * HD + c
-    for _ in range(start, end):
-        x = tl.load(q_ptr + off, mask=cm, other=0.0).to(tl.float32) * r
-        g = tl.load(g_ptr + off, mask=cm, other=0.0).to(tl.float32)
-        G = _feats(x, a, b)
-        dG = _dfeats(x, da, db, dkeep)
-        den = tl.sum(G * Z, axis=0)
-        o = tl.sum(G * S, axis=0) / den
-        cc = g / den
-        dx = cc * (tl.sum(dG * S, axis=0) - o * tl.sum(dG * Z, axis=0))
-        tl.store(dq_ptr + off, (dx * r).to(dq_ptr.dtype.element_ty), mask=cm)
-        U += cc[None, :] * G
-        W += (cc * o)[None, :] * G
-        off += HD
+    ridx = tl.arange(0, ROWS)
+    for blk in range(start, end, ROWS):
+        toff = tl.cast(blk, tl.int64) * HD + ridx[:, None] * HD + c[None, :]
+        tmask = ((blk + ridx) < end)[:, None] & cm[None, :]
+        X = tl.load(q_ptr + toff, mask=tmask, other=0.0).to(tl.float32) * r
+        Gr = tl.load(g_ptr + toff, mask=tmask, other=0.0).to(tl.float32)  # 0 past the item: no U, W
+        DX = tl.zeros([ROWS, BLOCK_C], tl.float32)
+        for i in tl.static_range(ROWS):
+            x = _row(X, ridx, i)
+            G = _feats(x, a, b)
+            dG = _dfeats(x, da, db, dkeep)
+            den = tl.sum(G * Z, axis=0)
+            o = tl.sum(G * S, axis=0) / den
+            cc = _row(Gr, ridx, i) / den
+            DX = _put(DX, ridx, i, cc * (tl.sum(dG * S, axis=0) - o * tl.sum(dG * Z, axis=0)))
+            U += cc[None, :] * G
+            W += (cc * o)[None, :] * G
+        tl.store(dq_ptr + toff, (DX * r).to(dq_ptr.dtype.element_ty), mask=tmask)
     poff, _ = _state_offsets(item, c, HD, D, T1, T1P)
     tl.store(u_part_ptr + poff, U, mask=smask)
     tl.store(w_part_ptr + poff, W, mask=smask)
@@ -387,7 +442,8 @@ def ea_nc_bwd_dx(q_ptr, g_ptr, dq_ptr, bounds_ptr, item_seq_ptr, s_ptr, z_ptr, u
 
 @triton.jit
 def ea_nc_bwd_dkdv(k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, item_seq_ptr, u_ptr, w_ptr, m_ptr, r, HD, D,
-                   ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr):
+                   ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
+                   ROWS: tl.constexpr):
     """Non-causal backward, key side: ``dk, dv`` per row from the sequence's ``U, W`` and ``m``."""
     item = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -402,18 +458,24 @@ def ea_nc_bwd_dkdv(k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, item_seq_ptr, u_ptr
     U = tl.load(u_ptr + soff, mask=smask, other=0.0)
     W = tl.load(w_ptr + soff, mask=smask, other=0.0)
     m = tl.load(m_ptr + tl.cast(seq, tl.int64) * HD + c, mask=cm, other=0.0)
-    off = tl.cast(start, tl.int64) * HD + c
-    for _ in range(start, end):
-        y = tl.load(k_ptr + off, mask=cm, other=0.0).to(tl.float32) * r
-        v = tl.load(v_ptr + off, mask=cm, other=0.0).to(tl.float32)
-        e = tl.exp(m - y * y)
-        F = _feats(y, a, b)
-        dF = _dfeats(y, da, db, dkeep) - (2.0 * y)[None, :] * F
-        dv = e * tl.sum(F * U, axis=0)
-        dy = e * (v * tl.sum(dF * U, axis=0) - tl.sum(dF * W, axis=0))
-        tl.store(dk_ptr + off, (dy * r).to(dk_ptr.dtype.element_ty), mask=cm)
-        tl.store(dv_ptr + off, dv.to(dv_ptr.dtype.element_ty), mask=cm)
-        off += HD
+    ridx = tl.arange(0, ROWS)
+    for blk in range(start, end, ROWS):
+        toff = tl.cast(blk, tl.int64) * HD + ridx[:, None] * HD + c[None, :]
+        tmask = ((blk + ridx) < end)[:, None] & cm[None, :]
+        Y = tl.load(k_ptr + toff, mask=tmask, other=0.0).to(tl.float32) * r
+        V = tl.load(v_ptr + toff, mask=tmask, other=0.0).to(tl.float32)
+        DY = tl.zeros([ROWS, BLOCK_C], tl.float32)
+        DV = tl.zeros([ROWS, BLOCK_C], tl.float32)
+        for i in tl.static_range(ROWS):
+            y = _row(Y, ridx, i)
+            v = _row(V, ridx, i)
+            e = tl.exp(m - y * y)
+            F = _feats(y, a, b)
+            dF = _dfeats(y, da, db, dkeep) - (2.0 * y)[None, :] * F
+            DV = _put(DV, ridx, i, e * tl.sum(F * U, axis=0))
+            DY = _put(DY, ridx, i, e * (v * tl.sum(dF * U, axis=0) - tl.sum(dF * W, axis=0)))
+        tl.store(dk_ptr + toff, (DY * r).to(dk_ptr.dtype.element_ty), mask=tmask)
+        tl.store(dv_ptr + toff, DV.to(dv_ptr.dtype.element_ty), mask=tmask)
 
 
 KERNELS = {
