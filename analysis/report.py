@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .sweep import PRESETS, SweepConfig, config_dict, discover_backends, inputs, run_sweep
+from .sweep import PRESETS, SweepConfig, config_dict, discover_backends, inputs, run_sweep, shift_sweep
 
 THRESHOLDS = (1e-2, 1e-3)
 SPIKY = {"tiny": ([1.0], [2]), "quick": ([0.25, 1.0, 4.0], [2, 6, 16]), "full": ([0.1, 0.25, 1.0, 4.0, 16.0],
@@ -50,7 +50,7 @@ def _cell_text(c: dict[str, Any] | None, field: str, stat: str = "max") -> str:
     txt = _fmt(c[field][stat])
     if bad:
         pct = 100.0 * bad / max(1, out["values"])
-        txt = f"**NaN/Inf {pct:.0f}%** ({txt})" if txt != "-" else f"**NaN/Inf {pct:.0f}%**"
+        txt = f"**NaN/Inf {pct:.2g}%** ({txt})" if txt != "-" else f"**NaN/Inf {pct:.2g}%**"
     return txt
 
 
@@ -127,9 +127,9 @@ def conclusions(cells: list[dict[str, Any]], cfg: SweepConfig, backends: list[st
                 f"(order {worst['order']}, scale {worst['scale']:g}); NaN/Inf in {len(bad)} of {len(mine)} cells; "
                 f"approximation dominates in {dominated} of {len(mine)} cells. Safe for max error <= 1e-3 up to "
                 f"scale: {safe_txt}.")
-        for kern in (f"unstabilised-{dt}", "unstabilised-float32"):
+        for kern in dict.fromkeys((f"unstabilised-{dt}", "unstabilised-float32")):
             mine = [c for c in cells if c["dtype"] == dt and c["kernel"] == kern and "output" in c]
-            if not mine or (kern == "unstabilised-float32" and dt == "float32"):
+            if not mine:
                 continue
             bad = [c for c in mine if c["output"]["nan"] + c["output"]["inf"]]
             stab = [idx.get((dt, backends[0], c["order"], c["scale"])) for c in mine] if backends else []
@@ -148,6 +148,40 @@ def conclusions(cells: list[dict[str, Any]], cfg: SweepConfig, backends: list[st
                  "spread); the worst-case bound at the sample's max |x|, |y| is close to 1 beyond scale ~1, so it "
                  "says nothing there, while the measured error is what matters.")
     return lines
+
+
+def shift_lines(shift_cells: list[dict[str, Any]], cfg: SweepConfig) -> tuple[list[str], list[str]]:
+    """(table, conclusions) of the shifted-inputs sweep."""
+    kernels = list(dict.fromkeys(c["kernel"].replace(f"-{c['dtype']}", "-<dtype>") for c in shift_cells))
+    shifts = sorted({c["shift"] for c in shift_cells})
+    idx = {(c["dtype"], c["kernel"], c["shift"]): c for c in shift_cells}
+    cols = [(dt, k) for dt in cfg.dtypes for k in kernels]
+    table = ["| shift mu | " + " | ".join(f"{dt} {k}" for dt, k in cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for mu in shifts:
+        row = []
+        for dt, k in cols:
+            c = idx.get((dt, k.replace("<dtype>", dt), mu))
+            if c is None or "failed" in c:
+                row.append("FAIL" if c else "n/a")
+                continue
+            bad = c["output"]["nan"] + c["output"]["inf"]
+            txt = _fmt(c["rounding"]["max"])
+            row.append(f"**NaN/Inf {100 * bad / c['output']['values']:.2g}%**" if bad else txt)
+        table.append(f"| {mu:g} | " + " | ".join(row) + " |")
+    words = []
+    for dt in cfg.dtypes:
+        unst = [c for c in shift_cells if c["dtype"] == dt and c["kernel"] == f"unstabilised-{dt}"]
+        first = min((c["shift"] for c in unst if c["output"]["nan"] + c["output"]["inf"]), default=None)
+        stab = [c for c in shift_cells if c["dtype"] == dt and not c["kernel"].startswith("unstabilised")
+                and "output" in c]
+        stab_bad = sum(c["output"]["nan"] + c["output"]["inf"] > 0 for c in stab)
+        worst = max((c["rounding"]["max"] for c in stab), default=math.nan)
+        words.append(f"- {dt}, shifted q and k (x, y ~ N(mu, 0.25^2), order {unst[0]['order'] if unst else '?'}): "
+                     + (f"the unstabilised sums give NaN/Inf from mu = {first:g} on" if first is not None
+                        else "the unstabilised sums stay finite up to the largest shift")
+                     + f"; the stabilised kernels give NaN/Inf in {stab_bad} of {len(stab)} cells, rounding at most "
+                       f"{_fmt(worst)}.")
+    return table, words
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -169,8 +203,9 @@ def spikiness_section(spk: dict[str, Any]) -> list[str]:
 
 
 def write_markdown(path: Path, meta: dict[str, Any], cfg: SweepConfig, cells, backends, skipped, facts, spk,
-                   pngs: list[str]) -> None:
+                   pngs: list[str], shift_cells: list[dict[str, Any]]) -> None:
     idx = _index(cells)
+    shift_table, shift_words = shift_lines(shift_cells, cfg)
     L: list[str] = []
     L += ["# EA-t stability report", "",
           f"Command: `{meta['command']}`  ",
@@ -190,7 +225,7 @@ def write_markdown(path: Path, meta: dict[str, Any], cfg: SweepConfig, cells, ba
           f"Backends swept: {', '.join(backends) or 'none'}."]
     for name, why in skipped.items():
         L.append(f"Skipped backend {name}: {why}")
-    L += ["", "## Conclusions", ""] + conclusions(cells, cfg, backends)
+    L += ["", "## Conclusions", ""] + conclusions(cells, cfg, backends) + shift_words
     main = backends[0] if backends else None
     if main:
         L += ["", f"## float32, backend {main}: total error (max) against exact EA", ""]
@@ -209,13 +244,17 @@ def write_markdown(path: Path, meta: dict[str, Any], cfg: SweepConfig, cells, ba
         for b in backends:
             L += [f"Total error, backend {b}:", ""] + table(idx, cfg, dt, b, "total") + [""]
             L += [f"Rounding error (kernel vs EA-t), backend {b}:", ""] + table(idx, cfg, dt, b, "rounding") + [""]
-        for kern in (f"unstabilised-{dt}", "unstabilised-float32"):
-            if kern == "unstabilised-float32" and dt == "float32":
-                continue
+        for kern in dict.fromkeys((f"unstabilised-{dt}", "unstabilised-float32")):
             if any(c["kernel"] == kern and c["dtype"] == dt for c in cells):
                 L += [f"Total error, {kern} (no stabilisation):", ""] + table(idx, cfg, dt, kern, "total") + [""]
         if f"heatmap_{dt}.png" in pngs:
             L += [f"![{dt} heatmaps](heatmap_{dt}.png)", ""]
+    L += ["## What stabilisation buys: shifted q and k", "",
+          "Exact EA does not change when q and k of a channel are shifted by the same mu, but exp(-y^2) underflows "
+          "(|y| > ~4.2 in float16, ~9.7 in bfloat16, ~10.2 in float32), and the naive sums become 0/0. Cells: "
+          "rounding error (kernel vs EA-t in float64, max, relative to the spread of v) or the share of NaN/Inf "
+          "outputs. (The Taylor approximation itself is poor at such shifts; this table is about finiteness and "
+          "rounding only.)", ""] + shift_table + [""]
     L += ["## Bounds", "",
           "Per cell, the proven worst-case bound at the sample's largest |x|, |y| and the largest a-posteriori "
           f"bound (relative to the visible spread) over the evaluated positions ({cfg.dtypes[0]} inputs):", "",
@@ -300,6 +339,7 @@ def _run(args, preset: str, cfg: SweepConfig, out: Path) -> int:
           f"{len(cfg.orders)} orders", file=sys.stderr)
     facts = all_facts()
     cells = run_sweep(cfg, backends=backends, show_progress=not args.no_progress)
+    shift_cells = shift_sweep(cfg, backends=backends)
     sp_scales, sp_orders = SPIKY[preset]
     q, k, _ = inputs(cfg)
     spk = spikiness(q[:, : min(cfg.T, 256), :1, : min(cfg.dim, 16)], k[:, : min(cfg.T, 256), :1, : min(cfg.dim, 16)],
@@ -326,12 +366,13 @@ def _run(args, preset: str, cfg: SweepConfig, out: Path) -> int:
             "preset": preset, "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": f"{platform.machine()} {platform.processor() or platform.system()}", "torch": torch.__version__,
             "threads": torch.get_num_threads(), "seconds": seconds}
-    write_markdown(out / "report.md", meta, cfg, cells, backends, skipped, facts, spk, pngs)
+    write_markdown(out / "report.md", meta, cfg, cells, backends, skipped, facts, spk, pngs, shift_cells)
     spk_json = {k: v for k, v in spk.items() if k not in ("samples",)}
     atomic_write_json(out / "report.json", {
         "schema": "ea-ops-report/1", "meta": meta, "config": config_dict(cfg), "backends": backends,
         "skipped_backends": skipped, "facts": facts, "cells": cells, "spikiness": spk_json,
-        "conclusions": conclusions(cells, cfg, backends), "pngs": pngs})
+        "shift_cells": shift_cells, "conclusions": conclusions(cells, cfg, backends) + shift_lines(shift_cells, cfg)[1],
+        "pngs": pngs})
     print(f"wrote {out / 'report.md'}, report.json and {len(pngs)} PNGs in {seconds:.0f} s", file=sys.stderr)
     return 0
 

@@ -37,6 +37,12 @@ def test_report_end_to_end(tmp_path):
     assert all(c["bound_violations"] == 0 for c in rep["cells"] if c["kernel"] == "reference")
     assert any(c["kernel"] == "unstabilised-float16" for c in rep["cells"])
     assert rep["conclusions"] and rep["facts"]["facts"]
+    # what stabilisation buys: shifted q, k never break the library's kernels, but do break the naive sums
+    shifted = rep["shift_cells"]
+    assert all(c["output"]["nan"] + c["output"]["inf"] == 0 for c in shifted if c["kernel"] == "torch")
+    fp16 = {c["shift"]: c for c in shifted if c["kernel"] == "unstabilised-float16"}
+    assert fp16[0.0]["output"]["nan"] == 0 and fp16[8.0]["output"]["nan"] == fp16[8.0]["output"]["values"]
+    assert "## What stabilisation buys" in md
 
 
 def test_report_rejects_bad_out(tmp_path, capsys):
