@@ -314,7 +314,8 @@ def select_order(budget: float, *, scale: float | None = None, sigma: float | No
     Exactly one of ``scale`` (bound on ``|q|, |k|``), ``sigma`` (``q, k ~ N(0, sigma^2)``) or ``sample``
     (see :func:`load_sample`). ``confidence`` is the quantile level of the distribution mode (``channels``
     random channels of length ``seq_len``, default ``ceil(20 / (1 - confidence))`` channels, ``rows`` = 16
-    sampled positions each) and is reported for the data mode (``rows`` default 256 positions).
+    sampled positions each) and is reported for the data mode (which evaluates at most ``channels`` = 256
+    random channels and ``rows`` = 256 positions of the sample).
     Raises :class:`BudgetUnreachable` when no order up to ``max_order`` meets the budget.
     """
     budget = _check_positive(budget, "budget")
@@ -358,9 +359,20 @@ def select_order(budget: float, *, scale: float | None = None, sigma: float | No
 
     data = load_sample(sample)
     R = 256 if rows is None else rows
+    B, T, H, D = data["q"].shape
+    n_all = B * H * D
+    C = min(n_all, channels or 256)
+    # channels are independent: evaluate a random subset of them as a batch of one-channel sequences
+    pick = torch.randperm(n_all, generator=torch.Generator().manual_seed(seed))[:C] if C < n_all else None
+
+    def as_channels(t):
+        flat = rows_of(t)
+        flat = flat if pick is None else flat[pick]
+        return flat.reshape(-1, T, 1, 1)
 
     def make_inputs():
-        return data["q"].double(), data["k"].double(), data["v"].double() if "v" in data else None
+        v = as_channels(data["v"]) if "v" in data else None
+        return as_channels(data["q"]), as_channels(data["k"]), v
 
     def statistic(res):
         tot = res["total"]
@@ -372,7 +384,8 @@ def select_order(budget: float, *, scale: float | None = None, sigma: float | No
     xq, yk = rows_of(q.to(dtype)) * r, rows_of(k.to(dtype)) * r
     a = float(q.abs().max()) * r
     b = float(k.abs().max()) * r
-    desc = {"shape": list(q.shape), "has_v": v is not None, "ea_scale": ea_scale, "positions": min(R, q.shape[1]),
+    desc = {"shape": [B, T, H, D], "channels_evaluated": C, "channels": n_all, "has_v": v is not None,
+            "ea_scale": ea_scale, "positions": min(R, T),
             "max_abs_x": a, "max_abs_y": b, "confidence": confidence,
             "statistic": "largest error over the evaluated positions" + ("" if v is not None else
                          " (approximation: worst over all v of spread 1; rounding: with random v)"),

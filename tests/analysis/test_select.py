@@ -87,6 +87,9 @@ def test_data_mode_with_and_without_v(tmp_path):
     assert select_order(1e-3, sample=stacked).order == with_v.order
     ev = with_v.evidence
     assert ev["positions"] == 40 and len(ev["posterior_bound_per_order"]) == 17
+    assert ev["channels_evaluated"] == ev["channels"] == 8
+    few = select_order(1e-3, sample={"q": q, "k": k, "v": v}, channels=5)
+    assert few.evidence["channels_evaluated"] == 5 and few.evidence["channels"] == 8
 
 
 def test_validation():
