@@ -95,9 +95,9 @@ def apply_cpu(sch: s_tir.Schedule, kernel: str, causal: bool, *, loop: str, d_fa
         if parallel:
             sch.parallel(par)
         sch.vectorize(d_i)
-        if not (isinstance(t_unroll, int) and t_unroll == 1):
-            _, t_i = sch.split(t, factors=[None, t_unroll])
-            sch.unroll(t_i)
+        # Always split (by 1 too): the same steps whether t_unroll is sampled or read from a record.
+        _, t_i = sch.split(t, factors=[None, t_unroll])
+        sch.unroll(t_i)
         # Structural knobs, readable from a tuning trace (schedules.tvm.spaces.knobs_from_trace).
         sch.annotate(block, "ea_ops.loop", loop)
         sch.annotate(block, "ea_ops.parallel", int(parallel))

@@ -99,7 +99,7 @@ def builder(workers: int = 1):
     return ms.builder.LocalBuilder(max_workers=workers, timeout_sec=BUILD_TIMEOUT_S, f_build=build_kernel)
 
 
-def runner(kernel: str, causal: bool, *, rpc: tuple[str, int, str] | None = None, repeat: int = 3,
+def runner(kernel: str, causal: bool, *, rpc: tuple[str, int, str] | None = None, repeat: int = 5,
            min_repeat_ms: int = 40):
     """A LocalRunner, or an RPCRunner through ``(tracker_host, tracker_port, key)``."""
     from tvm.s_tir import meta_schedule as ms

@@ -17,6 +17,14 @@ from ea_ops.tvm.kernels import SCAN_BLOCKS
 
 T_UNROLL_PROBS = (0.4, 0.2, 0.2, 0.2)
 SPACES = tuple((loop, par) for loop in rt_schedule.LOOPS for par in (True, False))
+PARALLEL_ONLY = tuple(sp for sp in SPACES if sp[1])
+# Running single-threaded only pays when the fork-join of the thread pool costs more than the work.
+SERIAL_WORTH_TRYING = 1 << 18  # elements of [B, T, H, D]
+
+
+def spaces_for(elements: int) -> tuple:
+    """The structural branches worth measuring for a workload of ``B*T*H*D`` elements."""
+    return SPACES if elements <= SERIAL_WORTH_TRYING else PARALLEL_ONLY
 
 
 def d_tiles(D: int) -> list[int]:
@@ -98,3 +106,32 @@ def knobs_from_trace(trace) -> dict[str, Any]:
         "t_unroll": cats[-1],
         "parallel": ann.get("ea_ops.parallel", "1") != "0",
     }
+
+
+# ----------------------------------------------------------------------------------------------- CUDA
+CUDA_THREADS = (32, 64, 128, 256, 512)
+
+
+def cuda_space(sch):
+    """CUDA: threads per block of the fused channel (and chunk) loops, one sample for every block."""
+    from ea_ops.tvm import cuda
+
+    threads = sch.sample_categorical(candidates=list(CUDA_THREADS), probs=_uniform(list(CUDA_THREADS)))
+    cuda.apply(sch, threads)
+    return [sch]
+
+
+def cuda_space_generator(w):
+    """A ``ScheduleFn`` over the CUDA form of workload ``w`` (its variant is fixed by the module tuned)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.space_generator.ScheduleFn(cuda_space, sch_rules=[], postprocs=[], mutator_probs={})
+
+
+def cuda_knobs_from_trace(trace, variant: str, chunk: int) -> dict[str, Any]:
+    insts, decisions = trace.as_json()[0], dict(trace.as_json()[1])
+    for idx, inst in enumerate(insts):
+        if inst[0] == "SampleCategorical":
+            return {"variant": variant, "threads": [int(c) for c in inst[2][0]][int(decisions[idx])],
+                    "chunk": chunk}
+    raise ValueError("not a trace of schedules.tvm.spaces.cuda_space")

@@ -59,7 +59,7 @@ class TuneTarget:
         from . import spaces
 
         if self.kind == "cpu":
-            return spaces.space_generator(w.kernel, w.causal)
+            return spaces.space_generator(w.kernel, w.causal, spaces.spaces_for(w.B * w.T * w.H * w.D))
         return spaces.cuda_space_generator(w)
 
     def scheduled(self, w: Workload, cfg: dict | None):
@@ -68,13 +68,14 @@ class TuneTarget:
 
         from .tune_cli import tuning_module
 
-        mod = tuning_module(w) if self.kind == "cpu" else None
         if self.kind == "cpu":
+            mod = tuning_module(w)
             cfg = schedule.default_cpu_config(w.kernel, w.H, w.D) if cfg is None else \
                 schedule.validate_cpu_config(cfg, w.H, w.D)
             return schedule.schedule_cpu(mod["main"], w.kernel, w.causal, cfg)
         from ea_ops.tvm import cuda
 
+        cfg = cfg or cuda.default_config(w.kernel, w.causal, w.B * w.H * w.D)
         return cuda.scheduled_module(w.kernel, w.causal, w.order, w.dtype, w.H, w.D, cfg,
                                      static={"B": w.B, "T": w.T, "r": 1.0})
 

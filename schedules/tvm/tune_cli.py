@@ -37,14 +37,20 @@ def _rpc(args) -> tuple[str, int, str] | None:
     return host, int(port), args.rpc_key
 
 
-def tuning_module(w: Workload):
-    """The static-shape IRModule MetaSchedule tunes for one workload."""
+def tuning_module(w: Workload, kind: str = "cpu"):
+    """The static-shape, unscheduled IRModule MetaSchedule tunes for one workload."""
     import tvm
 
     from ea_ops.tvm import kernels
 
-    func = kernels.build_func(w.kernel, w.order, w.dtype, w.causal, w.H, w.D,
-                              static={"B": w.B, "T": w.T, "r": 1.0})
+    static = {"B": w.B, "T": w.T, "r": 1.0}
+    if kind == "cuda":
+        from ea_ops.tvm import cuda
+
+        cfg = cuda.default_config(w.kernel, w.causal, w.B * w.H * w.D)
+        func = cuda.func_for(w.kernel, w.causal, w.order, w.dtype, w.H, w.D, cfg, static)
+    else:
+        func = kernels.build_func(w.kernel, w.order, w.dtype, w.causal, w.H, w.D, static=static)
     return tvm.IRModule({"main": func})
 
 
@@ -68,7 +74,7 @@ def tune_workload(w: Workload, tgt: targets.TuneTarget, folder: Path, trials: in
     from . import measure, spaces
 
     measure.skip_tensor_intrinsics()
-    mod = tuning_module(w)
+    mod = tuning_module(w, tgt.kind)
     db = database(folder)
     done = trials_done(db, mod)
     todo = max(0, trials - done)
@@ -89,7 +95,13 @@ def tune_workload(w: Workload, tgt: targets.TuneTarget, folder: Path, trials: in
     best = db.get_top_k(db.commit_workload(mod), 1)
     if not best:
         return None
-    cfg = spaces.knobs_from_trace(best[0].trace)
+    if tgt.kind == "cpu":
+        cfg = spaces.knobs_from_trace(best[0].trace)
+    else:
+        from ea_ops.tvm import cuda
+
+        base = cuda.default_config(w.kernel, w.causal, w.B * w.H * w.D)
+        cfg = spaces.cuda_knobs_from_trace(best[0].trace, base["variant"], base["chunk"])
     chosen, default = measure.measure([tgt.scheduled(w, cfg), tgt.scheduled(w, None)], tgt.target,
                                       w.kernel, w.causal, rpc=rpc)
     rec = {

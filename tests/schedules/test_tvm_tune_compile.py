@@ -1,0 +1,133 @@
+"""The TVM tuner (local and through TVM's RPC tracker/server), its records at run time, cross compilation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tvm")
+
+from ea_ops import records  # noqa: E402
+from ea_ops.tvm import build, tuned  # noqa: E402
+from ea_ops.tvm.target import cpu_fingerprint  # noqa: E402
+from schedules.tvm import rpc, spaces  # noqa: E402
+
+pytestmark = pytest.mark.tvm
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def ea_ops_cli(*argv, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "ea_ops.cli", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def _tune_args(out, *extra):
+    return ["tune", "--backend", "tvm", "--workloads", "tiny", "--orders", "2", "--trials", "3",
+            "--out", str(out), "--json", *extra]
+
+
+def test_tiny_tuning_run_writes_a_record_the_runtime_applies_and_resumes(tmp_path, monkeypatch):
+    res = ea_ops_cli(*_tune_args(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    folder = tmp_path / "tvm" / cpu_fingerprint()
+    assert (folder / "database_workload.json").exists() and (folder / "database_tuning_record.json").exists()
+    recs = records.read_records_file(folder / records.RECORDS_FILE, backend="tvm", fingerprint=cpu_fingerprint())
+    assert len(recs) == 1
+    rec = recs[0]
+    assert rec["kernel"] == {"name": "forward", "causal": True, "order": 2, "dtype": "float32"}
+    assert rec["workload"]["H"] == 2 and rec["workload"]["D"] == 16 and rec["trials"] >= 3
+    assert rec["latency_us"]["chosen"] > 0 and rec["latency_us"]["default"] > 0
+    assert rec["config"]["loop"] in ("d_t", "t_d")
+    assert "progress" in res.stderr or "%" in res.stderr  # the progress bar
+    # The runtime reads the record for this target (as the user cache) and builds with its knobs.
+    monkeypatch.setenv("EA_OPS_CACHE_DIR", str(tmp_path))
+    comp = build.kernel_for("forward", True, 2, "float32", 2, 16, 50)
+    assert comp.source == "record" and comp.config == rec["config"]
+    # Re-running resumes: the database already holds the trials, nothing is measured again.
+    lines = (folder / "database_tuning_record.json").read_text().count("\n")
+    res = ea_ops_cli(*_tune_args(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (folder / "database_tuning_record.json").read_text().count("\n") == lines
+
+
+def test_tuning_through_tvm_rpc_tracker_and_server_then_both_are_stopped(tmp_path):
+    with rpc.local_farm(key="ea-ops-test", env={"TVM_NUM_THREADS": "1"}) as farm:
+        pids = farm["pids"]
+        res = ea_ops_cli(*_tune_args(tmp_path, "--rpc-tracker", f"{farm['host']}:{farm['port']}",
+                                     "--rpc-key", farm["key"]))
+        assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout[res.stdout.rindex("\n{\n") + 1:])
+    assert summary["records"] and summary["records"][0]["measured"] == "rpc"
+    for pid in pids:  # tracker, server and the server's forked workers are gone
+        assert rpc.group_members(pid) == []
+
+
+def test_knobs_of_a_foreign_trace_are_refused():
+    class Fake:
+        def as_json(self):
+            return [[["SampleCategorical", [], [[1, 2], [0.5, 0.5]], ["v0"]]], [[0, 1]]]
+
+    with pytest.raises(ValueError, match="not a trace"):
+        spaces.knobs_from_trace(Fake())
+
+
+def test_compile_cuda_sm90_exports_source_ptx_and_manifest_without_a_gpu(tmp_path):
+    res = ea_ops_cli("compile", "--backend", "tvm", "--target", "cuda:sm_90", "--out", str(tmp_path),
+                     "--orders", "2", env={"EA_OPS_COMPILE_SHAPE": "2x16"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    man = json.loads((tmp_path / "manifest.json").read_text())
+    assert man["fingerprint"] == "cuda-sm_90" and man["target"]["arch"] == "sm_90"
+    assert man["versions"]["tvm"] and man["shape"] == {"H": 2, "D": 16, "B": "any", "T": "any"}
+    variants = {(k["kernel"], k["causal"], k["variant"]) for k in man["kernels"]}
+    assert ("forward", True, "chunked") in variants and ("backward", True, "channel") in variants
+    for k in man["kernels"]:
+        src = (tmp_path / k["files"]["source"]["path"]).read_text()
+        assert "__global__" in src and "threadIdx.x" in src
+        if k["variant"] == "chunked":
+            assert len(k["kernels"]) == 3  # chunk sums, prefix combine, chunk outputs
+        if man["versions"]["nvcc"]:
+            ptx = (tmp_path / k["files"]["ptx"]["path"]).read_text()
+            assert ".target sm_90" in ptx and ".local" not in ptx  # the state stays in registers
+
+
+def test_compile_cpu_exports_loadable_shared_libraries(tmp_path):
+    res = ea_ops_cli("compile", "--backend", "tvm", "--target", "cpu", "--out", str(tmp_path),
+                     "--orders", "2", env={"EA_OPS_COMPILE_SHAPE": "2x8"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    man = json.loads((tmp_path / "manifest.json").read_text())
+    assert man["fingerprint"] == cpu_fingerprint() and len(man["kernels"]) == 4
+    import math
+
+    import torch
+    import tvm
+
+    from tests.helpers import qkv, rel_err
+
+    entry = next(k for k in man["kernels"] if k["kernel"] == "forward" and k["causal"])
+    lib = tvm.runtime.load_module(str(tmp_path / entry["files"]["library"]["path"]))
+    q, k, v = qkv((1, 9, 2, 8), dtype=torch.float32)
+    o = torch.full_like(q, math.nan)
+    S = torch.zeros(1, 2, 3, 8)
+    lib["main"](q, k, v, o, S, S.clone(), torch.full((1, 2, 8), math.inf), 1.0)
+    import ea_ops
+
+    assert rel_err(o, ea_ops.ea_attention(q, k, v, order=2, backend="torch")[0]) < 2e-5
+
+
+def test_records_shipped_for_this_cpu_class_are_valid():
+    folder = ROOT / "autotune_cache" / "tvm"
+    shipped = [p for p in folder.glob("*/records.json")]
+    assert shipped, "no shipped TVM records"
+    for path in shipped:
+        fp = path.parent.name
+        recs = records.read_records_file(path, backend="tvm", fingerprint=fp)
+        assert recs and all(r["kernel"]["order"] >= 6 for r in recs)
+        names = {(r["kernel"]["name"], r["kernel"]["causal"], r["kernel"]["dtype"]) for r in recs}
+        assert {("forward", True, "float32"), ("backward", True, "float32")} <= names
+        assert (path.parent / "database_tuning_record.json").exists()
+    assert tuned.t_bucket(4096) == 4096 and tuned.t_bucket(4097) == 8192
