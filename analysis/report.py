@@ -50,7 +50,7 @@ def _cell_text(c: dict[str, Any] | None, field: str, stat: str = "max") -> str:
     txt = _fmt(c[field][stat])
     if bad:
         pct = 100.0 * bad / max(1, out["values"])
-        txt = f"**NaN/Inf {pct:.2g}%** ({txt})" if txt != "-" else f"**NaN/Inf {pct:.2g}%**"
+        txt = f"**NaN/Inf {pct:.3g}%** ({txt})" if txt != "-" else f"**NaN/Inf {pct:.3g}%**"
     return txt
 
 
@@ -166,7 +166,7 @@ def shift_lines(shift_cells: list[dict[str, Any]], cfg: SweepConfig) -> tuple[li
                 continue
             bad = c["output"]["nan"] + c["output"]["inf"]
             txt = _fmt(c["rounding"]["max"])
-            row.append(f"**NaN/Inf {100 * bad / c['output']['values']:.2g}%**" if bad else txt)
+            row.append(f"**NaN/Inf {100 * bad / c['output']['values']:.3g}%**" if bad else txt)
         table.append(f"| {mu:g} | " + " | ".join(row) + " |")
     words = []
     for dt in cfg.dtypes:
@@ -281,7 +281,8 @@ def write_markdown(path: Path, meta: dict[str, Any], cfg: SweepConfig, cells, ba
     L += ["", "## SPEC section 2 facts, re-derived", "", "| verdict | claim | measured here |", "|---|---|---|"]
     for f in facts["facts"]:
         det = f" ({f['detail']})" if f["detail"] else ""
-        L.append(f"| {f['verdict']} | {f['claim']} | {f['measured']}{det} |")
+        cells_ = (f["verdict"], f["claim"], f["measured"] + det)
+        L.append("| " + " | ".join(x.replace("|", "\\|") for x in cells_) + " |")  # |x| inside a table cell
     L += ["", "Minimum of P_t (even t): " + ", ".join(f"t={r['order']}: z*={r['z_star']:.4f}, P_t(z*)={r['min_P']:.4f}"
                                                    for r in facts["min_p"]), ""]
     path.write_text("\n".join(L) + "\n")
