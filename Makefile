@@ -28,6 +28,9 @@ bench: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/ea-ops info
 	$(PY) examples/basic.py
+	$(VENV)/bin/ea-ops report --quick --out demo-out/report
+	$(VENV)/bin/ea-ops select-order --budget 1e-3 --scale 1.0
+	$(VENV)/bin/ea-ops select-order --budget 1e-3 --sigma 0.5 --json
 
 clean:
 	rm -rf $(VENV) build *.egg-info
