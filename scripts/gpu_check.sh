@@ -26,10 +26,10 @@ PY="${PYTHON:-python}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 # Limits in seconds (sum + set-up stays under 600).
-T_TESTS="${T_TESTS:-200}"
-T_TUNE="${T_TUNE:-120}"
-TUNE_BUDGET="${TUNE_BUDGET:-90}"
-T_BENCH="${T_BENCH:-240}"
+T_TESTS="${T_TESTS:-230}"
+T_TUNE="${T_TUNE:-110}"
+TUNE_BUDGET="${TUNE_BUDGET:-80}"
+T_BENCH="${T_BENCH:-220}"
 
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export EA_OPS_CACHE_DIR="$OUT_DIR/ea_ops_cache"   # the tuned records land here, and the benchmark reads them
