@@ -10,7 +10,9 @@ Lanes. One program handles ``BLOCK_C`` channels of one work item; the Taylor ind
 uses ``BLOCK_C = 32 * num_warps``: one channel per thread, so Triton gives the tiles a layout with all of
 ``n`` inside one thread (sums over ``n`` and the feature products stay in registers) that equals the
 layout of the per-row loads, and no layout conversion goes through shared memory (checked on the
-compiled code by the ahead-of-time test).
+compiled code by the ahead-of-time test). Rows are taken ``ROWS`` at a time: their loads are issued
+together as ``[ROWS, BLOCK_C]`` tiles (rows again inside one thread), then scanned one by one from registers,
+so each thread has several rows in flight instead of one.
 
 Stabilisation: every ``exp`` argument is ``<= 0`` (``m`` is the running minimum of ``y^2``; suffix sums of
 the backward are referenced to the position's own ``m``), as in ``ea_ops.torch_backend``.
