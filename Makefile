@@ -31,6 +31,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ea-ops report --quick --out demo-out/report
 	$(VENV)/bin/ea-ops select-order --budget 1e-3 --scale 1.0
 	$(VENV)/bin/ea-ops select-order --budget 1e-3 --sigma 0.5 --json
+	$(VENV)/bin/ea-ops compile --backend triton --target cuda:sm_90 --out demo-out/triton-sm90 --orders 6 --dtypes bfloat16
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -27,8 +27,17 @@ BACKEND_MODULES = {
 AUTO_ORDER = ("triton", "tvm", "torch")
 
 
+_LOADED: dict[str, ModuleType] = {}
+
+
 def load(name: str) -> ModuleType:
-    """The backend module; raises BackendUnavailableError naming the extra when it cannot run."""
+    """The backend module; raises BackendUnavailableError naming the extra when it cannot run.
+
+    A usable module is cached, so repeated calls (and torch.compile, which cannot trace importlib) skip the
+    import machinery.
+    """
+    if name in _LOADED:
+        return _LOADED[name]
     try:
         mod = importlib.import_module(BACKEND_MODULES[name])
     except ImportError as exc:
@@ -39,6 +48,7 @@ def load(name: str) -> ModuleType:
     if reason is not None:
         extra = f" (pip install 'ea-ops[{mod.EXTRA}]')" if mod.EXTRA else ""
         raise BackendUnavailableError(f"backend={name!r} is not available: {reason}{extra}")
+    _LOADED[name] = mod
     return mod
 
 
