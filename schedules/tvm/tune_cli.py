@@ -4,14 +4,15 @@ For each workload of the preset (x each ``--orders``): MetaSchedule samples the 
 ``schedules.tvm.spaces`` (random search, ``replay-trace``), builds with ``schedules.tvm.measure`` and
 measures locally or through a TVM RPC tracker. Trials go to the target's MetaSchedule JSON database
 (``<root>/tvm/<fingerprint>/database_*.json``, one database per target folder: MetaSchedule's lookup
-ignores the target); re-running resumes, tuning only the trials a workload still lacks. Then the best
-trace becomes a record's knobs, measured side by side with the default schedule, and
-``records.json`` is merged atomically (``ea_ops.records.add_records``).
+ignores the target); re-running resumes, tuning only the trials a workload still lacks. Then the best few
+traces become knobs and are re-measured side by side with the default schedule (``select``), and the
+winner is merged into ``records.json`` atomically (``ea_ops.records.add_records``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -26,6 +27,8 @@ from .workloads import Workload, preset
 
 DEFAULT_TRIALS = 32
 ROUND = 16  # trials per MetaSchedule call: the time budget is checked between rounds
+TOP_K = 4  # distinct best configs re-measured against the default at the end
+PASSES = 2  # EA_OPS_TVM_SELECT_PASSES overrides (tests use 1)
 
 
 def _rpc(args) -> tuple[str, int, str] | None:
@@ -71,7 +74,7 @@ def tune_workload(w: Workload, tgt: targets.TuneTarget, folder: Path, trials: in
     """Tune one workload (resuming), then write and return its record (None if nothing was measured)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from . import measure, spaces
+    from . import measure
 
     measure.skip_tensor_intrinsics()
     mod = tuning_module(w, tgt.kind)
@@ -92,18 +95,10 @@ def tune_workload(w: Workload, tgt: targets.TuneTarget, folder: Path, trials: in
             done = trials_done(db, mod)
     finally:
         shutil.rmtree(logs, ignore_errors=True)
-    best = db.get_top_k(db.commit_workload(mod), 1)
-    if not best:
+    top = db.get_top_k(db.commit_workload(mod), TOP_K * 4)
+    if not top:
         return None
-    if tgt.kind == "cpu":
-        cfg = spaces.knobs_from_trace(best[0].trace)
-    else:
-        from ea_ops.tvm import cuda
-
-        base = cuda.default_config(w.kernel, w.causal, w.B * w.H * w.D)
-        cfg = spaces.cuda_knobs_from_trace(best[0].trace, base["variant"], base["chunk"])
-    chosen, default = measure.measure([tgt.scheduled(w, cfg), tgt.scheduled(w, None)], tgt.target,
-                                      w.kernel, w.causal, rpc=rpc)
+    cfg, chosen, default = select(w, tgt, top, rpc)
     rec = {
         "schema_version": records.SCHEMA_VERSION,
         "backend": "tvm",
@@ -121,6 +116,58 @@ def tune_workload(w: Workload, tgt: targets.TuneTarget, folder: Path, trials: in
     return rec
 
 
+def _knobs(tgt, w: Workload, trace) -> dict:
+    from . import spaces
+
+    if tgt.kind == "cpu":
+        return spaces.knobs_from_trace(trace)
+    from ea_ops.tvm import cuda
+
+    base = cuda.default_config(w.kernel, w.causal, w.B * w.H * w.D)
+    return spaces.cuda_knobs_from_trace(trace, base["variant"], base["chunk"])
+
+
+def select(w: Workload, tgt, top: list, rpc) -> tuple[dict, float | None, float | None]:
+    """Re-measure the best few distinct configs and the default side by side, ``PASSES`` times.
+
+    One tuning measurement is noisy on a shared machine (the best trial is often a lucky one); the
+    minimum over passes of each config's median is robust to interference. The default competes too:
+    if nothing beats it, the record says so by choosing it.
+    """
+    from . import measure
+
+    cands: list[dict | None] = []
+    for rec in top:
+        cfg = _knobs(tgt, w, rec.trace)
+        if cfg not in cands:
+            cands.append(cfg)
+        if len(cands) == TOP_K:
+            break
+    cands.append(None)  # the default schedule
+    mods = [tgt.scheduled(w, c) for c in cands]
+    best = [None] * len(cands)
+    for _ in range(int(os.environ.get("EA_OPS_TVM_SELECT_PASSES", PASSES))):
+        for i, t in enumerate(measure.measure(mods, tgt.target, w.kernel, w.causal, rpc=rpc)):
+            if t is not None:
+                best[i] = t if best[i] is None else min(best[i], t)
+    default_cfg = _default_cfg(tgt, w)
+    ok = [i for i, t in enumerate(best) if t is not None]
+    if not ok:
+        return (cands[0] or default_cfg), None, None
+    win = min(ok, key=lambda i: best[i])
+    return (cands[win] or default_cfg), best[win], best[-1]
+
+
+def _default_cfg(tgt, w: Workload) -> dict:
+    if tgt.kind == "cpu":
+        from ea_ops.tvm.schedule import default_cpu_config
+
+        return default_cpu_config(w.kernel, w.H, w.D)
+    from ea_ops.tvm import cuda
+
+    return cuda.default_config(w.kernel, w.causal, w.B * w.H * w.D)
+
+
 def _bucket(T: int) -> int:
     from ea_ops.tvm.tuned import t_bucket
 
@@ -132,8 +179,6 @@ def _us(sec: float | None) -> float | None:
 
 
 def run(args) -> int:
-    import os
-
     from ea_ops.tvm.target import usable_cores
 
     tgt = targets.parse(args.target)

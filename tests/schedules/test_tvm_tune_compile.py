@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def ea_ops_cli(*argv, env=None, timeout=600):
+    env = {**os.environ, "EA_OPS_TVM_SELECT_PASSES": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "ea_ops.cli", *argv], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+                          text=True, timeout=timeout, env=env)
 
 
 def _tune_args(out, *extra):
