@@ -13,7 +13,7 @@ from ea_ops import dispatch
 from ea_ops.errors import BackendUnavailableError
 from ea_ops.records import atomic_write_json, atomic_write_text
 
-from . import peers, report
+from . import peers, report, timing
 from .runner import Options, Runner
 from .workloads import DTYPES, MODES, PRESETS, Workload, parse_shape, preset
 
@@ -35,8 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--peers", default=",".join(peers.PEERS[1:]),
                     help="comma-separated peers besides the kernel: eager,compiled,sdpa,copy")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads), default 2")
-    ap.add_argument("--min-run-s", type=float, default=0.5, help="CPU: least measuring time of a fast call")
-    ap.add_argument("--budget-s", type=float, default=5.0, help="CPU: measuring time of a slow call (>=1 sample)")
+    ap.add_argument("--budget-s", type=float, default=10.0,
+                    help="CPU: measuring time per workload, shared by the peers (each gets >= 1 sample)")
+    ap.add_argument("--settle-s", type=float, default=timing.SETTLE_S,
+                    help="CPU: pause before each peer's block of samples, so other runtimes' spinning "
+                         "thread pools go idle (default %(default)s)")
     ap.add_argument("--max-call-s", type=float, default=60.0,
                     help="skip a call predicted (from smaller T) to take longer than this")
     ap.add_argument("--seed", type=int, default=0)
@@ -105,9 +108,11 @@ def main(argv: list[str]) -> int:
         peer_names = parse_peers(args.peers)
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        for opt in ("min_run_s", "budget_s", "max_call_s"):
+        for opt in ("budget_s", "max_call_s"):
             if not getattr(args, opt) > 0:
                 raise ValueError(f"--{opt.replace('_', '-')} must be > 0, got {getattr(args, opt)}")
+        if not args.settle_s >= 0:
+            raise ValueError(f"--settle-s must be >= 0, got {args.settle_s}")
         backend = resolve_backend(args.backend, workloads[0])
     except ValueError as exc:
         log(str(exc))
@@ -130,11 +135,11 @@ def _run(args, argv, name, workloads, peer_names, backend, device, log) -> int:
     if not args.json:
         log(f"backend={backend} on {device}"
             + (f", {args.threads} threads (torch.set_num_threads)" if device == "cpu" else ""))
-    opts = Options(backend=backend, peers=peer_names, threads=args.threads, min_run_s=args.min_run_s,
-                   budget_s=args.budget_s, max_call_s=args.max_call_s, seed=args.seed,
+    opts = Options(backend=backend, peers=peer_names, threads=args.threads, budget_s=args.budget_s,
+                   max_call_s=args.max_call_s, settle_s=args.settle_s, seed=args.seed,
                    show_progress=not args.no_progress)
     results = Runner(opts, log).run(workloads)
-    timer = "triton.testing.do_bench" if device == "cuda" else "torch.utils.benchmark"
+    timer = timing.CUDA_TIMER if device == "cuda" else timing.CPU_TIMER
     doc = report.document(results, backend=backend, device=device, threads=args.threads, timer=timer,
                           argv=argv)
     text = report.table(doc)

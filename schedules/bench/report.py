@@ -14,13 +14,24 @@ from .runner import WorkloadResult
 SCHEMA = "ea-ops-bench/1"
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine(device: str, threads: int) -> dict:
     """Machine class and versions for the record (no host names)."""
     info = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(terse=True),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "device": device,
     }
@@ -60,9 +71,11 @@ def _fmt(v: float | None, spec: str) -> str:
 def table(doc: dict) -> str:
     """Plain-text table: per workload and peer, median, kernel speedup, GB/s and roofline fraction."""
     m = doc["machine"]
-    where = (f"cpu, {m['threads']} threads (torch.set_num_threads)" if m["device"] == "cpu"
+    where = (f"{m['cpu']} ({m['cpu_count']} CPUs), {m['threads']} threads (torch.set_num_threads)"
+             if m["device"] == "cpu"
              else f"{m.get('gpu', m['device'])}")
-    lines = [f"ea-ops bench: backend={doc['backend']}  device={where}  timer={doc['timer']} (medians)",
+    lines = [f"ea-ops bench: backend={doc['backend']}  device={where}  {doc['date']}",
+             f"timer: {doc['timer']}; medians after warm-up",
              "speedup = peer median / kernel median (> 1: the kernel is faster); roofline = GB/s / copy GB/s"]
     if m["device"] == "cpu":
         lines.append("CPU times depend on load from other processes: compare the ratios, not the times.")

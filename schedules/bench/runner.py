@@ -20,9 +20,9 @@ class Options:
     backend: str
     peers: tuple[str, ...] = peers.PEERS
     threads: int = 2
-    min_run_s: float = 0.5
-    budget_s: float = 5.0
+    budget_s: float = 10.0
     max_call_s: float = 60.0
+    settle_s: float = timing.SETTLE_S
     seed: int = 0
     show_progress: bool = True
 
@@ -78,9 +78,9 @@ class WorkloadResult:
 
 
 def _exponent(peer: str, mode: str) -> int:
-    """How a peer's time grows with T: EA and the copy linearly (not at all per step), SDPA quadratically
-    (linearly per step, over a growing cache)."""
-    if peer == "sdpa":
+    """How a peer's time grows with T: EA and the copies linearly (EA not at all per step, the KV-cache
+    copy linearly), SDPA quadratically (linearly per step, over a growing cache)."""
+    if peer in ("sdpa", "copy_kv"):
         return 1 if mode == "step" else 2
     return 0 if mode == "step" else 1
 
@@ -88,6 +88,14 @@ def _exponent(peer: str, mode: str) -> int:
 def _first_line(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
     return text.splitlines()[0][:200]
+
+
+@dataclass
+class _Pending:
+    """A peer ready to be timed: its result row (filled in by the timer) and its callable."""
+
+    result: PeerResult
+    fn: Callable[[], object]
 
 
 class Runner:
@@ -103,42 +111,40 @@ class Runner:
     def _series(self, w: Workload, peer: str) -> tuple:
         return (replace(w, T=0), peer)
 
-    def _predicted(self, w: Workload, peer: str) -> float | None:
+    def _too_slow(self, w: Workload, peer: str, label: str, nbytes: int) -> PeerResult | None:
         prev = self.last.get(self._series(w, peer))
         if prev is None:
             return None
-        t_prev, s_prev = prev
-        return s_prev * (w.T / t_prev) ** _exponent(peer, w.mode)
+        pred = prev[1] * (w.T / prev[0]) ** _exponent(peer, w.mode)
+        if pred <= self.opts.max_call_s:
+            return None
+        return PeerResult(peer, label, "skipped", bytes=nbytes,
+                          note=f"about {pred:.3g} s per call predicted from smaller T (> --max-call-s)")
 
-    def _time(self, w: Workload, peer: str, label: str, fn, nbytes: int) -> PeerResult:
-        pred = self._predicted(w, peer)
-        if pred is not None and pred > self.opts.max_call_s:
-            return PeerResult(peer, label, "skipped", bytes=nbytes,
-                              note=f"about {pred:.3g} s per call predicted from smaller T (> --max-call-s)")
-        try:
-            t = timing.measure(fn, device=w.device, threads=self.opts.threads, min_run_s=self.opts.min_run_s,
-                               budget_s=self.opts.budget_s)
-        except Exception as exc:  # a peer that cannot run here is reported, not fatal
-            return PeerResult(peer, label, "failed", bytes=nbytes, note=_first_line(exc))
-        self.last[self._series(w, peer)] = (w.T, t.median_s)
-        return PeerResult(peer, label, "ok", t.median_s, t.samples, nbytes)
+    def _pending(self, w: Workload, peer: str, label: str, make: Callable[[], Callable], nbytes: int):
+        skip = self._too_slow(w, peer, label, nbytes)
+        return skip if skip is not None else _Pending(PeerResult(peer, label, "ok", bytes=nbytes), make())
 
     def run(self, workloads: list[Workload]) -> list[WorkloadResult]:
-        steps = [(w, p) for w in workloads for p in ("gate", *self.opts.peers)]
+        steps = [(w, s) for w in workloads for s in ("gate", *self.opts.peers, "time")]
         results: list[WorkloadResult] = []
-        state: dict = {}
+        st: dict = {}
         for w, step in progress(steps, total=len(steps), desc="ea-ops bench",
                                 disable=not self.opts.show_progress):
             if step == "gate":
-                state = self._gate(w)
-                results.append(state["result"])
+                st = self._gate(w)
+                st["rows"] = []
+                results.append(st["result"])
+            elif not st["result"].gate.ok:
                 continue
-            if not state["result"].gate.ok:
-                continue
-            state["result"].results += self._peer(w, step, state)
-            if step == self.opts.peers[-1]:
-                state.clear()
+            elif step == "time":
+                st["result"].results = self._measure(w, st["rows"])
+                st.clear()
                 gc.collect()
+                if w.device.startswith("cuda"):
+                    torch.cuda.empty_cache()  # the next, larger workload gets the memory back
+            else:
+                st["rows"] += self._prepare(w, step, st)
         return results
 
     # ------------------------------------------------------------------------------------------- steps
@@ -164,43 +170,42 @@ class Runner:
             self.log(g.message + "; no speed is reported for it")
         return {"result": WorkloadResult(w, g), "inputs": x, "ref": ref, "ref_dtype": ref_dt}
 
-    def _peer(self, w: Workload, peer: str, st: dict) -> list[PeerResult]:
+    def _prepare(self, w: Workload, peer: str, st: dict) -> list:
+        """Rows for ``peer``: ``_Pending`` to be timed, or finished ``PeerResult`` (skipped, failed, wrong)."""
         x: peers.Inputs = st["inputs"]
         ea_bytes = w.ea_bytes()
         if peer == "kernel":
-            return [self._time(w, peer, f"{self.opts.backend} backend", peers.ea_call(w, x, self.opts.backend),
-                               ea_bytes)]
+            return [self._pending(w, peer, f"{self.opts.backend} backend",
+                                  lambda: peers.ea_call(w, x, self.opts.backend), ea_bytes)]
         if peer == "eager":
-            k = st["result"].get("kernel")
-            if self.opts.backend == "torch" and k is not None:
-                note = "the kernel itself" + (f"; {k.note}" if k.note else "")
-                return [replace(k, peer="eager", label=peers.LABELS["eager"], note=note)]
-            return [self._time(w, peer, peers.LABELS[peer], peers.ea_call(w, x, "torch"), ea_bytes)]
+            if self.opts.backend == "torch":  # the kernel is eager PyTorch: filled in from its row
+                return [PeerResult("eager", peers.LABELS["eager"], "same", bytes=ea_bytes)]
+            return [self._pending(w, peer, peers.LABELS[peer], lambda: peers.ea_call(w, x, "torch"), ea_bytes)]
         if peer == "compiled":
             return [self._compiled(w, x, st)]
         if peer == "sdpa":
             label = peers.LABELS["sdpa"] + (" (1 query, KV cache)" if w.mode == "step" else " (causal)")
-            return [self._time(w, peer, label, peers.sdpa_call(w, x), w.sdpa_bytes())]
+            return [self._pending(w, peer, label, lambda: peers.sdpa_call(w, x), w.sdpa_bytes())]
         if peer == "copy":
-            out = [self._time(w, peer, peers.LABELS["copy"], peers.copy_call(w.ea_bytes(), w.device), ea_bytes)]
+            rows = [self._pending(w, peer, peers.LABELS["copy"], lambda: peers.copy_call(ea_bytes, w.device),
+                                  ea_bytes)]
             if w.sdpa_bytes() != ea_bytes and "sdpa" in self.opts.peers:
                 # SDPA moves other bytes (the KV cache): its roofline is a copy of those.
-                out.append(self._time(w, "copy_kv", "copy of SDPA's bytes (KV cache)",
-                                      peers.copy_call(w.sdpa_bytes(), w.device), w.sdpa_bytes()))
-            return out
+                rows.append(self._pending(w, "copy_kv", "copy of SDPA's bytes (KV cache)",
+                                          lambda: peers.copy_call(w.sdpa_bytes(), w.device), w.sdpa_bytes()))
+            return rows
         raise ValueError(f"unknown peer {peer!r}")
 
-    def _compiled(self, w: Workload, x: peers.Inputs, st: dict) -> PeerResult:
+    def _compiled(self, w: Workload, x: peers.Inputs, st: dict):
         label, nbytes = peers.LABELS["compiled"], w.ea_bytes()
         if w.mode == "step":
             label = "torch.compile (torch backend step)"
         series = self._series(w, "compiled")
         if series in self.compile_failed:
             return PeerResult("compiled", label, "failed", bytes=nbytes, note=self.compile_failed[series])
-        pred = self._predicted(w, "compiled")
-        if pred is not None and pred > self.opts.max_call_s:
-            return PeerResult("compiled", label, "skipped", bytes=nbytes,
-                              note=f"about {pred:.3g} s per call predicted from smaller T (> --max-call-s)")
+        skip = self._too_slow(w, "compiled", label, nbytes)
+        if skip is not None:
+            return skip
         try:
             fn = peers.compiled_call(w, x)
             got = fn()  # compiles
@@ -213,4 +218,22 @@ class Runner:
         if not g.ok:
             self.log(g.message + "; not timed")
             return PeerResult("compiled", label, "wrong", bytes=nbytes, note=g.message)
-        return self._time(w, "compiled", label, fn, nbytes)
+        return _Pending(PeerResult("compiled", label, "ok", bytes=nbytes), fn)
+
+    def _measure(self, w: Workload, rows: list) -> list[PeerResult]:
+        pending = [r for r in rows if isinstance(r, _Pending)]
+        timings = timing.measure([p.fn for p in pending], device=w.device, threads=self.opts.threads,
+                                 budget_s=self.opts.budget_s, settle_s=self.opts.settle_s)
+        for p, t in zip(pending, timings, strict=True):
+            if isinstance(t, Exception):
+                p.result.status, p.result.note = "failed", _first_line(t)
+            else:
+                p.result.median_s, p.result.samples = t.median_s, t.samples
+                self.last[self._series(w, p.result.peer)] = (w.T, t.median_s)
+        out = [r.result if isinstance(r, _Pending) else r for r in rows]
+        kernel = next(r for r in out if r.peer == "kernel")
+        for i, r in enumerate(out):
+            if r.status == "same":
+                note = "the kernel itself" + (f"; {kernel.note}" if kernel.note else "")
+                out[i] = replace(kernel, peer=r.peer, label=r.label, note=note)
+        return out

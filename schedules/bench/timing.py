@@ -1,4 +1,8 @@
-"""Timers: ``torch.utils.benchmark`` on CPU, ``triton.testing.do_bench`` on CUDA; medians after warm-up."""
+"""Timers: ``torch.utils.benchmark`` on CPU, ``triton.testing.do_bench`` on CUDA; medians after warm-up.
+
+On CPU the peers of one workload are timed in blocks, one block per peer and pass, several passes, with a
+pause before each block: see ``time_cpu``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
-FAST_CALL_S = 0.05  # below this, let blocked_autorange choose how many calls make one sample
+BLOCK_S = 0.02  # a fast call is repeated within one sample until the sample takes about this long
+PASSES = 3
+MAX_SAMPLES_PER_BLOCK = 10
+SETTLE_S = 0.2
+TIMER_MIN_CALLS = 100
+CPU_TIMER = "torch.utils.benchmark.Timer (>= 100 calls per sample) or time.perf_counter (slower calls)"
+CUDA_TIMER = "triton.testing.do_bench"
 
 
 @dataclass
@@ -19,49 +29,102 @@ class Timing:
     timer: str
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def estimate(fn: Callable[[], object], device: str) -> float:
-    """Seconds of one call (after the caller's warm-up)."""
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
-
-
-def time_cpu(fn: Callable[[], object], *, threads: int, min_run_s: float, budget_s: float) -> Timing:
-    """Median on CPU with ``threads`` threads: one warm-up call, then samples for about ``budget_s``.
-
-    Fast calls: ``blocked_autorange`` (samples of many calls each, at least ``min_run_s`` in all). Slow
-    calls: one call per sample, as many as fit in ``budget_s`` (at least 1, at most 7).
+def _sampler(fn: Callable[[], object], number: int, threads: int) -> Callable[[], float]:
+    """Seconds per call over ``number`` calls. Many calls: ``torch.utils.benchmark.Timer.timeit`` (its own
+    warm-up is ``max(number // 100, 2)`` calls, negligible here). Few calls: ``time.perf_counter`` around
+    them, because ``Timer.timeit`` would add two warm-up calls to every sample and triple a slow call's cost.
     """
-    from torch.utils import benchmark
+    if number >= TIMER_MIN_CALLS:
+        from torch.utils import benchmark
 
-    fn()  # warm-up
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    first = timer.timeit(1).median
-    if first < FAST_CALL_S:
-        m = timer.blocked_autorange(min_run_time=min_run_s)
-        return Timing(m.median, len(m.times), "torch.utils.benchmark")
-    samples = [first]
-    more = min(6, int(budget_s / first) - 1)
-    samples += [timer.timeit(1).median for _ in range(max(0, more))]
-    return Timing(statistics.median(samples), len(samples), "torch.utils.benchmark")
+        timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+        return lambda: timer.timeit(number).median
+
+    def sample() -> float:
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        return (time.perf_counter() - t0) / number
+    return sample
 
 
-def time_cuda(fn: Callable[[], object]) -> Timing:
-    """Median of ``triton.testing.do_bench`` (its own warm-up and L2 flush)."""
+def time_cpu(fns: list[Callable[[], object]], *, threads: int, budget_s: float,
+             settle_s: float = SETTLE_S) -> list[Timing | Exception]:
+    """Medians of ``fns`` with ``threads`` threads, for about ``budget_s`` in all (at least one sample each).
+
+    Each callable is timed in blocks of back-to-back samples (its steady state), one block per pass over
+    the callables, ``PASSES`` passes (one for a call slower than its share of the budget), so load that comes
+    and goes hits every peer alike. Before each block: a pause of ``settle_s`` (thread pools of another
+    runtime, e.g. TVM's or OpenMP's, spin for a while after their last task and would slow this one) and
+    one warm-up call. A sample is ``number`` calls with ``number * estimate ~ BLOCK_S``. A callable that
+    raises gets its exception back instead of a timing.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _time_cpu(fns, threads, budget_s, settle_s)
+    finally:
+        torch.set_num_threads(before)
+
+
+@dataclass
+class _Live:
+    sample: Callable[[], float]
+    number: int
+    est: float
+    samples: list[float]
+
+
+def _time_cpu(fns, threads: int, budget_s: float, settle_s: float) -> list[Timing | Exception]:
+    live: dict[int, _Live] = {}
+    out: list[Timing | Exception | None] = [None] * len(fns)
+    for i, fn in enumerate(fns):
+        try:
+            time.sleep(settle_s)
+            fn()
+            est = _sampler(fn, 1, threads)()
+        except Exception as exc:  # reported per peer, never fatal to the others
+            out[i] = exc
+            continue
+        number = max(1, int(BLOCK_S / max(est, 1e-9)))
+        live[i] = _Live(_sampler(fn, number, threads), number, est, [est] if number == 1 else [])
+    share = budget_s / max(1, len(live))
+    for p in range(PASSES):
+        for i, lv in list(live.items()):
+            slow = lv.est * PASSES > share
+            if p > 0 and slow:
+                continue
+            per_sample = lv.number * lv.est
+            k = max(1, min(MAX_SAMPLES_PER_BLOCK, int(share / (1 if slow else PASSES) / per_sample)))
+            try:
+                if p > 0:
+                    time.sleep(settle_s)
+                    lv.sample()  # warm-up after the pause
+                lv.samples += [lv.sample() for _ in range(k)]
+            except Exception as exc:
+                out[i] = exc
+                del live[i]
+    for i, lv in live.items():
+        out[i] = Timing(statistics.median(lv.samples), len(lv.samples), CPU_TIMER)
+    return out  # type: ignore[return-value]
+
+
+def time_cuda(fns: list[Callable[[], object]]) -> list[Timing | Exception]:
+    """Medians of ``triton.testing.do_bench`` (its own warm-up, repetitions and L2 flush), one after another."""
     from triton.testing import do_bench  # lazily: triton is an optional extra
 
-    ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
-    return Timing(ms / 1e3, 0, "triton.testing.do_bench")
+    out: list[Timing | Exception] = []
+    for fn in fns:
+        try:
+            out.append(Timing(do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3, 0,
+                              CUDA_TIMER))
+        except Exception as exc:
+            out.append(exc)
+    return out
 
 
-def measure(fn: Callable[[], object], *, device: str, threads: int, min_run_s: float, budget_s: float) -> Timing:
+def measure(fns: list[Callable[[], object]], *, device: str, threads: int, budget_s: float,
+            settle_s: float = SETTLE_S) -> list[Timing | Exception]:
     if device.startswith("cuda"):
-        return time_cuda(fn)
-    return time_cpu(fn, threads=threads, min_run_s=min_run_s, budget_s=budget_s)
+        return time_cuda(fns)
+    return time_cpu(fns, threads=threads, budget_s=budget_s, settle_s=settle_s)

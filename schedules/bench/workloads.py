@@ -91,7 +91,7 @@ PRESETS: dict[str, tuple[str, str | None]] = {
     "cpu": ("B=1 H=8 D=64 order 6 float32 (the TVM issue's size at T=4096), T from 1k to 64k", "cpu"),
     "gpu": ("B=8 H=16 D=128 order 6 bfloat16 (the Triton issue's size at T=8192), T from 2k to 64k", "cuda"),
     "decode": ("one recurrent step at contexts 1k, 16k, 128k against SDPA over a KV cache that long", None),
-    "demo": ("B=1 H=8 D=64 order 6 float32 at T=1024 and 2048: a quick look on this CPU", "cpu"),
+    "demo": ("B=1 H=8 D=64 order 6 float32 at T=512 and 1024: a quick look on this CPU", "cpu"),
     "smoke": ("tiny shapes for tests: B=1 H=2 D=16 at T=64 and 128", "cpu"),
 }
 
@@ -107,7 +107,7 @@ def preset(name: str, device: str) -> list[Workload]:
                 else Workload(1, 1024, 8, 64, 6, "float32", "step", device))
         return _sweep(base, [1024, 16384, 131072])
     if name == "demo":
-        return _sweep(Workload(1, 1024, 8, 64, 6, "float32", "fwd", device), [1024, 2048])
+        return _sweep(Workload(1, 1024, 8, 64, 6, "float32", "fwd", device), [512, 1024])
     if name == "smoke":
         return _sweep(Workload(1, 64, 2, 16, 6, "float32", "fwd", device), [64, 128])
     raise ValueError(f"--workload must be one of {sorted(PRESETS)}, got {name!r}")

@@ -16,7 +16,7 @@ from schedules.bench import gate, peers
 from schedules.bench.workloads import Workload
 
 FAST_CALL_S = 0.05
-SLOW_ROUNDS = 3
+SLOW_CALL_S = 5.0  # calls slower than this (the eager reference at T=4096 on a busy CPU) get one round
 
 
 def workload(device: str, mode: str, T: int | None = None) -> Workload:
@@ -39,9 +39,10 @@ def run_benchmark(benchmark, fn, w: Workload):
         call = fn
     t0 = time.perf_counter()
     call()
-    if time.perf_counter() - t0 < FAST_CALL_S:
+    est = time.perf_counter() - t0
+    if est < FAST_CALL_S:
         return benchmark(call)
-    return benchmark.pedantic(call, rounds=SLOW_ROUNDS, iterations=1)
+    return benchmark.pedantic(call, rounds=3 if est < SLOW_CALL_S else 1, iterations=1)
 
 
 def check(w: Workload, x: peers.Inputs, got: tuple, what: str) -> None:
@@ -61,7 +62,8 @@ def test_kernel(benchmark, device, backend, mode):
         got = fn()
     except BackendUnavailableError as exc:
         pytest.skip(str(exc))
-    check(w, x, got, f"{backend} backend")
+    if backend != "torch":  # the torch backend is the reference (checked against float64 by tests/ea_ops)
+        check(w, x, got, f"{backend} backend")
     benchmark.group = f"{mode} {w.label}"
     benchmark.extra_info.update(w.to_json(), bytes=w.ea_bytes())
     run_benchmark(benchmark, fn, w)

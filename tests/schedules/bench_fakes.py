@@ -9,7 +9,7 @@ from ea_ops import dispatch, torch_backend
 
 # One thread: the tiny test shapes gain nothing from two, and on a loaded machine a second OpenMP thread
 # waiting for a descheduled one makes every small op 10-100x slower.
-FAST = ["--threads", "1", "--min-run-s", "0.02", "--budget-s", "0.05", "--no-progress"]
+FAST = ["--threads", "1", "--budget-s", "0.1", "--settle-s", "0", "--no-progress"]
 
 
 def install(monkeypatch, name: str = "tvm", *, attention=None, recurrent_step=None, unavailable=None) -> None:
