@@ -24,3 +24,6 @@ def install(monkeypatch, name: str = "tvm", *, attention=None, recurrent_step=No
     mod.recurrent_step = recurrent_step or torch_backend.recurrent_step
     monkeypatch.setitem(sys.modules, mod.__name__, mod)
     monkeypatch.setitem(dispatch.BACKEND_MODULES, name, mod.__name__)
+    if hasattr(dispatch, "_LOADED"):
+        # dispatch caches loaded modules: a fresh cache for this test, the real one restored afterwards
+        monkeypatch.setattr(dispatch, "_LOADED", {k: v for k, v in dispatch._LOADED.items() if k != name})
