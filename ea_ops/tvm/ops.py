@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 
 import torch
 from torch import Tensor
@@ -38,6 +39,24 @@ def set_threads_once() -> None:
     """TVM's CPU thread pool reads TVM_NUM_THREADS when it starts; without it TVM takes half the
     hardware threads (1 on a 2-core machine). Match torch's intra-op thread count unless the user chose."""
     os.environ.setdefault("TVM_NUM_THREADS", str(torch.get_num_threads()))
+
+
+_scratch = threading.local()
+
+
+def backward_scratch(B: int, T: int, H: int, D: int, device) -> list[Tensor]:
+    """``C, CO, MM [B, T, H, D]`` float32 for the causal backward, reused across calls in this thread.
+
+    Fresh multi-megabyte allocations are fresh pages: at T = 4096 the page faults cost more than the
+    kernel. Keeps the largest buffer used so far per device (3 B T H D floats).
+    """
+    n = B * T * H * D
+    key = str(device)
+    buf = getattr(_scratch, "bufs", {}).get(key)
+    if buf is None or buf.numel() < 3 * n:
+        buf = torch.empty(3 * n, device=device, dtype=torch.float32)
+        _scratch.bufs = {**getattr(_scratch, "bufs", {}), key: buf}
+    return [buf[i * n:(i + 1) * n].view(B, T, H, D) for i in range(3)]
 
 
 def _segments(T: int, offsets: list[int]) -> list[tuple[int, int]]:
@@ -98,7 +117,7 @@ def backward_impl(q: Tensor, k: Tensor, v: Tensor, g: Tensor, S0: Tensor, Z0: Te
     f32 = dict(device=q.device, dtype=torch.float32)
     if causal:
         S, Z, M = (t.to(torch.float32).contiguous().clone() for t in (S0, Z0, M0))
-        scratch = [torch.empty(B, T, H, D, **f32) for _ in range(3)]  # C, CO, MM
+        scratch = backward_scratch(B, T, H, D, q.device)  # C, CO, MM
     for ts, ss in _views(offsets, T, B):
         n = ss.stop - ss.start
         if ts.stop == ts.start:

@@ -27,8 +27,8 @@ from .workloads import Workload, preset
 
 DEFAULT_TRIALS = 32
 ROUND = 16  # trials per MetaSchedule call: the time budget is checked between rounds
-TOP_K = 4  # distinct best configs re-measured against the default at the end
-PASSES = 2  # EA_OPS_TVM_SELECT_PASSES overrides (tests use 1)
+TOP_K = 8  # distinct best configs re-measured against the default at the end
+PASSES = 4  # EA_OPS_TVM_SELECT_PASSES overrides (tests use 1)
 
 
 def _rpc(args) -> tuple[str, int, str] | None:
