@@ -186,3 +186,17 @@ def test_build_func_rejects_bad_arguments():
         kernels.build_func("forward", 2, "float64", True, 1, 4)
     with pytest.raises(ValueError, match="kernel"):
         kernels.build_func("sideways", 2, "float32", True, 1, 4)
+
+
+def test_torch_compile_holds_the_custom_op_without_graph_breaks():
+    q, k, v = qkv((1, 12, 2, 8), dtype=torch.float32, requires_grad=True, seed=15)
+    ea_ops.ea_attention(q, k, v, order=2, backend="tvm")  # dispatch's module cache: importlib is untraceable
+    fn = torch.compile(lambda q, k, v: ea_ops.ea_attention(q, k, v, order=2, backend="tvm")[0],
+                       backend="aot_eager", fullgraph=True)
+    o = fn(q, k, v)
+    g = torch.randn(o.shape, generator=torch.Generator().manual_seed(2))
+    got = torch.autograd.grad(o, (q, k, v), g)
+    want, _, leaves = ref(q, k, v, order=2)
+    assert rel_err(o, want) < 2e-5
+    for a, b in zip(got, torch.autograd.grad(want, leaves, g.double())):
+        assert rel_err(a, b) < 3e-5
