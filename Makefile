@@ -31,6 +31,8 @@ demo: $(STAMP)
 	$(VENV)/bin/ea-ops report --quick --out demo-out/report
 	$(VENV)/bin/ea-ops select-order --budget 1e-3 --scale 1.0
 	$(VENV)/bin/ea-ops select-order --budget 1e-3 --sigma 0.5 --json
+	$(VENV)/bin/ea-ops tune --backend tvm --workloads tiny --orders 2 --trials 4 --out demo-out/records
+	$(VENV)/bin/ea-ops compile --backend tvm --target cuda:sm_90 --orders 2 --out demo-out/tvm-cuda
 	$(VENV)/bin/ea-ops compile --backend triton --target cuda:sm_90 --out demo-out/triton-sm90 --orders 6 --dtypes bfloat16
 
 clean:

@@ -17,12 +17,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, help="output folder (created)")
     ap.add_argument("--orders", default="6", help="comma-separated even orders")
     ap.add_argument("--dtypes", default="float32", help="comma-separated: float32,bfloat16,float16")
+    ap.add_argument("--heads", type=int, default=None, help="H of the compiled kernels (TVM; default 8)")
+    ap.add_argument("--dim", type=int, default=None, help="D of the compiled kernels (TVM; default 64)")
     return ap
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     args.orders = parse_orders(args.orders)
+    for name in ("heads", "dim"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise SystemExit(f"--{name} must be >= 1")
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     bad = [d for d in args.dtypes if d not in ("float32", "bfloat16", "float16")]
     if bad or not args.dtypes:
