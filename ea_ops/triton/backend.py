@@ -11,7 +11,7 @@ import importlib.util
 
 import torch
 
-from ..state import EAState
+from ..state import EAState, op_state_inputs
 from .target import interpreting
 
 NAME = "triton"
@@ -68,16 +68,7 @@ def prefers(q: torch.Tensor, order: int) -> bool:
 def attention(q, k, v, *, order, causal, scale, initial_state, output_final_state, cu_seqlens):
     from .ops import forward_op
 
-    B, T, H, D = q.shape
-    offsets: list[int] = []
-    if cu_seqlens is not None:
-        offsets = [cu_seqlens[0][0]] + [e for _, e in cu_seqlens]
-    if causal:
-        n = B if cu_seqlens is None else len(cu_seqlens)
-        st = initial_state or EAState.empty(n, H, D, order, device=q.device)
-        S0, Z0, M0 = st.S, st.Z, st.m
-    else:
-        S0, Z0, M0 = (q.new_empty(0, dtype=torch.float32) for _ in range(3))
+    offsets, S0, Z0, M0 = op_state_inputs(q, order, causal, initial_state, cu_seqlens)
     want = bool(causal and output_final_state)
     o, S, Z, M = forward_op(q, k, v, S0, Z0, M0, order, causal, float(scale), offsets, want)
     return (o, EAState(S, Z, M)) if want else (o, None)

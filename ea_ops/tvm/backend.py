@@ -10,7 +10,7 @@ import importlib.util
 
 import torch
 
-from ..state import EAState
+from ..state import EAState, op_state_inputs
 from . import tuned
 from .target import cpu_fingerprint
 
@@ -57,16 +57,7 @@ def prefers(q: torch.Tensor, order: int) -> bool:
 def attention(q, k, v, *, order, causal, scale, initial_state, output_final_state, cu_seqlens):
     from .ops import forward_op
 
-    B, T, H, D = q.shape
-    offsets: list[int] = []
-    if cu_seqlens is not None:
-        offsets = [cu_seqlens[0][0]] + [e for _, e in cu_seqlens]
-    if causal:
-        n = B if cu_seqlens is None else len(cu_seqlens)
-        st = initial_state or EAState.empty(n, H, D, order, device=q.device)
-        S0, Z0, M0 = st.S, st.Z, st.m
-    else:
-        S0, Z0, M0 = (q.new_empty(0, dtype=torch.float32) for _ in range(3))
+    offsets, S0, Z0, M0 = op_state_inputs(q, order, causal, initial_state, cu_seqlens)
     o, S, Z, M = forward_op(q, k, v, S0, Z0, M0, order, causal, float(scale), offsets)
     if not output_final_state:
         return o, None
