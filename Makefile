@@ -34,7 +34,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ea-ops tune --backend tvm --workloads tiny --orders 2 --trials 4 --out demo-out/records
 	$(VENV)/bin/ea-ops compile --backend tvm --target cuda:sm_90 --orders 2 --out demo-out/tvm-cuda
 	$(VENV)/bin/ea-ops compile --backend triton --target cuda:sm_90 --out demo-out/triton-sm90 --orders 6 --dtypes bfloat16
-	$(VENV)/bin/ea-ops bench --workload demo --out demo-out/bench
+	$(VENV)/bin/ea-ops bench --workload demo --budget-s 4 --out demo-out/bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info
