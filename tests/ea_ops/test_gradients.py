@@ -52,18 +52,25 @@ def test_gradcheck_with_state_and_varlen():
 def test_large_keys_gradients_match_float64():
     # Keys near |k| = 12: exp(-k^2) underflows float32, the stabilised backward must not.
     # Both runs see the same float32-representable inputs, so only the kernels' rounding differs.
+    gen = torch.Generator().manual_seed(107)
     q, k, v, g = (t.float().double() for t in (*qkv((1, 40, 2, 3), scale_q=0.3, scale_k=0.3, shift_k=12.0,
-                                                     seed=7), torch.randn(1, 40, 2, 3, dtype=torch.float64)))
+                                                     seed=7), torch.randn(1, 40, 2, 3, dtype=torch.float64,
+                                                                          generator=gen)))
     grads = {}
     for dt in (torch.float32, torch.float64):
         ins = [t.to(dt).requires_grad_() for t in (q, k, v)]
         o, _ = ea_ops.ea_attention(*ins, order=6)
         grads[dt] = torch.autograd.grad(o, ins, g.to(dt))
-    # dq = sum_j w_ij 2 y_j (v_j - o_i) cancels its y ~ 12 part (sum_j w_ij (v_j - o_i) = 0), leaving the
-    # spread 0.3: float32 loses a factor |k| / spread(k) = 40 there, and nowhere else.
-    for name, a, b, tol in zip("qkv", grads[torch.float32], grads[torch.float64], (1e-3, 2e-5, 2e-5)):
+    for name, a in zip("qkv", grads[torch.float32]):
         assert torch.isfinite(a).all(), name
-        assert rel_err(a, b) < tol, name
+    dq32, dq64 = grads[torch.float32][0].double(), grads[torch.float64][0]
+    assert rel_err(grads[torch.float32][1], grads[torch.float64][1]) < 2e-5
+    assert rel_err(grads[torch.float32][2], grads[torch.float64][2]) < 2e-5
+    # dq_i = c_i sum_j w_ij 2 y_j (v_j - o_i) cancels its y ~ 12 part (sum_j w_ij (v_j - o_i) = 0), so its
+    # float32 error is relative to the terms summed, |g| 2 |y| spread(v), not to dq itself (seen: 1e-7..5e-7
+    # of that over 12 seeds, 1e-4..1e-3 of max |dq|).
+    terms = 2 * k.abs().max() * g.abs().max() * (v.max() - v.min())
+    assert (dq32 - dq64).abs().max() < 2e-6 * terms
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
