@@ -151,6 +151,18 @@ def read_records_file(path: Path, *, backend: str, fingerprint: str) -> list[dic
     return good
 
 
+def records_stamp(backend: str, fingerprint: str) -> tuple:
+    """The modification times of this target's records files (None where absent): a cache key that changes
+    whenever a tuner writes, so runtimes can keep parsed records between calls."""
+    out = []
+    for d in record_dirs(backend, fingerprint):
+        try:
+            out.append(os.stat(d / RECORDS_FILE).st_mtime_ns)
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
 def load_records(backend: str, fingerprint: str) -> list[dict]:
     """All valid records for this backend and target: user cache first, then shipped."""
     out: list[dict] = []

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import warnings
 from collections.abc import Iterator
 
@@ -115,19 +114,9 @@ def default(kernel: str, *, causal: bool, HD: int, n_seqs: int, rows: int) -> di
 
 
 # ------------------------------------------------------------------------------------------- records
-def _stamp(fp: str) -> tuple:
-    out = []
-    for d in _records.record_dirs(BACKEND, fp):
-        try:
-            out.append(os.stat(d / _records.RECORDS_FILE).st_mtime_ns)
-        except OSError:
-            out.append(None)
-    return tuple(out)
-
-
 def load(fp: str) -> list[dict]:
     """Valid records for fingerprint ``fp`` (user cache first), re-read when a records file changes."""
-    stamp = _stamp(fp)
+    stamp = _records.records_stamp(BACKEND, fp)
     hit = _cache.get(fp)
     if hit is None or hit[0] != stamp:
         hit = (stamp, _records.load_records(BACKEND, fp))

@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..records import records_stamp
 from . import tuned
 from .target import cpu_fingerprint
 
@@ -70,7 +71,7 @@ def kernel_for(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int
 
     if kernel == "step":
         causal = True
-    stamp = tuned._stamp(cpu_fingerprint()) if config is None else None
+    stamp = records_stamp(tuned.BACKEND, cpu_fingerprint()) if config is None else None
     fast_key = (kernel, causal, order, dtype, H, D, tuned.t_bucket(T), stamp,
                 None if config is None else _freeze(config))
     hit = _fast.get(fast_key)

@@ -10,7 +10,6 @@ The MetaSchedule database the tuner kept sits in the same folder; the runtime ne
 from __future__ import annotations
 
 import math
-import os
 import warnings
 
 from .. import records as _records
@@ -26,20 +25,10 @@ def t_bucket(T: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(T, 1))))
 
 
-def _stamp(fingerprint: str) -> tuple:
-    out = []
-    for d in _records.record_dirs(BACKEND, fingerprint):
-        try:
-            out.append(os.stat(d / _records.RECORDS_FILE).st_mtime_ns)
-        except OSError:
-            out.append(None)
-    return tuple(out)
-
-
 def load(fingerprint: str | None = None) -> list[dict]:
     """Valid records for this target (user cache first), re-read when a records file changes."""
     fp = fingerprint or cpu_fingerprint()
-    stamp = _stamp(fp)
+    stamp = _records.records_stamp(BACKEND, fp)
     hit = _cache.get(fp)
     if hit is None or hit[0] != stamp:
         hit = (stamp, _records.load_records(BACKEND, fp))
