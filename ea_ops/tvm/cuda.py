@@ -77,7 +77,7 @@ def _m(buf):
 
 
 def _prim(order, dtype, H, D, static, build):
-    with IRBuilder() as ib:
+    with tm.unfused(), IRBuilder() as ib:
         with T.prim_func(s_tir=True):
             T.func_name("main")
             T.func_attr({"tirx.noalias": True})
