@@ -23,7 +23,7 @@ from typing import Any
 import tvm
 from tvm import s_tir, tirx
 
-from .kernels import SCAN_BLOCKS
+from .kernels import SCAN_BLOCKS, TAIL
 
 LOOPS = ("d_t", "t_d")
 T_UNROLLS = (1, 2, 4, 8)
@@ -83,24 +83,38 @@ def apply_cpu(sch: s_tir.Schedule, kernel: str, causal: bool, *, loop: str, d_fa
     blocks = SCAN_BLOCKS[("forward", True) if kernel == "step" else (kernel, causal)]
     for name in blocks:
         block = sch.get_sblock(name)
-        b, h, t, d = sch.get_loops(block)
-        d_o, d_i = sch.split(d, factors=list(d_factors))
-        if loop == "d_t":
-            sch.reorder(b, h, d_o, t, d_i)
-            par = sch.fuse(b, h, d_o)
-        else:
-            h_o, h_i = sch.split(h, factors=list(h_factors))
-            sch.reorder(b, h_o, t, h_i, d_o, d_i)
-            par = sch.fuse(b, h_o)
-        if parallel:
-            sch.parallel(par)
-        sch.vectorize(d_i)
-        # Always split (by 1 too): the same steps whether t_unroll is sampled or read from a record.
-        _, t_i = sch.split(t, factors=[None, t_unroll])
-        sch.unroll(t_i)
+        tail = _tail_block(sch, name)
+        if tail is not None:  # the last T % TIME_ALIGN steps: the same layout, not unrolled
+            _apply_block(sch, tail, loop, d_factors, h_factors, 1, parallel)
+        _apply_block(sch, block, loop, d_factors, h_factors, t_unroll, parallel)
         # Structural knobs, readable from a tuning trace (schedules.tvm.spaces.knobs_from_trace).
         sch.annotate(block, "ea_ops.loop", loop)
         sch.annotate(block, "ea_ops.parallel", int(parallel))
+
+
+def _tail_block(sch: s_tir.Schedule, name: str):
+    try:
+        return sch.get_sblock(name + TAIL)
+    except s_tir.schedule.ScheduleError:  # a static T divisible by TIME_ALIGN has none (tuning workloads)
+        return None
+
+
+def _apply_block(sch: s_tir.Schedule, block, loop: str, d_factors, h_factors, t_unroll, parallel: bool) -> None:
+    b, h, t, d = sch.get_loops(block)
+    d_o, d_i = sch.split(d, factors=list(d_factors))
+    if loop == "d_t":
+        sch.reorder(b, h, d_o, t, d_i)
+        par = sch.fuse(b, h, d_o)
+    else:
+        h_o, h_i = sch.split(h, factors=list(h_factors))
+        sch.reorder(b, h_o, t, h_i, d_o, d_i)
+        par = sch.fuse(b, h_o)
+    if parallel:
+        sch.parallel(par)
+    sch.vectorize(d_i)
+    # Always split (by 1 too): the same steps whether t_unroll is sampled or read from a record.
+    _, t_i = sch.split(t, factors=[None, t_unroll])
+    sch.unroll(t_i)
 
 
 def schedule_cpu(func: tirx.PrimFunc, kernel: str, causal: bool, cfg: dict[str, Any]) -> tvm.IRModule:

@@ -65,7 +65,7 @@ def test_the_check_covers_every_time_block():
     bad_reverse_only(sch)
     with pytest.raises(schedule.ScheduleError, match="reverse"):
         schedule.check_time_loops(sch.mod)
-    assert schedule.check_time_loops(_sch("backward", False).mod) == 3
+    assert schedule.check_time_loops(_sch("backward", False).mod) == 6  # three blocks and their tails
 
 
 def test_the_check_is_not_vacuous_a_reordered_time_loop_gives_wrong_answers():
@@ -132,3 +132,35 @@ def test_validate_cpu_config_names_the_bad_knob():
         with pytest.raises(schedule.ScheduleError, match=word):
             schedule.validate_cpu_config(bad, H, D)
     assert schedule.validate_cpu_config(schedule.default_cpu_config("forward", H, D), H, D)
+
+
+@pytest.mark.parametrize("kernel", ["forward", "backward"])
+@pytest.mark.parametrize("t_unroll", schedule.T_UNROLLS)
+def test_unrolled_time_loops_cover_every_length_around_the_split(kernel, t_unroll):
+    """The main block takes T - T % TIME_ALIGN steps unrolled, the tail the rest: lengths below, at and
+    beyond the split, NaN-poisoned outputs, causal forward and backward against the float64 reference."""
+    cfg = {"loop": "d_t", "d_tile": D, "h_tile": 1, "t_unroll": t_unroll, "parallel": True}
+    lib = tvm.compile(schedule.schedule_cpu(kernels.build_func(kernel, ORDER, "float32", True, H, D),
+                                            kernel, True, cfg), target=cpu_target())
+    assert kernels.TIME_ALIGN % t_unroll == 0
+    for T in (1, kernels.TIME_ALIGN - 1, kernels.TIME_ALIGN, 2 * kernels.TIME_ALIGN + 3):
+        q, k, v = qkv((1, T, H, D), dtype=torch.float32, seed=T)
+        qq, kk, vv = (t.double().requires_grad_() for t in (q, k, v))
+        want, fs = ea_ops.ea_attention(qq, kk, vv, order=ORDER, backend="torch", output_final_state=True)
+        st = ops._empty_state(1, H, ORDER + 1, D, "cpu")
+        if kernel == "forward":
+            o = torch.full_like(q, math.nan)
+            lib["main"](q, k, v, o, *st, 1.0)
+            assert rel_err(o, want) < 2e-5, T
+            assert rel_err(st[0], fs.S) < 2e-5 and rel_err(st[1], fs.Z) < 2e-5, T
+        else:
+            g = torch.randn(1, T, H, D, generator=torch.Generator().manual_seed(T))
+            wgrads = torch.autograd.grad(want, (qq, kk, vv), g.double())
+            nan = [torch.full_like(q, math.nan) for _ in range(6)]
+            uw = [torch.zeros(1, H, ORDER + 1, D) for _ in range(2)]
+            lib["main"](q, k, v, g, *st, *nan[:3], *uw, torch.full((1, H, D), -math.inf), *nan[3:], 1.0)
+            # Errors against the gradients' scale: at T = 1 the exact dq and dk are 0 (a lone key), and the
+            # first position's dq, dk are float32 cancellation noise of ~1e-6 at any T.
+            scale = max(w.abs().max().item() for w in wgrads)
+            for got, exp in zip(nan[3:], wgrads):
+                assert (got.double() - exp).abs().max().item() < 5e-6 * scale, T
