@@ -27,6 +27,13 @@ ARG_ROLES = {
     ("backward", False): "x x x x 0 0 +inf 0 0 o o o",
 }
 BUILD_TIMEOUT_S = 120.0
+# Where the arguments sit modulo 4 KiB moves the time of the CPU kernels by 20% or more, and not equally for
+# every schedule: the d_t loops step through ten tensors at once with a stride of H*D elements, and how those
+# streams collide in the cache depends on their addresses. A schedule picked under one placement lost to
+# the default under another (README, "Speed"). ``select`` therefore measures every candidate under these
+# placements, argument j starting at ``(step * j) % 4096`` bytes past a 4 KiB boundary: all aligned alike
+# (what equal-size allocations usually get), a small stagger and a spread.
+PLACEMENT_STEPS = (0, 64, 1088)
 
 
 def skip_tensor_intrinsics() -> None:
@@ -70,27 +77,46 @@ def _values(role: str, dtype: str, shape, rng) -> np.ndarray:
 
 
 def _alloc(roles: list[str], device, args_info, alloc_repeat: int, make) -> list[list[Any]]:
+    """``alloc_repeat`` argument lists; ``make(data, device, rep, j)`` places argument ``j`` of list ``rep``."""
     rng = np.random.default_rng(0)
     out = []
-    for _ in range(alloc_repeat):
+    for rep in range(alloc_repeat):
         args = []
-        for role, info in zip(roles, args_info):
+        for j, (role, info) in enumerate(zip(roles, args_info)):
             _kind, dtype, shape = info
-            args.append(make(_values(role, str(dtype), shape, rng), device))
+            args.append(make(_values(role, str(dtype), shape, rng), device, rep, j))
         out.append(args)
     return out
 
 
-def local_alloc(roles: list[str], device, args_info, alloc_repeat: int):
+def placed_tensor(data: np.ndarray, device, offset: int):
+    """A TVM tensor holding ``data`` whose first byte sits ``offset`` bytes past a 4 KiB boundary (CPU)."""
     import tvm
 
-    return _alloc(roles, device, args_info, alloc_repeat, lambda a, dev: tvm.runtime.tensor(a, dev))
+    base = tvm.runtime.empty((data.nbytes + 8192,), "uint8", device)
+    addr = np.from_dlpack(base).ctypes.data
+    start = (offset - addr) % 4096
+    view = base._create_view(data.shape, str(data.dtype), relative_byte_offset=start)  # holds base alive
+    view.copyfrom(data)
+    return view
+
+
+def local_alloc(roles: list[str], device, args_info, alloc_repeat: int, placed: bool = False):
+    """Arguments for the local runner; ``placed``: argument list ``rep`` under ``PLACEMENT_STEPS[rep]``."""
+    import tvm
+
+    def make(a, dev, rep, j):
+        if not placed:
+            return tvm.runtime.tensor(a, dev)
+        return placed_tensor(a, dev, (PLACEMENT_STEPS[rep % len(PLACEMENT_STEPS)] * j) % 4096)
+
+    return _alloc(roles, device, args_info, alloc_repeat, make)
 
 
 def rpc_alloc(roles: list[str], session, device, args_info, alloc_repeat: int):
     import tvm
 
-    return _alloc(roles, device, args_info, alloc_repeat, lambda a, dev: tvm.runtime.tensor(a, dev))
+    return _alloc(roles, device, args_info, alloc_repeat, lambda a, dev, rep, j: tvm.runtime.tensor(a, dev))
 
 
 def builder(workers: int = 1):
@@ -100,8 +126,11 @@ def builder(workers: int = 1):
 
 
 def runner(kernel: str, causal: bool, *, rpc: tuple[str, int, str] | None = None, repeat: int = 5,
-           min_repeat_ms: int = 40):
-    """A LocalRunner, or an RPCRunner through ``(tracker_host, tracker_port, key)``."""
+           min_repeat_ms: int = 40, placed: bool = False):
+    """A LocalRunner, or an RPCRunner through ``(tracker_host, tracker_port, key)``.
+
+    ``placed`` (local only): time every candidate under each of ``PLACEMENT_STEPS``, ``repeat`` times each.
+    """
     from tvm.s_tir import meta_schedule as ms
 
     roles = ARG_ROLES[(kernel, causal if kernel != "step" else True)].split()
@@ -109,7 +138,8 @@ def runner(kernel: str, causal: bool, *, rpc: tuple[str, int, str] | None = None
                                           enable_cpu_cache_flush=False)
     if rpc is None:
         return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator,
-                                     f_alloc_argument=functools.partial(local_alloc, roles))
+                                     alloc_repeat=len(PLACEMENT_STEPS) if placed else 1,
+                                     f_alloc_argument=functools.partial(local_alloc, roles, placed=placed))
     host, port, key = rpc
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                                  session_timeout_sec=int(RUN_TIMEOUT_S))
@@ -118,12 +148,16 @@ def runner(kernel: str, causal: bool, *, rpc: tuple[str, int, str] | None = None
 
 
 def measure(mods: list, target, kernel: str, causal: bool, *, rpc=None, bld=None, run=None,
-            verbose: bool = True) -> list[float | None]:
-    """Median seconds of each scheduled IRModule (``None`` where the build or the run failed)."""
+            verbose: bool = True, placed: bool = False, repeat: int = 5) -> list[float | None]:
+    """Median seconds of each scheduled IRModule (``None`` where the build or the run failed).
+
+    ``placed`` (local runs): the mean over ``PLACEMENT_STEPS`` of the median under each placement.
+    """
     from tvm.s_tir import meta_schedule as ms
 
+    placed = placed and rpc is None
     bld = bld or builder()
-    run = run or runner(kernel, causal, rpc=rpc)
+    run = run or runner(kernel, causal, rpc=rpc, repeat=repeat, placed=placed)
     built = bld.build([ms.builder.BuilderInput(m, target) for m in mods])
     inputs, slots, errors = [], [], []
     for i, (m, b) in enumerate(zip(mods, built)):
@@ -138,7 +172,9 @@ def measure(mods: list, target, kernel: str, causal: bool, *, rpc=None, bld=None
     for i, fut in zip(slots, run.run(inputs)):
         res = fut.result()
         if res.error_msg is None and res.run_secs:
-            out[i] = float(np.median([float(x) for x in res.run_secs]))
+            secs = [float(x) for x in res.run_secs]
+            groups = [secs[j:j + repeat] for j in range(0, len(secs), repeat)] if placed else [secs]
+            out[i] = float(np.mean([np.median(grp) for grp in groups]))
         else:
             errors.append(f"run {i}: {res.error_msg}")
     if errors and verbose:

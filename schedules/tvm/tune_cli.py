@@ -131,8 +131,10 @@ def select(w: Workload, tgt, top: list, rpc) -> tuple[dict, float | None, float 
     """Re-measure the best few distinct configs and the default side by side, ``PASSES`` times.
 
     One tuning measurement is noisy on a shared machine (the best trial is often a lucky one); the
-    minimum over passes of each config's median is robust to interference. The default competes too:
-    if nothing beats it, the record says so by choosing it.
+    minimum over passes of each config's median is robust to interference. On CPUs each measurement is
+    the mean over three placements of the arguments in memory (``measure.PLACEMENT_STEPS``), so the
+    winner wins where tensors happen to sit, not at one address. The default competes too: if nothing
+    beats it, the record says so by choosing it.
     """
     from . import measure
 
@@ -147,7 +149,8 @@ def select(w: Workload, tgt, top: list, rpc) -> tuple[dict, float | None, float 
     mods = [tgt.scheduled(w, c) for c in cands]
     best = [None] * len(cands)
     for _ in range(int(os.environ.get("EA_OPS_TVM_SELECT_PASSES", PASSES))):
-        for i, t in enumerate(measure.measure(mods, tgt.target, w.kernel, w.causal, rpc=rpc)):
+        placed = tgt.kind == "cpu"  # local CPU runs: every candidate under each placement (measure.py)
+        for i, t in enumerate(measure.measure(mods, tgt.target, w.kernel, w.causal, rpc=rpc, placed=placed)):
             if t is not None:
                 best[i] = t if best[i] is None else min(best[i], t)
     default_cfg = _default_cfg(tgt, w)

@@ -132,3 +132,26 @@ def test_records_shipped_for_this_cpu_class_are_valid():
         assert {("forward", True, "float32"), ("backward", True, "float32")} <= names
         assert (path.parent / "database_tuning_record.json").exists()
     assert tuned.t_bucket(4096) == 4096 and tuned.t_bucket(4097) == 8192
+
+
+def test_select_measures_arguments_at_the_placements_it_names():
+    """measure.local_alloc(placed=True): list ``rep`` puts argument j at ``PLACEMENT_STEPS[rep] * j`` bytes
+    past a 4 KiB boundary, with the values a real call gets."""
+    import numpy as np
+    import tvm
+
+    from schedules.tvm import measure
+
+    roles = measure.ARG_ROLES[("forward", True)].split()
+    seq, state = ["TENSOR", "float32", [1, 8, 2, 16]], ["TENSOR", "float32", [1, 2, 3, 16]]
+    info = [seq] * 4 + [state] * 2 + [["TENSOR", "float32", [1, 2, 16]]]
+    lists = measure.local_alloc(roles, tvm.cpu(), info, len(measure.PLACEMENT_STEPS), placed=True)
+    plain = measure.local_alloc(roles, tvm.cpu(), info, 1)[0]
+    assert len(lists) == len(measure.PLACEMENT_STEPS) == 3
+    for rep, args in enumerate(lists):
+        for j, arg in enumerate(args):
+            assert np.from_dlpack(arg).ctypes.data % 4096 == (measure.PLACEMENT_STEPS[rep] * j) % 4096
+            if rep == 0:  # the same values as unplaced arguments (one seeded generator, same order)
+                np.testing.assert_array_equal(arg.numpy(), plain[j].numpy())
+        assert np.isinf(args[6].numpy()).all() and not args[4].numpy().any()
+        assert 0.3 < args[0].numpy().std() < 0.7  # q ~ N(0, 0.5^2), not garbage
