@@ -30,10 +30,17 @@ BUILD_TIMEOUT_S = 120.0
 # Where the arguments sit modulo 4 KiB moves the time of the CPU kernels by 20% or more, and not equally for
 # every schedule: the d_t loops step through ten tensors at once with a stride of H*D elements, and how those
 # streams collide in the cache depends on their addresses. A schedule picked under one placement lost to
-# the default under another (README, "Speed"). ``select`` therefore measures every candidate under these
-# placements, argument j starting at ``(step * j) % 4096`` bytes past a 4 KiB boundary: all aligned alike
-# (what equal-size allocations usually get), a small stagger and a spread.
-PLACEMENT_STEPS = (0, 64, 1088)
+# the default under another (README, "Speed"). ``select`` therefore measures every candidate under
+# ``PLACEMENTS`` layouts: the first with every argument on a 4 KiB boundary (what large allocations get
+# from mmap), the others with each argument at a seeded random multiple of 64 bytes past one.
+PLACEMENTS = 6
+
+
+def placement_offset(rep: int, j: int) -> int:
+    """Bytes past a 4 KiB boundary at which argument ``j`` starts in placement ``rep``."""
+    if rep % PLACEMENTS == 0:
+        return 0
+    return int(np.random.default_rng([rep % PLACEMENTS, j]).integers(0, 64)) * 64
 
 
 def skip_tensor_intrinsics() -> None:
@@ -102,13 +109,13 @@ def placed_tensor(data: np.ndarray, device, offset: int):
 
 
 def local_alloc(roles: list[str], device, args_info, alloc_repeat: int, placed: bool = False):
-    """Arguments for the local runner; ``placed``: argument list ``rep`` under ``PLACEMENT_STEPS[rep]``."""
+    """Arguments for the local runner; ``placed``: argument list ``rep`` laid out by ``placement_offset``."""
     import tvm
 
     def make(a, dev, rep, j):
         if not placed:
             return tvm.runtime.tensor(a, dev)
-        return placed_tensor(a, dev, (PLACEMENT_STEPS[rep % len(PLACEMENT_STEPS)] * j) % 4096)
+        return placed_tensor(a, dev, placement_offset(rep, j))
 
     return _alloc(roles, device, args_info, alloc_repeat, make)
 
@@ -129,7 +136,7 @@ def runner(kernel: str, causal: bool, *, rpc: tuple[str, int, str] | None = None
            min_repeat_ms: int = 40, placed: bool = False):
     """A LocalRunner, or an RPCRunner through ``(tracker_host, tracker_port, key)``.
 
-    ``placed`` (local only): time every candidate under each of ``PLACEMENT_STEPS``, ``repeat`` times each.
+    ``placed`` (local only): time every candidate under each of the ``PLACEMENTS``, ``repeat`` times each.
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -138,7 +145,7 @@ def runner(kernel: str, causal: bool, *, rpc: tuple[str, int, str] | None = None
                                           enable_cpu_cache_flush=False)
     if rpc is None:
         return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator,
-                                     alloc_repeat=len(PLACEMENT_STEPS) if placed else 1,
+                                     alloc_repeat=PLACEMENTS if placed else 1,
                                      f_alloc_argument=functools.partial(local_alloc, roles, placed=placed))
     host, port, key = rpc
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
@@ -151,7 +158,7 @@ def measure(mods: list, target, kernel: str, causal: bool, *, rpc=None, bld=None
             verbose: bool = True, placed: bool = False, repeat: int = 5) -> list[float | None]:
     """Median seconds of each scheduled IRModule (``None`` where the build or the run failed).
 
-    ``placed`` (local runs): the mean over ``PLACEMENT_STEPS`` of the median under each placement.
+    ``placed`` (local runs): the mean over the ``PLACEMENTS`` of the median under each.
     """
     from tvm.s_tir import meta_schedule as ms
 

@@ -132,7 +132,7 @@ def select(w: Workload, tgt, top: list, rpc) -> tuple[dict, float | None, float 
 
     One tuning measurement is noisy on a shared machine (the best trial is often a lucky one); the
     minimum over passes of each config's median is robust to interference. On CPUs each measurement is
-    the mean over three placements of the arguments in memory (``measure.PLACEMENT_STEPS``), so the
+    the mean over six placements of the arguments in memory (``measure.PLACEMENTS``), so the
     winner wins where tensors happen to sit, not at one address. The default competes too: if nothing
     beats it, the record says so by choosing it.
     """

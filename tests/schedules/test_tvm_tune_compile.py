@@ -135,8 +135,8 @@ def test_records_shipped_for_this_cpu_class_are_valid():
 
 
 def test_select_measures_arguments_at_the_placements_it_names():
-    """measure.local_alloc(placed=True): list ``rep`` puts argument j at ``PLACEMENT_STEPS[rep] * j`` bytes
-    past a 4 KiB boundary, with the values a real call gets."""
+    """measure.local_alloc(placed=True): list ``rep`` puts argument j at ``placement_offset(rep, j)`` bytes
+    past a 4 KiB boundary (all aligned, then seeded random layouts), with the values a real call gets."""
     import numpy as np
     import tvm
 
@@ -145,12 +145,14 @@ def test_select_measures_arguments_at_the_placements_it_names():
     roles = measure.ARG_ROLES[("forward", True)].split()
     seq, state = ["TENSOR", "float32", [1, 8, 2, 16]], ["TENSOR", "float32", [1, 2, 3, 16]]
     info = [seq] * 4 + [state] * 2 + [["TENSOR", "float32", [1, 2, 16]]]
-    lists = measure.local_alloc(roles, tvm.cpu(), info, len(measure.PLACEMENT_STEPS), placed=True)
+    lists = measure.local_alloc(roles, tvm.cpu(), info, measure.PLACEMENTS, placed=True)
     plain = measure.local_alloc(roles, tvm.cpu(), info, 1)[0]
-    assert len(lists) == len(measure.PLACEMENT_STEPS) == 3
+    assert len(lists) == measure.PLACEMENTS
+    layouts = {tuple(measure.placement_offset(rep, j) for j in range(len(info))) for rep in range(len(lists))}
+    assert len(layouts) == measure.PLACEMENTS and (0,) * len(info) in layouts  # distinct, one aligned
     for rep, args in enumerate(lists):
         for j, arg in enumerate(args):
-            assert np.from_dlpack(arg).ctypes.data % 4096 == (measure.PLACEMENT_STEPS[rep] * j) % 4096
+            assert np.from_dlpack(arg).ctypes.data % 4096 == measure.placement_offset(rep, j)
             if rep == 0:  # the same values as unplaced arguments (one seeded generator, same order)
                 np.testing.assert_array_equal(arg.numpy(), plain[j].numpy())
         assert np.isinf(args[6].numpy()).all() and not args[4].numpy().any()
