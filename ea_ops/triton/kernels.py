@@ -86,6 +86,33 @@ def _put(tile, ridx, i: tl.constexpr, x):
 
 
 @triton.jit
+def _absorb(S, Z, m, y, v, valid, a, b):
+    """Key ``y`` and value ``v`` into the stabilised state ``S, Z [T1P, BLOCK_C]`` with running minimum
+    ``m``; a row past the item (``valid`` False) changes nothing (weight 0, ``m`` kept). Returns
+    ``S, Z, m``."""
+    y2 = y * y
+    mn = tl.where(valid, tl.minimum(m, y2), m)
+    keep = _rebase(mn, m)
+    w = tl.exp(mn - y2) * valid.to(tl.float32)
+    F = _feats(y, a, b)
+    S = keep[None, :] * S + (w * v)[None, :] * F
+    Z = keep[None, :] * Z + w[None, :] * F
+    return S, Z, mn
+
+
+@triton.jit
+def _query_grad(x, g, S, Z, a, b, da, db, dkeep):
+    """For query ``x`` with upstream gradient ``g`` against state ``S, Z``: ``(dx, c, o, G)`` with
+    ``c = g / den`` and ``G`` the query's features (SPEC gradients, before the ``r`` factor)."""
+    G = _feats(x, a, b)
+    dG = _dfeats(x, da, db, dkeep)
+    den = tl.sum(G * Z, axis=0)
+    o = tl.sum(G * S, axis=0) / den
+    c = g / den
+    return c * (tl.sum(dG * S, axis=0) - o * tl.sum(dG * Z, axis=0)), c, o, G
+
+
+@triton.jit
 def _state_offsets(item, c, HD, D, T1: tl.constexpr, T1P: tl.constexpr):
     """Offsets ``[T1P, C]`` of ``S[item, h, n, d]`` for channels ``c = h*D + d``, and the row mask."""
     n = tl.arange(0, T1P)
@@ -133,17 +160,7 @@ def ea_fwd_scan(q_ptr, k_ptr, v_ptr, o_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in
             X = tl.load(q_ptr + toff, mask=tmask, other=0.0).to(tl.float32) * r
             O = tl.zeros([ROWS, BLOCK_C], tl.float32)
         for i in tl.static_range(ROWS):
-            valid = blk + i < end  # rows past the item change nothing: w = 0, m kept
-            y = _row(Y, ridx, i)
-            v = _row(V, ridx, i)
-            y2 = y * y
-            mn = tl.where(valid, tl.minimum(m, y2), m)
-            keep = _rebase(mn, m)
-            w = tl.exp(mn - y2) * valid.to(tl.float32)
-            F = _feats(y, a, b)
-            S = keep[None, :] * S + (w * v)[None, :] * F
-            Z = keep[None, :] * Z + w[None, :] * F
-            m = mn
+            S, Z, m = _absorb(S, Z, m, _row(Y, ridx, i), _row(V, ridx, i), blk + i < end, a, b)
             if WRITE_O:
                 G = _feats(_row(X, ridx, i), a, b)
                 O = _put(O, ridx, i, tl.sum(G * S, axis=0) / tl.sum(G * Z, axis=0))
@@ -239,27 +256,12 @@ def ea_bwd_dx_scan(q_ptr, k_ptr, v_ptr, g_ptr, dq_ptr, bounds_ptr, s_in_ptr, z_i
         CO = tl.zeros([ROWS, BLOCK_C], tl.float32)
         MM = tl.zeros([ROWS, BLOCK_C], tl.float32)
         for i in tl.static_range(ROWS):
-            valid = blk + i < end
-            y = _row(Y, ridx, i)
-            v = _row(V, ridx, i)
-            x = _row(X, ridx, i)
-            y2 = y * y
-            mn = tl.where(valid, tl.minimum(m, y2), m)
-            keep = _rebase(mn, m)
-            w = tl.exp(mn - y2) * valid.to(tl.float32)
-            F = _feats(y, a, b)
-            S = keep[None, :] * S + (w * v)[None, :] * F
-            Z = keep[None, :] * Z + w[None, :] * F
-            m = mn
-            G = _feats(x, a, b)
-            dG = _dfeats(x, da, db, dkeep)
-            den = tl.sum(G * Z, axis=0)
-            o = tl.sum(G * S, axis=0) / den
-            cc = _row(Gr, ridx, i) / den
-            DX = _put(DX, ridx, i, cc * (tl.sum(dG * S, axis=0) - o * tl.sum(dG * Z, axis=0)))
+            S, Z, m = _absorb(S, Z, m, _row(Y, ridx, i), _row(V, ridx, i), blk + i < end, a, b)
+            dx, cc, o, _ = _query_grad(_row(X, ridx, i), _row(Gr, ridx, i), S, Z, a, b, da, db, dkeep)
+            DX = _put(DX, ridx, i, dx)
             CC = _put(CC, ridx, i, cc)
             CO = _put(CO, ridx, i, cc * o)
-            MM = _put(MM, ridx, i, mn)
+            MM = _put(MM, ridx, i, m)
         tl.store(dq_ptr + toff, (DX * r).to(dq_ptr.dtype.element_ty), mask=tmask)
         tl.store(c_ptr + toff, CC, mask=tmask)
         tl.store(co_ptr + toff, CO, mask=tmask)
@@ -427,13 +429,8 @@ def ea_nc_bwd_dx(q_ptr, g_ptr, dq_ptr, bounds_ptr, item_seq_ptr, s_ptr, z_ptr, u
         Gr = tl.load(g_ptr + toff, mask=tmask, other=0.0).to(tl.float32)  # 0 past the item: no U, W
         DX = tl.zeros([ROWS, BLOCK_C], tl.float32)
         for i in tl.static_range(ROWS):
-            x = _row(X, ridx, i)
-            G = _feats(x, a, b)
-            dG = _dfeats(x, da, db, dkeep)
-            den = tl.sum(G * Z, axis=0)
-            o = tl.sum(G * S, axis=0) / den
-            cc = _row(Gr, ridx, i) / den
-            DX = _put(DX, ridx, i, cc * (tl.sum(dG * S, axis=0) - o * tl.sum(dG * Z, axis=0)))
+            dx, cc, o, G = _query_grad(_row(X, ridx, i), _row(Gr, ridx, i), S, Z, a, b, da, db, dkeep)
+            DX = _put(DX, ridx, i, dx)
             U += cc[None, :] * G
             W += (cc * o)[None, :] * G
         tl.store(dq_ptr + toff, (DX * r).to(dq_ptr.dtype.element_ty), mask=tmask)
