@@ -155,6 +155,7 @@ def read_records_file(path: Path, *, backend: str, fingerprint: str) -> list[dic
 @functools.lru_cache(maxsize=64)
 def _records_files(backend: str, fingerprint: str, cache_env: str | None, shipped_env: str | None,
                    home: str | None) -> tuple[str, ...]:
+    """The records files' paths; the three environment values that ``record_dirs`` reads are the cache key."""
     return tuple(str(d / RECORDS_FILE) for d in record_dirs(backend, fingerprint))
 
 

@@ -121,9 +121,8 @@ def local_alloc(roles: list[str], device, args_info, alloc_repeat: int, placed: 
 
 
 def rpc_alloc(roles: list[str], session, device, args_info, alloc_repeat: int):
-    import tvm
-
-    return _alloc(roles, device, args_info, alloc_repeat, lambda a, dev, rep, j: tvm.runtime.tensor(a, dev))
+    """Arguments for the RPC runner: as ``local_alloc``, on the remote device (never placed)."""
+    return local_alloc(roles, device, args_info, alloc_repeat)
 
 
 def builder(workers: int = 1):
@@ -154,8 +153,8 @@ def runner(kernel: str, causal: bool, *, rpc: tuple[str, int, str] | None = None
                                f_alloc_argument=functools.partial(rpc_alloc, roles))
 
 
-def measure(mods: list, target, kernel: str, causal: bool, *, rpc=None, bld=None, run=None,
-            verbose: bool = True, placed: bool = False, repeat: int = 5) -> list[float | None]:
+def measure(mods: list, target, kernel: str, causal: bool, *, rpc=None, verbose: bool = True,
+            placed: bool = False, repeat: int = 5) -> list[float | None]:
     """Median seconds of each scheduled IRModule (``None`` where the build or the run failed).
 
     ``placed`` (local runs): the mean over the ``PLACEMENTS`` of the median under each.
@@ -163,8 +162,8 @@ def measure(mods: list, target, kernel: str, causal: bool, *, rpc=None, bld=None
     from tvm.s_tir import meta_schedule as ms
 
     placed = placed and rpc is None
-    bld = bld or builder()
-    run = run or runner(kernel, causal, rpc=rpc, repeat=repeat, placed=placed)
+    bld = builder()
+    run = runner(kernel, causal, rpc=rpc, repeat=repeat, placed=placed)
     built = bld.build([ms.builder.BuilderInput(m, target) for m in mods])
     inputs, slots, errors = [], [], []
     for i, (m, b) in enumerate(zip(mods, built)):
