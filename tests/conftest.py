@@ -24,3 +24,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def record_roots(tmp_path, monkeypatch):
+    """Empty user and shipped record folders under ``tmp_path`` (``user/``, ``shipped/``), with the
+    records module's warn-once memory cleared; returns ``tmp_path``."""
+    from ea_ops import records
+
+    monkeypatch.setenv("EA_OPS_CACHE_DIR", str(tmp_path / "user"))
+    monkeypatch.setenv("EA_OPS_SHIPPED_CACHE", str(tmp_path / "shipped"))
+    records._warned.clear()
+    return tmp_path

@@ -22,11 +22,8 @@ def rec(**over):
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("EA_OPS_CACHE_DIR", str(tmp_path / "user"))
-    monkeypatch.setenv("EA_OPS_SHIPPED_CACHE", str(tmp_path / "shipped"))
-    records._warned.clear()
-    return tmp_path
+def cache(record_roots):
+    return record_roots
 
 
 def test_valid_record_round_trip(cache):

@@ -120,13 +120,10 @@ def _rec(config, *, HD=2048, lanes=16384, T_bucket=16384, name="forward", causal
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("EA_OPS_CACHE_DIR", str(tmp_path / "user"))
-    monkeypatch.setenv("EA_OPS_SHIPPED_CACHE", str(tmp_path / "shipped"))
-    records._warned.clear()
+def cache(record_roots):
     configs._cache.clear()
     configs._warned.clear()
-    return tmp_path
+    return record_roots
 
 
 def _choose(**over):

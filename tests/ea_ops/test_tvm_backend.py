@@ -37,12 +37,9 @@ def record(**over):
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("EA_OPS_CACHE_DIR", str(tmp_path / "user"))
-    monkeypatch.setenv("EA_OPS_SHIPPED_CACHE", str(tmp_path / "shipped"))
-    records._warned.clear()
+def cache(record_roots):
     tuned._warned.clear()
-    return tmp_path / "user" / "tvm" / cpu_fingerprint()
+    return record_roots / "user" / "tvm" / cpu_fingerprint()
 
 
 def test_a_record_for_this_target_is_applied_and_auto_prefers_tvm(cache):
