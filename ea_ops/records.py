@@ -4,7 +4,8 @@ Layout: ``<root>/<backend>/<fingerprint>/records.json`` holding ``{"schema_versi
 a backend may keep more files in the same folder (TVM: its MetaSchedule JSON database). Roots, searched in
 order: the user cache (``$EA_OPS_CACHE_DIR``, default ``~/.cache/ea-ops``) and the shipped
 ``autotune_cache/`` (``$EA_OPS_SHIPPED_CACHE`` overrides it). Records are data only: parsed with ``json``,
-validated field by field, never unpickled or executed. A bad file is skipped with one warning.
+validated field by field, never unpickled or executed. Only regular files of at most ``MAX_RECORDS_BYTES`` are
+read (never a FIFO or a device); a bad file is skipped with one warning.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import functools
 import json
 import os
 import re
+import stat
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -22,6 +24,8 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 RECORDS_FILE = "records.json"
+# Real records files are a few KiB; a larger one is not ours, and reading it would cost the caller memory.
+MAX_RECORDS_BYTES = 4 << 20
 _KERNELS = ("forward", "backward", "step")
 _DTYPES = ("float32", "bfloat16", "float16")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -126,15 +130,38 @@ def _warn_once(path: Path, why: str) -> None:
         warnings.warn(f"ea-ops: skipping tuned records in {path}: {why}", RuntimeWarning, stacklevel=3)
 
 
+def _read_regular(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``MAX_RECORDS_BYTES``, else OSError.
+
+    A FIFO, a device (a link to /dev/zero) or a folder in a cache someone else can write would block or
+    never end: the type is checked before opening, and again on the open descriptor (the name may have been
+    swapped in between); O_NONBLOCK keeps even that open from waiting on a FIFO.
+    """
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError("not a regular file")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError("not a regular file")
+        if st.st_size > MAX_RECORDS_BYTES:
+            raise OSError(f"{st.st_size} bytes, above the {MAX_RECORDS_BYTES}-byte limit")
+        data = fh.read(MAX_RECORDS_BYTES + 1)  # the file may have grown since fstat
+    if len(data) > MAX_RECORDS_BYTES:
+        raise OSError(f"above the {MAX_RECORDS_BYTES}-byte limit")
+    return data
+
+
 def read_records_file(path: Path, *, backend: str, fingerprint: str) -> list[dict]:
     """Valid records of one file; a malformed file or record is skipped with one warning."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        data = json.loads(_read_regular(path).decode("utf-8"))
     except FileNotFoundError:
         return []
-    except (OSError, ValueError) as exc:
-        _warn_once(path, f"not readable JSON ({exc})")
+    # Anything a hostile file can make the parser raise: bad syntax or UTF-8 (ValueError), nesting beyond the
+    # interpreter's stack (RecursionError), an unreadable or odd file (OSError), a huge value (MemoryError).
+    except (OSError, ValueError, RecursionError, MemoryError) as exc:
+        _warn_once(path, f"not readable JSON ({type(exc).__name__}: {exc})")
         return []
     if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
         _warn_once(path, f"not a schema_version {SCHEMA_VERSION} records file")

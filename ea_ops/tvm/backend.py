@@ -50,7 +50,9 @@ def prefers(q: torch.Tensor, order: int) -> bool:
     dtype = str(q.dtype).removeprefix("torch.")
     try:
         return tuned.has_forward_record(order, dtype, H, D)
-    except Exception:  # a broken cache must never break "auto"; load_records already warned
+    except Exception as exc:  # a broken cache must never break "auto", but it must not go unseen either
+        tuned.warn_once(f"prefers:{type(exc).__name__}:{exc}",
+                        f"ea-ops: TVM records not usable, backend='auto' ignores them ({type(exc).__name__}: {exc})")
         return False
 
 
