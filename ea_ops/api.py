@@ -55,8 +55,12 @@ def ea_attention(
         checks.check_state(initial_state, "initial_state", batch=n_state, heads=H, dim=D, order=order, q=q)
     if q.dtype == torch.float64 and backend not in ("auto", "torch"):
         raise TypeError(f"float64 inputs run on the torch backend only, got backend={backend!r}")
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    needs_grad = _needs_grad(q, k, v)
     mod = dispatch.resolve(backend, q, causal=causal, order=order, needs_grad=needs_grad)
+    if B * H * D == 0:  # no channel to compute: nothing reaches a kernel
+        n_state = B if segments is None else len(segments)
+        final = _final_state(initial_state, n_state, H, D, order, q) if output_final_state else None
+        return _empty_output(q, k, v), final
     return mod.attention(
         q, k, v, order=order, causal=causal, scale=scale, initial_state=initial_state,
         output_final_state=output_final_state, cu_seqlens=segments,
@@ -76,19 +80,38 @@ def ea_recurrent_step(
 
     ``state=None`` starts from the empty state. Cost O(t D) per token, whatever came before.
     """
-    checks.check_qkv(q_t, k_t, v_t, rank=3)
+    checks.check_qkv(q_t, k_t, v_t, rank=3, names=("q_t", "k_t", "v_t"))
     order = checks.check_order(order)
     scale = checks.check_scale(scale)
     backend = checks.check_backend(backend)
     B, H, D = q_t.shape
-    if state is None:
-        state = EAState.empty(B, H, D, order, device=q_t.device, dtype=checks.state_dtype(q_t.dtype))
-    else:
-        checks.check_state(state, "state", batch=B, heads=H, dim=D, order=order, q=q_t)
+    if state is not None:
+        checks.check_state(state, "state", batch=B, heads=H, dim=D, order=order, q=q_t, q_name="q_t")
     if q_t.dtype == torch.float64 and backend not in ("auto", "torch"):
         raise TypeError(f"float64 inputs run on the torch backend only, got backend={backend!r}")
-    mod = dispatch.resolve(backend, q_t, causal=True, order=order, needs_grad=False)
+    mod = dispatch.resolve(backend, q_t, causal=True, order=order, needs_grad=_needs_grad(q_t, k_t, v_t))
+    if B * H * D == 0:
+        return _empty_output(q_t, k_t, v_t), _final_state(state, B, H, D, order, q_t)
+    if state is None:
+        state = EAState.empty(B, H, D, order, device=q_t.device, dtype=checks.state_dtype(q_t.dtype))
     return mod.recurrent_step(q_t, k_t, v_t, state, order=order, scale=scale)
+
+
+def _needs_grad(*ts: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
+def _empty_output(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The output of a call with no channel (``B*H*D == 0``): empty like ``q``, and on the autograd graph of
+    all three inputs so that ``backward()`` works and gives empty gradients."""
+    return (q + k + v) * 0
+
+
+def _final_state(state: EAState | None, n: int, H: int, D: int, order: int, q: torch.Tensor) -> EAState:
+    """The state after no token: a copy of ``state``, or the empty state."""
+    if state is not None:
+        return state.clone()
+    return EAState.empty(n, H, D, order, device=q.device, dtype=checks.state_dtype(q.dtype))
 
 
 def ea_attention_exact(

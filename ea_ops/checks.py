@@ -52,10 +52,14 @@ def check_backend(backend: object) -> str:
     return backend
 
 
-def check_qkv(q: object, k: object, v: object, rank: int) -> None:
-    """q, k, v: tensors of equal shape with ``rank`` dims, one float dtype, one device."""
+def check_qkv(q: object, k: object, v: object, rank: int, names: tuple[str, str, str] = ("q", "k", "v")) -> None:
+    """q, k, v: tensors of equal shape with ``rank`` dims, one float dtype, one device.
+
+    ``names`` are the caller's parameter names (the step's are ``q_t, k_t, v_t``), so messages name them.
+    """
     layout = "[B, T, H, D]" if rank == 4 else "[B, H, D]"
-    for name, t in (("q", q), ("k", k), ("v", v)):
+    qn = names[0]
+    for name, t in zip(names, (q, k, v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != rank:
@@ -64,13 +68,13 @@ def check_qkv(q: object, k: object, v: object, rank: int) -> None:
             raise TypeError(
                 f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}"
             )
-    for name, t in (("k", k), ("v", v)):
+    for name, t in zip(names[1:], (k, v)):
         if t.shape != q.shape:
-            raise ValueError(f"{name} must have the shape of q {tuple(q.shape)}, got {tuple(t.shape)}")
+            raise ValueError(f"{name} must have the shape of {qn} {tuple(q.shape)}, got {tuple(t.shape)}")
         if t.dtype != q.dtype:
-            raise TypeError(f"{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
+            raise TypeError(f"{name} must have the dtype of {qn} ({q.dtype}), got {t.dtype}")
         if t.device != q.device:
-            raise ValueError(f"{name} must be on the device of q ({q.device}), got {t.device}")
+            raise ValueError(f"{name} must be on the device of {qn} ({q.device}), got {t.device}")
 
 
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -79,7 +83,7 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def check_state(state: object, name: str, *, batch: int, heads: int, dim: int, order: int,
-                q: torch.Tensor) -> EAState:
+                q: torch.Tensor, q_name: str = "q") -> EAState:
     if not isinstance(state, EAState):
         raise TypeError(f"{name} must be an ea_ops.EAState, got {type(state).__name__}")
     want = (batch, heads, order + 1, dim)
@@ -102,7 +106,7 @@ def check_state(state: object, name: str, *, batch: int, heads: int, dim: int, o
         if t.dtype != want_dtype:
             raise TypeError(f"{name}.{field} must be {want_dtype} for {q.dtype} inputs, got {t.dtype}")
         if t.device != q.device:
-            raise ValueError(f"{name}.{field} must be on the device of q ({q.device}), got {t.device}")
+            raise ValueError(f"{name}.{field} must be on the device of {q_name} ({q.device}), got {t.device}")
     return state
 
 
@@ -112,6 +116,10 @@ def check_cu_seqlens(cu_seqlens: object, q: torch.Tensor) -> list[tuple[int, int
         raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
     if cu_seqlens.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
+    # the offsets are read on the host: the CPU or q's own device (a meta tensor has no values to read)
+    if cu_seqlens.device.type == "meta" or (cu_seqlens.device.type != "cpu" and cu_seqlens.device != q.device):
+        raise ValueError(f"cu_seqlens must be on the CPU or on the device of q ({q.device}), "
+                         f"got {cu_seqlens.device}")
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
         raise ValueError(f"cu_seqlens must have shape [N+1] with N >= 1, got {tuple(cu_seqlens.shape)}")
     if q.shape[0] != 1:

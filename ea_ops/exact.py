@@ -24,7 +24,11 @@ def exact_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
         logits = -scale * (qi[..., :, None] - kk[..., None, :]) ** 2  # [B, H, D, bi, T]
         if causal:
             rows = torch.arange(s, s + qi.shape[-1], device=q.device)
-            logits = logits.masked_fill(cols[None, :] > rows[:, None], float("-inf"))
+            later = cols[None, :] > rows[:, None]
+            logits = logits.masked_fill(later, float("-inf"))
         w = torch.softmax(logits, dim=-1)
-        out[..., s:s + block] = (w * vv[..., None, :]).sum(-1)
+        wv = w * vv[..., None, :]
+        if causal:  # select, not 0 * v: a NaN or Inf value at j must not reach the queries before j
+            wv = wv.masked_fill(later, 0.0)
+        out[..., s:s + block] = wv.sum(-1)
     return out.permute(0, 3, 1, 2).to(q.dtype)

@@ -24,14 +24,20 @@ def naive_weights(q, k, *, order: int | None, causal: bool, scale: float = 1.0) 
     else:
         w = torch.exp(-(y**2)) * _taylor_poly(2 * x * y, order)
     if causal:
-        T = q.shape[1]
-        w = w * torch.ones(T, T, dtype=w.dtype, device=w.device).tril()
+        w = w.where(_earlier(q.shape[1], w.device), 0.0)
     return w
+
+
+def _earlier(T: int, device) -> torch.Tensor:
+    """``[T, T]`` mask of ``j <= i``. Masks select (``where``): ``0 * NaN`` would leak a later key's NaN."""
+    return torch.ones(T, T, dtype=torch.bool, device=device).tril()
 
 
 def naive_attention(q, k, v, *, order: int | None, causal: bool = True, scale: float = 1.0) -> torch.Tensor:
     """EA-t (or exact EA with ``order=None``) in float64: ``[B, T, H, D] -> [B, T, H, D]``."""
     w = naive_weights(q, k, order=order, causal=causal, scale=scale)
-    vv = v.double().permute(0, 2, 3, 1)[..., None, :]
-    o = (w * vv).sum(-1) / w.sum(-1)
+    wv = w * v.double().permute(0, 2, 3, 1)[..., None, :]
+    if causal:
+        wv = wv.where(_earlier(q.shape[1], w.device), 0.0)
+    o = wv.sum(-1) / w.sum(-1)
     return o.permute(0, 3, 1, 2)

@@ -33,6 +33,16 @@ def prefers(q: torch.Tensor, order: int) -> bool:
     return False
 
 
+def chunks(T: int, chunk: int) -> list[tuple[int, int]]:
+    """``(begin, end)`` of every chunk of ``[0, T)``: the one loop every scan below walks."""
+    return [(s, min(s + chunk, T)) for s in range(0, T, chunk)]
+
+
+def new_out(x: torch.Tensor, *shape: int) -> torch.Tensor:
+    """An output buffer that the scans fill chunk by chunk (tests replace it with a NaN-filled one)."""
+    return x.new_empty(shape)
+
+
 def chunk_size(n_rows: int, T: int) -> int:
     c = 64
     while c > 16 and n_rows * c * c > _MAX_TILE_ELEMS:
@@ -75,18 +85,32 @@ def _intra(x: torch.Tensor, y: torch.Tensor, mi: torch.Tensor, order: int, deriv
     ``deriv=None``: ``exp(m_i - y_j^2) P_t(2 x_i y_j)``; ``"x"``: its derivative in ``x_i``;
     ``"y"``: its derivative in ``y_j`` (as a function of ``exp(-y_j^2)`` too, ``m_i`` held fixed).
     """
-    C = x.shape[1]
     y2 = y * y
-    logits = mi[:, :, None] - y2[:, None, :]
-    mask = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
-    e = torch.exp(logits.masked_fill(~mask, -math.inf))
+    e = torch.exp(mi[:, :, None] - y2[:, None, :])
     z = 2 * x[:, :, None] * y[:, None, :]
     if deriv is None:
-        return e * taylor_exp(z, order)
-    dp = taylor_exp(z, order - 1)
-    if deriv == "x":
-        return e * (2 * y[:, None, :]) * dp
-    return e * (2 * x[:, :, None] * dp - 2 * y[:, None, :] * taylor_exp(z, order))
+        w = e * taylor_exp(z, order)
+    elif deriv == "x":
+        w = e * (2 * y[:, None, :]) * taylor_exp(z, order - 1)
+    else:
+        w = e * (2 * x[:, :, None] * taylor_exp(z, order - 1) - 2 * y[:, None, :] * taylor_exp(z, order))
+    # Select, never multiply by a mask: a non-finite later key would make 0 * inf = NaN above the diagonal.
+    return w.where(_lower(x.shape[1], x.device), 0.0)
+
+
+def _lower(C: int, device) -> torch.Tensor:
+    """``[C, C]`` mask of ``j <= i``."""
+    return torch.ones(C, C, dtype=torch.bool, device=device).tril()
+
+
+def _masked_matvec(A: torch.Tensor, u: torch.Tensor, upper: bool = False) -> torch.Tensor:
+    """``sum_j A_ij u_j`` over ``j <= i`` (``upper``: ``j >= i``) of ``A [N, C, C]``, ``u [N, C]``.
+
+    A product with the mask, not ``bmm``: ``0 * NaN`` from a masked position would leak a later (or, for the
+    reverse sums, an earlier) non-finite value across time.
+    """
+    mask = _lower(A.shape[1], A.device)
+    return (A * u[:, None, :]).where(mask.T if upper else mask, 0.0).sum(-1)
 
 
 def _absorb(S, Z, m, y, v, m_end, order):
@@ -105,6 +129,15 @@ def _max_spread(dtype: torch.dtype) -> float:
     return 600.0 if dtype == torch.float64 else 60.0
 
 
+def _reference(mi: torch.Tensor) -> torch.Tensor:
+    """The chunk's stabilising reference ``[N]``: its smallest running min of ``y^2`` that is not NaN.
+
+    The running min is non-increasing and turns NaN at a NaN key for good; taking the last finite value
+    (not ``mi[:, -1]``) keeps a NaN key from poisoning the outputs of the chunk's earlier positions.
+    """
+    return mi.nan_to_num(nan=math.inf).amin(1)
+
+
 def _rows(bad: torch.Tensor) -> torch.Tensor | None:
     return bad.nonzero().squeeze(1) if bool(bad.any()) else None
 
@@ -117,7 +150,7 @@ def _intra_sums(xc, yc, vc, mi, order: int, deriv: str | None, max_spread: float
     the explicit C x C weights (O(C^2 t)), which are stable for any keys.
     """
     y2 = yc * yc
-    c = mi[:, -1]
+    c = _reference(mi)
     qf = features(xc, order)
     if deriv == "x":
         qf = features_grad(qf)
@@ -128,7 +161,7 @@ def _intra_sums(xc, yc, vc, mi, order: int, deriv: str | None, max_spread: float
     rows = _rows(mi[:, 0] - c > max_spread)
     if rows is not None:
         A = _intra(xc[rows], yc[rows], mi[rows], order, deriv=deriv)
-        num[rows] = torch.bmm(A, vc[rows, :, None]).squeeze(-1)
+        num[rows] = _masked_matvec(A, vc[rows])
         den[rows] = A.sum(-1)
     return num, den
 
@@ -150,8 +183,8 @@ def _intra_reverse(xc, yc, vc, mi, cc, oc, order: int, max_spread: float):
         x_, y_, v_, m_, c_, o_ = xc[rows], yc[rows], vc[rows], mi[rows], cc[rows], oc[rows]
         A = _intra(x_, y_, m_, order).transpose(1, 2)
         G = _intra(x_, y_, m_, order, deriv="y").transpose(1, 2)
-        dv[rows] = torch.bmm(A, c_[..., None]).squeeze(-1)
-        dy[rows] = v_ * torch.bmm(G, c_[..., None]).squeeze(-1) - torch.bmm(G, (c_ * o_)[..., None]).squeeze(-1)
+        dv[rows] = _masked_matvec(A, c_, upper=True)
+        dy[rows] = v_ * _masked_matvec(G, c_, upper=True) - _masked_matvec(G, c_ * o_, upper=True)
     return dv, dy
 
 
@@ -163,10 +196,9 @@ def causal_forward(x, y, v, S, Z, m, order: int, chunk: int, max_spread: float |
     """
     N, T = x.shape
     max_spread = _max_spread(x.dtype) if max_spread is None else max_spread
-    o = x.new_empty(N, T)
-    den = x.new_empty(N, T)
-    for s in range(0, T, chunk):
-        e = min(s + chunk, T)
+    o = new_out(x, N, T)
+    den = new_out(x, N, T)
+    for s, e in chunks(T, chunk):
         xc, yc, vc = x[:, s:e], y[:, s:e], v[:, s:e]
         mi = torch.minimum(torch.cummin(yc * yc, dim=1).values, m[:, None])
         num, d = _intra_sums(xc, yc, vc, mi, order, None, max_spread)
@@ -190,10 +222,8 @@ def causal_backward(x, y, v, o, den, g, S, Z, m, order: int, chunk: int, max_spr
     max_spread = _max_spread(x.dtype) if max_spread is None else max_spread
     c = g / den
     m_all = torch.minimum(torch.cummin(y * y, dim=1).values, m[:, None])
-    dx = torch.empty_like(x)
-    dy = torch.empty_like(x)
-    dv = torch.empty_like(x)
-    bounds = [(s, min(s + chunk, T)) for s in range(0, T, chunk)]
+    dx, dy, dv = (new_out(x, N, T) for _ in range(3))
+    bounds = chunks(T, chunk)
     for s, e in bounds:
         xc, yc, vc = x[:, s:e], y[:, s:e], v[:, s:e]
         mi = m_all[:, s:e]
@@ -236,8 +266,8 @@ def global_state(y, v, order: int, chunk: int):
     m = (y * y).amin(dim=1)
     S = y.new_zeros(N, order + 1)
     Z = y.new_zeros(N, order + 1)
-    for s in range(0, T, chunk):
-        yc, vc = y[:, s:s + chunk], v[:, s:s + chunk]
+    for s, e in chunks(T, chunk):
+        yc, vc = y[:, s:e], v[:, s:e]
         kf = features(yc, order) * torch.exp(m[:, None] - yc * yc)[..., None]
         S = S + (kf * vc[..., None]).sum(1)
         Z = Z + kf.sum(1)
@@ -247,13 +277,13 @@ def global_state(y, v, order: int, chunk: int):
 def noncausal_forward(x, y, v, order: int, chunk: int):
     N, T = x.shape
     S, Z, m = global_state(y, v, order, chunk)
-    o = x.new_empty(N, T)
-    den = x.new_empty(N, T)
-    for s in range(0, T, chunk):
-        qf = features(x[:, s:s + chunk], order)
+    o = new_out(x, N, T)
+    den = new_out(x, N, T)
+    for s, e in chunks(T, chunk):
+        qf = features(x[:, s:e], order)
         d = (qf * Z[:, None, :]).sum(-1)
-        o[:, s:s + chunk] = (qf * S[:, None, :]).sum(-1) / d
-        den[:, s:s + chunk] = d
+        o[:, s:e] = (qf * S[:, None, :]).sum(-1) / d
+        den[:, s:e] = d
     return o, den
 
 
@@ -261,26 +291,22 @@ def noncausal_backward(x, y, v, o, den, g, order: int, chunk: int):
     N, T = x.shape
     S, Z, m = global_state(y, v, order, chunk)
     c = g / den
-    dx = torch.empty_like(x)
+    dx, dy, dv = (new_out(x, N, T) for _ in range(3))
     U = x.new_zeros(N, order + 1)
     W = x.new_zeros(N, order + 1)
-    for s in range(0, T, chunk):
-        sl = slice(s, s + chunk)
-        qf = features(x[:, sl], order)
+    for s, e in chunks(T, chunk):
+        qf = features(x[:, s:e], order)
         dqf = features_grad(qf)
-        dx[:, sl] = c[:, sl] * ((dqf * S[:, None, :]).sum(-1) - o[:, sl] * (dqf * Z[:, None, :]).sum(-1))
-        U = U + (c[:, sl, None] * qf).sum(1)
-        W = W + ((c[:, sl] * o[:, sl])[..., None] * qf).sum(1)
-    dy = torch.empty_like(x)
-    dv = torch.empty_like(x)
-    for s in range(0, T, chunk):
-        sl = slice(s, s + chunk)
-        yc, vc = y[:, sl], v[:, sl]
+        dx[:, s:e] = c[:, s:e] * ((dqf * S[:, None, :]).sum(-1) - o[:, s:e] * (dqf * Z[:, None, :]).sum(-1))
+        U = U + (c[:, s:e, None] * qf).sum(1)
+        W = W + ((c[:, s:e] * o[:, s:e])[..., None] * qf).sum(1)
+    for s, e in chunks(T, chunk):
+        yc, vc = y[:, s:e], v[:, s:e]
         kf = features(yc, order)
         damp = torch.exp(m[:, None] - yc * yc)[..., None]
         dkf = (features_grad(kf) - 2 * yc[..., None] * kf) * damp
-        dv[:, sl] = (kf * damp * U[:, None, :]).sum(-1)
-        dy[:, sl] = vc * (dkf * U[:, None, :]).sum(-1) - (dkf * W[:, None, :]).sum(-1)
+        dv[:, s:e] = (kf * damp * U[:, None, :]).sum(-1)
+        dy[:, s:e] = vc * (dkf * U[:, None, :]).sum(-1) - (dkf * W[:, None, :]).sum(-1)
     return dx, dy, dv
 
 
@@ -289,29 +315,36 @@ def _segments(T: int, seg: list[tuple[int, int]] | None) -> list[tuple[int, int]
     return seg if seg is not None else [(0, T)]
 
 
+def _forward_rows(x, y, v, order, causal, segments, init, chunk):
+    """The forward over every segment: ``o, den [N, T]`` and the final states (causal) as a flat list."""
+    N, T = x.shape
+    o = new_out(x, N, T)
+    den = new_out(x, N, T)
+    finals = []
+    for idx, (b, e) in enumerate(segments):
+        if causal:
+            S, Z, m = init[idx]
+            o[:, b:e], den[:, b:e], S, Z, m = causal_forward(
+                x[:, b:e], y[:, b:e], v[:, b:e], S, Z, m, order, chunk)
+            finals += [S, Z, m]
+        elif e > b:
+            o[:, b:e], den[:, b:e] = noncausal_forward(x[:, b:e], y[:, b:e], v[:, b:e], order, chunk)
+    return o, den, finals
+
+
 class EAFunction(torch.autograd.Function):
     """EA-t on rows ``[N, T]`` (already scaled ``x, y``), per segment, with the explicit backward.
 
     Saves only ``x, y, v, o, den`` (``O(N T)``) and the initial states; everything else is recomputed.
+    Double backward (``create_graph=True``) differentiates a re-run of the forward with autograd instead:
+    the explicit formulas use the saved ``o`` and ``den`` as constants, so their own derivative would be wrong.
     """
 
     @staticmethod
     def forward(ctx, x, y, v, order, causal, segments, init, chunk):
-        N, T = x.shape
-        o = x.new_empty(N, T)
-        den = x.new_empty(N, T)
-        finals = []
-        for idx, (b, e) in enumerate(segments):
-            if causal:
-                S, Z, m = init[idx]
-                o[:, b:e], den[:, b:e], S, Z, m = causal_forward(
-                    x[:, b:e], y[:, b:e], v[:, b:e], S, Z, m, order, chunk)
-                finals.append((S, Z, m))
-            elif e > b:
-                o[:, b:e], den[:, b:e] = noncausal_forward(x[:, b:e], y[:, b:e], v[:, b:e], order, chunk)
+        o, den, flat = _forward_rows(x, y, v, order, causal, segments, init, chunk)
         ctx.save_for_backward(x, y, v, o, den)
         ctx.meta = (order, causal, segments, init, chunk)
-        flat = [t for st in finals for t in st]
         ctx.mark_non_differentiable(*flat)
         return (o, *flat)
 
@@ -319,6 +352,10 @@ class EAFunction(torch.autograd.Function):
     def backward(ctx, go, *_):
         x, y, v, o, den = ctx.saved_tensors
         order, causal, segments, init, chunk = ctx.meta
+        if torch.is_grad_enabled():  # create_graph=True: grads that are themselves differentiable
+            o_again = _forward_rows(x, y, v, order, causal, segments, init, chunk)[0]
+            return (*torch.autograd.grad(o_again, (x, y, v), go, create_graph=True, allow_unused=True),
+                    None, None, None, None, None)
         dx, dy, dv = torch.zeros_like(x), torch.zeros_like(y), torch.zeros_like(v)
         go = go.contiguous()
         for idx, (b, e) in enumerate(segments):

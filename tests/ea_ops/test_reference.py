@@ -48,9 +48,32 @@ def test_high_order_converges_to_exact():
     assert errs[-1] < 1e-14  # at t = 28 only float64 rounding is left
 
 
-def test_torch_backend_writes_every_output():
-    # Poison: the rows layout buffer is filled by chunks; any chunk left unwritten would stay NaN.
-    q, k, v = qkv((1, 131, 1, 3), seed=4)
-    for causal in (True, False):
-        o, _ = ea_ops.ea_attention(q, k, v, order=4, causal=causal, backend="torch")
-        assert torch.isfinite(o).all()
+def _poisoned(monkeypatch):
+    """The torch backend's output buffers start as NaN, so any position a scan leaves unwritten shows."""
+    monkeypatch.setattr(torch_backend, "new_out", lambda x, *shape: x.new_full(shape, float("nan")))
+
+
+def _outputs_and_grads(causal: bool):
+    q, k, v = qkv((1, 131, 1, 3), seed=4, requires_grad=True)
+    o, _ = ea_ops.ea_attention(q, k, v, order=4, causal=causal, backend="torch")
+    o.backward(torch.ones_like(o))
+    return o, q.grad, k.grad, v.grad
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_torch_backend_writes_every_output_and_gradient(causal, monkeypatch):
+    _poisoned(monkeypatch)
+    for t in _outputs_and_grads(causal):
+        assert torch.isfinite(t).all()
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_the_poisoned_check_catches_a_scan_that_skips_its_last_chunk(causal, monkeypatch):
+    # The mutant: every scan walks all chunks but the last. Without the NaN poison its outputs would be
+    # whatever the allocator left there (often zeros or old values), and the check above would pass.
+    _poisoned(monkeypatch)
+    walk = torch_backend.chunks
+    monkeypatch.setattr(torch_backend, "chunks", lambda T, chunk: walk(T, chunk)[:-1])
+    o, *grads = _outputs_and_grads(causal)
+    assert torch.isnan(o[:, -1]).all()
+    assert any(not torch.isfinite(g).all() for g in grads)

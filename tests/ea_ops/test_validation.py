@@ -74,7 +74,7 @@ def test_bad_states():
         call(initial_state=ea_ops.EAState.empty(1, 3, 4, 6))
     with pytest.raises(ValueError, match="state.S must have shape"):
         ea_ops.ea_recurrent_step(Q[:, 0], K[:, 0], V[:, 0], ea_ops.EAState.empty(2, 3, 4, 2), order=6)
-    with pytest.raises(ValueError, match=r"q must have shape \[B, H, D\]"):
+    with pytest.raises(ValueError, match=r"q_t must have shape \[B, H, D\]"):
         ea_ops.ea_recurrent_step(Q, K, V, None)
 
 
@@ -129,3 +129,54 @@ def test_non_contiguous_inputs():
     o, _ = ea_ops.ea_attention(q, k, v, order=4)
     ref = naive_attention(q.contiguous(), k.contiguous(), v.contiguous(), order=4)
     assert rel_err(o, ref) < 1e-12
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 2, 3), (2, 5, 0, 3), (2, 5, 2, 0), (0, 0, 0, 0)])
+@pytest.mark.parametrize("backend", ["torch", "tvm", "auto"])
+def test_no_channels_give_empty_outputs_states_and_gradients(shape, backend):
+    if backend == "tvm":
+        pytest.importorskip("tvm")
+    B, T, H, D = shape
+    q, k, v = qkv(shape, dtype=torch.float32, requires_grad=True)
+    for causal in (True, False):
+        o, st = ea_ops.ea_attention(q, k, v, order=4, causal=causal, output_final_state=causal, backend=backend)
+        assert o.shape == q.shape and o.dtype == q.dtype
+        if causal:
+            assert st.S.shape == st.Z.shape == (B, H, 5, D) and st.m.shape == (B, H, D)
+        grads = torch.autograd.grad(o.sum(), (q, k, v))
+        assert all(g.shape == q.shape for g in grads)
+    o_t, st = ea_ops.ea_recurrent_step(q[:, 0] if T else q.sum(1), k.sum(1), v.sum(1), None, order=2,
+                                       backend=backend)
+    assert o_t.shape == (B, H, D) and st.S.shape == (B, H, 3, D)
+    assert ea_ops.ea_attention_exact(q, k, v).shape == q.shape
+
+
+def test_no_channels_with_cu_seqlens_and_an_initial_state():
+    q = torch.zeros(1, 6, 0, 4)
+    cu = torch.tensor([0, 2, 6])
+    init = ea_ops.EAState.empty(2, 0, 4, 2)
+    o, st = ea_ops.ea_attention(q, q, q, order=2, cu_seqlens=cu, initial_state=init, output_final_state=True)
+    assert o.shape == q.shape and st.S.shape == (2, 0, 3, 4) and st.S is not init.S
+
+
+def test_cu_seqlens_must_be_readable_on_the_host():
+    q, k, v = Q[:1], K[:1], V[:1]
+    with pytest.raises(ValueError, match="cu_seqlens must be on the CPU or on the device of q"):
+        ea_ops.ea_attention(q, k, v, cu_seqlens=torch.tensor([0, 6], device="meta"))
+
+
+def test_step_errors_name_the_step_arguments():
+    q, k, v = qkv((2, 3, 4), dtype=torch.float32)
+    cases = [
+        ((q, k[..., :2], v), ValueError, "k_t must have the shape of q_t"),
+        ((q, k, v.double()), TypeError, "v_t must have the dtype of q_t"),
+        ((q[0], k, v), ValueError, "q_t must have shape [B, H, D]"),
+        ((q.numpy(), k, v), TypeError, "q_t must be a torch.Tensor"),
+    ]
+    for args, exc, words in cases:
+        with pytest.raises(exc) as info:
+            ea_ops.ea_recurrent_step(*args, None, order=2)
+        assert words in str(info.value)
+    st = ea_ops.EAState.empty(2, 3, 4, 2, device="meta")
+    with pytest.raises(ValueError, match="state.S must be on the device of q_t"):
+        ea_ops.ea_recurrent_step(q, k, v, st, order=2)
