@@ -17,6 +17,7 @@ import os
 import re
 import stat
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,14 +213,52 @@ def load_records(backend: str, fingerprint: str) -> list[dict]:
     return out
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: readers see old or new, never half."""
+# A writer's temporary file is ``.<name>.<pid>.<random>.tmp``: the pid lets the next writer to the folder
+# tell a temp left by a killed writer (pid gone) from a live writer's. Past this age a temp is stale even when
+# its pid is in use (pids are reused; another host or container sharing the folder has its own pids).
+STALE_TEMP_S = 3600.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove temps of ``path`` left by writers that died; a live writer's is kept."""
+    prefix = f".{path.name}."
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            name = entry.name
+            if not (name.startswith(prefix) and name.endswith(".tmp")):
+                continue
+            pid_text = name[len(prefix):].split(".", 1)[0]
+            try:
+                old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_S
+                if old or pid_text.isdigit() and not _pid_alive(int(pid_text)):
+                    os.unlink(entry.path)
+            except OSError:  # gone already (another writer cleaned it), or not ours to remove
+                continue
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: readers see old or new, never half.
+
+    Temps that killed writers left beside ``path`` are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; records and reports are meant to be shared
@@ -228,6 +267,11 @@ def atomic_write_text(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """``atomic_write_bytes`` of ``text`` in UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import os
 import platform
 from pathlib import Path
 
 import torch
+
+from ea_ops.records import atomic_write_bytes
 
 from .runner import WorkloadResult
 
@@ -161,8 +164,8 @@ def plot(doc: dict, path: Path) -> str | None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())
     return None

@@ -25,9 +25,7 @@ MANIFEST = "manifest.json"
 
 def _write(path: Path, data: bytes) -> str:
     """Write ``data`` atomically (temp file + rename); its sha256."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    records.atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 
 

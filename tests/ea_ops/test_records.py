@@ -1,7 +1,12 @@
 """Tuned records: schema validation, skipping bad files with one warning, atomic merged writes."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 import warnings
 
 import pytest
@@ -94,3 +99,62 @@ def test_same_slot_is_replaced(cache):
     records.add_records(folder, [rec()])
     records.add_records(folder, [rec(config={"tile": 16})])
     assert [r["config"] for r in records.load_records("tvm", "x86-avx2-2c")] == [{"tile": 16}]
+
+
+# A writer that stops inside fsync (after its temp file exists) and says so; run as its own process.
+_BLOCKED_WRITER = r"""
+import importlib.util, os, sys, time
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location("records_alone", sys.argv[1])  # stdlib only: no torch import
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+
+def stuck(fd):
+    print("in fsync", flush=True)
+    time.sleep(600)
+
+os.fsync = stuck
+mod.atomic_write_text(Path(sys.argv[2]), "{}")
+"""
+
+
+def _blocked_writer(path):
+    proc = subprocess.Popen([sys.executable, "-c", _BLOCKED_WRITER, records.__file__, str(path)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "in fsync"
+    return proc
+
+
+def _temps(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_a_killed_writers_temp_is_removed_by_the_next_write_and_a_live_writers_is_kept(tmp_path):
+    path = tmp_path / records.RECORDS_FILE
+    killed, live = _blocked_writer(path), _blocked_writer(path)
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+        assert len(_temps(tmp_path)) == 2
+        live_temps = [n for n in _temps(tmp_path) if f".{live.pid}." in n]
+        assert len(live_temps) == 1
+        records.atomic_write_text(path, "{}")
+        assert _temps(tmp_path) == live_temps
+    finally:
+        for proc in (killed, live):
+            proc.kill()
+            proc.wait(timeout=30)
+    records.atomic_write_text(path, "{}")  # now that writer is dead too
+    assert _temps(tmp_path) == []
+    assert path.read_text() == "{}"
+
+
+def test_temps_older_than_the_stale_age_are_removed_even_with_a_live_pid(tmp_path):
+    path = tmp_path / records.RECORDS_FILE
+    old = tmp_path / f".{path.name}.{os.getpid()}.abcdefgh.tmp"  # this process is alive, but the temp is old
+    old.write_text("")
+    past = time.time() - records.STALE_TEMP_S - 60
+    os.utime(old, (past, past))
+    records.atomic_write_text(path, "{}")
+    assert _temps(tmp_path) == []
