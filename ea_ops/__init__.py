@@ -1,6 +1,7 @@
 """ea-ops: element-wise attention (G. Feng, arXiv:2501.05730) with torch, TVM and Triton backends."""
 
 from .api import ea_attention, ea_attention_exact, ea_recurrent_step
+from .domain import finite_radius
 from .errors import BackendUnavailableError
 from .state import EAState
 
@@ -12,4 +13,5 @@ __all__ = [
     "ea_attention",
     "ea_attention_exact",
     "ea_recurrent_step",
+    "finite_radius",
 ]

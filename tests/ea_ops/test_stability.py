@@ -68,3 +68,46 @@ def test_mixed_rows_take_both_paths_and_agree():
     want = torch.autograd.grad(ref, ins64, g)
     for a, b in zip(got, want):
         assert torch.isfinite(a).all() and rel_err(a, b) < 1e-3
+
+
+def _at_radius(R: float, shape, dtype, seed: int):
+    """q, k = +-R with random signs (|2 x y| = 2 R^2, the largest term), v = +-1."""
+    g = torch.Generator().manual_seed(seed)
+    sign = lambda: torch.randint(0, 2, shape, generator=g).double() * 2 - 1
+    return tuple(t.to(dtype) for t in (R * sign(), R * sign(), sign()))
+
+
+@pytest.mark.parametrize("order", [0, 2, 6, 16])
+@pytest.mark.parametrize("backend, dtype", [("torch", torch.float32), ("torch", torch.float64),
+                                            ("tvm", torch.float32), ("tvm", torch.bfloat16)])
+def test_outputs_are_finite_up_to_the_documented_radius(order, backend, dtype):
+    if backend == "tvm":
+        pytest.importorskip("tvm")
+    T = 64
+    R = ea_ops.finite_radius(order, T, dtype=dtype)
+    if dtype == torch.bfloat16:  # the radius must be representable; round it down to a bfloat16
+        R = float(torch.tensor(R).to(dtype)) * (1 - 2**-7)
+    for causal in (True, False):
+        q, k, v = _at_radius(R, (1, T, 2, 8), dtype, seed=order)
+        o, _ = ea_ops.ea_attention(q, k, v, order=order, causal=causal, backend=backend)
+        assert torch.isfinite(o).all(), (R, causal)
+
+
+def test_beyond_the_radius_outputs_overflow_as_documented():
+    # The bound is not vacuous: 4x past it the order-6 sums overflow float32 (README: the finite domain).
+    T = 64
+    R = ea_ops.finite_radius(6, T)
+    q, k, v = _at_radius(4 * R, (1, T, 1, 4), torch.float32, seed=1)
+    o, _ = ea_ops.ea_attention(q, k, v, order=6, backend="torch")
+    assert not torch.isfinite(o).all()
+
+
+def test_finite_radius_validates_and_shrinks_with_order_and_length():
+    radii = [ea_ops.finite_radius(t, 1024) for t in (2, 4, 6, 8)]
+    assert all(b < a for a, b in zip(radii, radii[1:]))
+    assert ea_ops.finite_radius(6, 2**31) < ea_ops.finite_radius(6, 2**10)
+    assert ea_ops.finite_radius(6, 1024, dtype=torch.float64) > 1e20
+    with pytest.raises(ValueError, match="length must be an int >= 1"):
+        ea_ops.finite_radius(6, 0)
+    with pytest.raises(ValueError, match="order must be even"):
+        ea_ops.finite_radius(3, 10)
