@@ -66,8 +66,10 @@ def test_mixed_rows_take_both_paths_and_agree():
     assert rel_err(o32, ref) < 1e-5
     got = torch.autograd.grad(o32, ins32, g.float())
     want = torch.autograd.grad(ref, ins64, g)
-    for a, b in zip(got, want):
-        assert torch.isfinite(a).all() and rel_err(a, b) < 1e-3
+    # Measured over seeds 3..22: dq 1.6e-5 (it cancels its |y| ~ 13 part, see test_gradients), dk 6.9e-6,
+    # dv 2.7e-7; the tolerances are about 8x those.
+    for a, b, tol in zip(got, want, (1.3e-4, 5.5e-5, 2.2e-6)):
+        assert torch.isfinite(a).all() and rel_err(a, b) < tol
 
 
 def _at_radius(R: float, shape, dtype, seed: int):
