@@ -1,9 +1,11 @@
 """PyTorch integration of the TVM kernels: zero-copy calls through DLPack, and ``torch.library`` custom ops.
 
 Tensors go to the compiled functions as they are (``tvm_ffi`` takes torch tensors through DLPack without
-copying); only non-contiguous inputs are made contiguous first. The kernels update the state buffers in
-place, so the caller's initial state is cloned once. ``cu_seqlens`` runs the kernel once per sequence on
-views of the packed tensors (batch size 1, so every view is contiguous).
+copying); only non-contiguous inputs are made contiguous first (the kernels assume the compact layout of
+their buffer shapes), and outputs are always allocated contiguous. The kernels update the state buffers in
+place, so the caller's initial state is copied once. ``cu_seqlens`` runs the kernel once per sequence on
+views of the packed tensors (batch size 1, so every view is contiguous). ``poison_outputs()`` makes every
+output and scratch buffer start as NaN, so a test sees any element a kernel forgot to write.
 
 ``ea_ops_tvm::forward`` and ``ea_ops_tvm::backward`` are custom ops with fake implementations and a
 registered autograd formula, so ``torch.compile`` can hold them without graph breaks.
@@ -11,9 +13,11 @@ registered autograd formula, so ``torch.compile`` can hold them without graph br
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -28,6 +32,32 @@ def kernel_dtype(dtype: torch.dtype) -> str:
         return _DTYPES[dtype]
     except KeyError:
         raise TypeError(f"the TVM backend takes float32, bfloat16 or float16 tensors, got {dtype}") from None
+
+
+_POISON = False
+
+
+@contextlib.contextmanager
+def poison_outputs() -> Iterator[None]:
+    """Within the block, outputs and scratch buffers start filled with NaN (for tests)."""
+    global _POISON
+    old, _POISON = _POISON, True
+    try:
+        yield
+    finally:
+        _POISON = old
+
+
+def _new(shape, dtype: torch.dtype, device) -> Tensor:
+    """A contiguous output buffer (NaN under ``poison_outputs``)."""
+    if _POISON:
+        return torch.full(shape, math.nan, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _state_copy(S0: Tensor, Z0: Tensor, M0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Contiguous float32 copies of a state (the kernels update them in place)."""
+    return tuple(t.to(torch.float32, memory_format=torch.contiguous_format, copy=True) for t in (S0, Z0, M0))
 
 
 def _arg(t: Tensor) -> Tensor:
@@ -56,6 +86,8 @@ def backward_scratch(B: int, T: int, H: int, D: int, device) -> list[Tensor]:
     if buf is None or buf.numel() < 3 * n:
         buf = torch.empty(3 * n, device=device, dtype=torch.float32)
         _scratch.bufs = {**getattr(_scratch, "bufs", {}), key: buf}
+    if _POISON:
+        buf.fill_(math.nan)
     return [buf[i * n:(i + 1) * n].view(B, T, H, D) for i in range(3)]
 
 
@@ -81,10 +113,10 @@ def forward_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Te
     set_threads_once()
     q, k, v = (t.contiguous() for t in (q, k, v))
     B, T, H, D = q.shape
-    o = torch.empty_like(q)
+    o = _new(q.shape, q.dtype, q.device)
     r = math.sqrt(scale)
     if causal:
-        S, Z, M = (t.to(torch.float32).contiguous().clone() for t in (S0, Z0, M0))
+        S, Z, M = _state_copy(S0, Z0, M0)
     else:  # no state: three distinct empty outputs (custom-op returns must not alias)
         S, Z, M = (q.new_empty(0, dtype=torch.float32) for _ in range(3))
     if T == 0:
@@ -109,14 +141,14 @@ def backward_impl(q: Tensor, k: Tensor, v: Tensor, g: Tensor, S0: Tensor, Z0: Te
     g = g.to(q.dtype).contiguous()
     B, T, H, D = q.shape
     t1 = order + 1
-    dq, dk, dv = (torch.empty_like(q) for _ in range(3))
+    dq, dk, dv = (_new(q.shape, q.dtype, q.device) for _ in range(3))
     if T == 0:
         return dq, dk, dv
     r = math.sqrt(scale)
     comp = build.kernel_for("backward", causal, order, kernel_dtype(q.dtype), H, D, T)
     f32 = dict(device=q.device, dtype=torch.float32)
     if causal:
-        S, Z, M = (t.to(torch.float32).contiguous().clone() for t in (S0, Z0, M0))
+        S, Z, M = _state_copy(S0, Z0, M0)
         scratch = backward_scratch(B, T, H, D, q.device)  # C, CO, MM
     for ts, ss in _views(offsets, T, B):
         n = ss.stop - ss.start
@@ -138,11 +170,12 @@ def step_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tenso
               scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One token ``[B, H, D]``: the causal forward kernel at ``T = 1`` (its own records and cache slot)."""
     set_threads_once()
+    q, k, v = (t.contiguous() for t in (q, k, v))
     B, H, D = q.shape
-    o = torch.empty_like(q)
-    S, Z, M = (t.to(torch.float32).contiguous().clone() for t in (S0, Z0, M0))
+    o = _new(q.shape, q.dtype, q.device)
+    S, Z, M = _state_copy(S0, Z0, M0)
     comp = build.kernel_for("step", True, order, kernel_dtype(q.dtype), H, D, 1)
-    comp.fn(*(_arg(t.contiguous().unsqueeze(1)) for t in (q, k, v, o)), S, Z, M, math.sqrt(scale))
+    comp.fn(*(_arg(t.unsqueeze(1)) for t in (q, k, v, o)), S, Z, M, math.sqrt(scale))
     return o, S, Z, M
 
 

@@ -1,0 +1,133 @@
+"""Hostile inputs shared by the TVM tests (tests/ea_ops/test_tvm_hostile.py) and the Triton interpreter tests
+(tests/ea_ops/triton_interp/interp_hostile.py): strided layouts of every tensor a call takes, and the check
+that a backend gives on them exactly what it gives on contiguous copies (issue 10)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from hypothesis import strategies as st
+
+import ea_ops
+from ea_ops import torch_backend
+from ea_ops.state import EAState
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a tensor lies in memory: ``perm`` lists the logical dims outermost first, ``steps[d]`` keeps every
+    ``steps[d]``-th element of a padded dim ``d`` (a slice with a step), ``offset`` is the storage offset and
+    ``expand`` a dim broadcast with stride 0 (``None``: none)."""
+
+    perm: tuple[int, ...]
+    steps: tuple[int, ...]
+    offset: int
+    expand: int | None
+
+
+def layouts(rank: int, expand_dims: tuple[int, ...] | None = None):
+    """Layouts of a rank-``rank`` tensor: transposes, channels-last-like permutations, sliced steps, storage
+    offsets, stride-0 expansion along one of ``expand_dims`` (default: any dim), and plain contiguous."""
+    dims = tuple(range(rank)) if expand_dims is None else expand_dims
+    return st.builds(
+        Layout,
+        perm=st.permutations(range(rank)).map(tuple),
+        steps=st.lists(st.sampled_from([1, 1, 2, 3]), min_size=rank, max_size=rank).map(tuple),
+        offset=st.integers(0, 3),
+        expand=st.sampled_from((None, *dims)),
+    )
+
+
+def strided(x: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """A leaf tensor with the values of ``x`` (along ``layout.expand``: its first slice, repeated) laid out as
+    ``layout`` says; every storage element the view skips is NaN, so a kernel that ignores the strides reads
+    NaN."""
+    expand = layout.expand if layout.expand is not None and x.shape[layout.expand] > 0 else None
+    src = x if expand is None else x.narrow(expand, 0, 1)
+    padded = [src.shape[d] * layout.steps[d] for d in layout.perm]
+    flat = torch.full((layout.offset + math.prod(padded),), math.nan, dtype=x.dtype)
+    phys = flat[layout.offset:].view(padded)
+    view = phys.permute([layout.perm.index(d) for d in range(x.dim())])
+    view = view[tuple(slice(None, None, s) for s in layout.steps)]
+    view.copy_(src)
+    if expand is not None:
+        view = view.expand(x.shape)
+    return view.detach()
+
+
+def true_state(n: int, H: int, D: int, order: int, seed: int) -> EAState:
+    """The torch backend's state after 4 random tokens (float32)."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(n, 4, H, D, generator=g) * 0.7 for _ in range(3))
+    _, st = torch_backend.attention(q, k, v, order=order, causal=True, scale=1.0, initial_state=None,
+                                    output_final_state=True, cu_seqlens=None)
+    return st
+
+
+@st.composite
+def stride_cases(draw, heads=(1, 2), dims=(1, 3)):
+    """A call of every entry point with a drawn layout for each tensor it takes."""
+    varlen = draw(st.booleans())
+    B = 1 if varlen else draw(st.integers(1, 2))
+    T = draw(st.integers(0, 5))
+    H, D = draw(st.sampled_from(heads)), draw(st.sampled_from(dims))
+    cuts = sorted(draw(st.lists(st.integers(0, T), max_size=2))) if varlen else None
+    seq = [layouts(4) for _ in range(4)]  # q, k, v, g
+    state = [layouts(4, (0, 1)), layouts(4, (0, 1)), layouts(3, (0, 1))]  # S, Z, m: expanded over B or H only
+    tok = [layouts(3) for _ in range(4)]  # q_t, k_t, v_t, g_t
+    return dict(
+        shape=(B, T, H, D), causal=draw(st.booleans()), order=draw(st.sampled_from([0, 2])),
+        cu=None if cuts is None else [0, *cuts, T], seed=draw(st.integers(0, 2**16)),
+        seq=[draw(s) for s in seq], state=[draw(s) for s in state], tok=[draw(s) for s in tok],
+    )
+
+
+def _grads(out: torch.Tensor, inputs: tuple, g: torch.Tensor) -> tuple:
+    assert out.requires_grad, "the output lost its autograd graph"
+    return torch.autograd.grad(out, inputs, g)
+
+
+def entry_points(backend: str, case: dict, q, k, v, g, state: EAState, q_t, k_t, v_t, g_t, st_t: EAState):
+    """Every result of the public API on these tensors: the output, final state and gradients of one call,
+    then one recurrent step's output, state and gradients."""
+    q, k, v, q_t, k_t, v_t = (t.detach().requires_grad_() for t in (q, k, v, q_t, k_t, v_t))
+    causal = case["causal"]
+    cu = None if case["cu"] is None else torch.tensor(case["cu"], dtype=torch.int32)
+    o, fin = ea_ops.ea_attention(q, k, v, order=case["order"], causal=causal, scale=0.8, cu_seqlens=cu,
+                                 initial_state=state if causal else None, output_final_state=causal,
+                                 backend=backend)
+    out = {"o": o, **({"S": fin.S, "Z": fin.Z, "m": fin.m} if causal else {})}
+    out.update(zip(("dq", "dk", "dv"), _grads(o, (q, k, v), g)))
+    o_t, new = ea_ops.ea_recurrent_step(q_t, k_t, v_t, st_t, order=case["order"], scale=0.8, backend=backend)
+    out.update(o_t=o_t, S_t=new.S, Z_t=new.Z, m_t=new.m)
+    return {name: t.detach() for name, t in out.items()}
+
+
+def check_strided_equals_contiguous(backend: str, case: dict) -> None:
+    """``backend`` on the drawn layouts gives bit for bit what it gives on contiguous copies."""
+    B, T, H, D = case["shape"]
+    order, seed = case["order"], case["seed"]
+    g = torch.Generator().manual_seed(seed)
+    seq = [torch.randn(B, T, H, D, generator=g) * 0.7 for _ in range(4)]
+    tok = [torch.randn(B, H, D, generator=g) * 0.7 for _ in range(4)]
+    n_state = B if case["cu"] is None else len(case["cu"]) - 1
+    st0, st1 = true_state(n_state, H, D, order, seed), true_state(B, H, D, order, seed + 1)
+    seq_s = [strided(x, lay) for x, lay in zip(seq, case["seq"])]
+    tok_s = [strided(x, lay) for x, lay in zip(tok, case["tok"])]
+    st0_s, st1_s = (EAState(*(strided(x, lay) for x, lay in zip((st.S, st.Z, st.m), case["state"])))
+                    for st in (st0, st1))
+
+    def dense(st: EAState) -> EAState:
+        return EAState(st.S.contiguous(), st.Z.contiguous(), st.m.contiguous())
+
+    got = entry_points(backend, case, *seq_s, st0_s, *tok_s, st1_s)
+    want = entry_points(backend, case, *(x.contiguous() for x in seq_s), dense(st0_s),
+                        *(x.contiguous() for x in tok_s), dense(st1_s))
+    assert got.keys() == want.keys()
+    for name in want:
+        w = want[name]
+        assert torch.isfinite(w).all(), f"{name}: the contiguous run itself is not finite"
+        assert got[name].shape == w.shape, name
+        assert torch.equal(got[name], w), f"{backend}: {name} differs on strided inputs (case {case})"
