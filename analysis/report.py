@@ -22,7 +22,14 @@ from typing import Any
 
 import torch
 
+from ea_ops.outdir import OutDirError, prepare_out_dir
+
 from .sweep import PRESETS, SweepConfig, config_dict, discover_backends, inputs, run_sweep, shift_sweep
+
+# The files written into --out besides heatmap_<dtype>.png (one copy of the names: the check before the run
+# and the run).
+SPIKY_PNG, SPIKY_SCALES_PNG, WORST_CASE_PNG = "spikiness.png", "spikiness_scales.png", "worst_case.png"
+REPORT_MD, REPORT_JSON = "report.md", "report.json"
 
 THRESHOLDS = (1e-2, 1e-3)
 SPIKY = {"tiny": ([1.0], [2]), "quick": ([0.25, 1.0, 4.0], [2, 6, 16]), "full": ([0.1, 0.25, 1.0, 4.0, 16.0],
@@ -265,8 +272,8 @@ def write_markdown(path: Path, meta: dict[str, Any], cfg: SweepConfig, cells, ba
             c = idx.get((cfg.dtypes[0], "reference", t, s))
             row.append(f"{_fmt(c['worst_case_bound'])} / {_fmt(c['posterior_bound_max'])}" if c else "n/a")
         L.append(f"| {t} | " + " | ".join(row) + " |")
-    if "worst_case.png" in pngs:
-        L += ["", "![worst-case bound](worst_case.png)"]
+    if WORST_CASE_PNG in pngs:
+        L += ["", f"![worst-case bound]({WORST_CASE_PNG})"]
     L += ["", "## Spikiness: per-channel attention distributions", "",
           "Per channel and query i (causal, queries with at least "
           f"{spk['min_keys']} keys), the distribution over keys j <= i of exact EA, EA-t and plain linear attention "
@@ -275,7 +282,7 @@ def write_markdown(path: Path, meta: dict[str, Any], cfg: SweepConfig, cells, ba
           "query: it cannot focus. EA's weights exp(-(x_i - y_j)^2) peak at keys near the query, more sharply "
           "as the scale grows; low Taylor orders flatten that peak.", ""]
     L += spikiness_section(spk)
-    for png in ("spikiness.png", "spikiness_scales.png"):
+    for png in (SPIKY_PNG, SPIKY_SCALES_PNG):
         if png in pngs:
             L += ["", f"![{png}]({png})"]
     L += ["", "## SPEC section 2 facts, re-derived", "", "| verdict | claim | measured here |", "|---|---|---|"]
@@ -302,6 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _heatmap_png(dtype: str) -> str:
+    return f"heatmap_{dtype}.png"
+
+
+def output_names(cfg: SweepConfig) -> list[str]:
+    """Every file ``_run`` writes into ``--out``."""
+    return [*map(_heatmap_png, cfg.dtypes), SPIKY_PNG, SPIKY_SCALES_PNG, WORST_CASE_PNG, REPORT_MD, REPORT_JSON]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     preset = args.preset or ("quick" if args.quick else "full")
@@ -309,11 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         print("ea-ops report: --threads must be >= 1", file=sys.stderr)
         return 2
-    out = Path(args.out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"ea-ops report: cannot create --out {str(out)!r}: {exc}", file=sys.stderr)
+        out = prepare_out_dir(args.out, output_names(cfg))
+    except OutDirError as exc:
+        print(f"ea-ops report: {exc}", file=sys.stderr)
         return 2
     old_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
@@ -356,25 +371,25 @@ def _run(args, preset: str, cfg: SweepConfig, out: Path) -> int:
         unst = [c for c in cells if c["kernel"] == f"unstabilised-{dt}" and c["dtype"] == dt]
         if unst:
             panels.append((f"total: unstabilised, {dt} sums", unst, "total"))
-        plots.heatmap(out / f"heatmap_{dt}.png", dt, panels, cfg.orders, cfg.scales)
-        pngs.append(f"heatmap_{dt}.png")
-    plots.spikiness_plots(out / "spikiness.png", out / "spikiness_scales.png", spk)
-    plots.worst_case_plot(out / "worst_case.png", [0, 2, 4, 6, 8, 12, 16, 24, 32])
-    pngs += ["spikiness.png", "spikiness_scales.png", "worst_case.png"]
+        plots.heatmap(out / _heatmap_png(dt), dt, panels, cfg.orders, cfg.scales)
+        pngs.append(_heatmap_png(dt))
+    plots.spikiness_plots(out / SPIKY_PNG, out / SPIKY_SCALES_PNG, spk)
+    plots.worst_case_plot(out / WORST_CASE_PNG, [0, 2, 4, 6, 8, 12, 16, 24, 32])
+    pngs += [SPIKY_PNG, SPIKY_SCALES_PNG, WORST_CASE_PNG]
     seconds = time.perf_counter() - t0
     meta = {"command": "ea-ops report " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["report"] else
                                                     [f"--out {out}"] + (["--quick"] if preset == "quick" else [])),
             "preset": preset, "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": f"{platform.machine()} {platform.processor() or platform.system()}", "torch": torch.__version__,
             "threads": torch.get_num_threads(), "seconds": seconds}
-    write_markdown(out / "report.md", meta, cfg, cells, backends, skipped, facts, spk, pngs, shift_cells)
+    write_markdown(out / REPORT_MD, meta, cfg, cells, backends, skipped, facts, spk, pngs, shift_cells)
     spk_json = {k: v for k, v in spk.items() if k not in ("samples",)}
-    atomic_write_json(out / "report.json", {
+    atomic_write_json(out / REPORT_JSON, {
         "schema": "ea-ops-report/1", "meta": meta, "config": config_dict(cfg), "backends": backends,
         "skipped_backends": skipped, "facts": facts, "cells": cells, "spikiness": spk_json,
         "shift_cells": shift_cells, "conclusions": conclusions(cells, cfg, backends) + shift_lines(shift_cells, cfg)[1],
         "pngs": pngs})
-    print(f"wrote {out / 'report.md'}, report.json and {len(pngs)} PNGs in {seconds:.0f} s", file=sys.stderr)
+    print(f"wrote {out / REPORT_MD}, {REPORT_JSON} and {len(pngs)} PNGs in {seconds:.0f} s", file=sys.stderr)
     return 0
 
 

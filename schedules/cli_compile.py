@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
+
+from ea_ops.outdir import OutDirError
 
 from .cli_tune import parse_orders
 
@@ -32,4 +35,8 @@ def main(argv: list[str]) -> int:
     bad = [d for d in args.dtypes if d not in ("float32", "bfloat16", "float16")]
     if bad or not args.dtypes:
         raise SystemExit(f"--dtypes must be among float32,bfloat16,float16, got {args.dtypes}")
-    return int(importlib.import_module(_RUNNERS[args.backend]).run(args) or 0)
+    try:
+        return int(importlib.import_module(_RUNNERS[args.backend]).run(args) or 0)
+    except OutDirError as exc:  # raised before any build
+        print(f"ea-ops compile: {exc}", file=sys.stderr)
+        return 2

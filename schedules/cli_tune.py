@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
+
+from ea_ops import records
+from ea_ops.outdir import OutDirError, prepare_out_dir
 
 _RUNNERS = {"tvm": "schedules.tvm.tune_cli", "triton": "schedules.triton.tune_cli"}
 
@@ -45,4 +49,10 @@ def main(argv: list[str]) -> int:
         raise SystemExit("--rpc-tracker/--rpc-key are for --backend tvm only")
     if bool(args.rpc_tracker) != bool(args.rpc_key):
         raise SystemExit("--rpc-tracker and --rpc-key go together")
+    try:  # the records root, before any measuring (the runners write under <root>/<backend>/<fingerprint>/)
+        prepare_out_dir(args.out or records.user_cache_dir(),
+                        option="--out" if args.out else "the user cache (EA_OPS_CACHE_DIR)")
+    except OutDirError as exc:
+        print(f"ea-ops tune: {exc}", file=sys.stderr)
+        return 2
     return int(importlib.import_module(_RUNNERS[args.backend]).run(args) or 0)

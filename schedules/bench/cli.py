@@ -11,6 +11,7 @@ import torch
 
 from ea_ops import dispatch
 from ea_ops.errors import BackendUnavailableError
+from ea_ops.outdir import prepare_out_dir
 from ea_ops.records import atomic_write_json, atomic_write_text
 
 from . import peers, report, timing
@@ -26,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="presets: " + "; ".join(f"{k}: {v[0]}" for k, v in PRESETS.items())
                + ". Exit status: 0 all checked and timed; 1 a kernel failed the correctness gate (not timed); "
                  "2 bad arguments or backend unavailable.")
-    ap.add_argument("--backend", default="auto",
-                    help="auto (what ea_attention picks for the device), torch, tvm or triton")
+    ap.add_argument("--backend", default="auto", choices=("auto", *dispatch.BACKEND_MODULES),
+                    help="auto (what ea_attention picks for the device) or a backend by name")
     what = ap.add_mutually_exclusive_group()
     what.add_argument("--workload", default=None, choices=sorted(PRESETS), help="a preset (default: cpu or gpu)")
     what.add_argument("--shape", default=None, help="one workload B,T,H,D")
@@ -94,6 +95,11 @@ def parse_peers(text: str) -> tuple[str, ...]:
     return ("kernel", *dict.fromkeys(names))
 
 
+def output_names(name: str) -> dict[str, str]:
+    """The files ``--out`` receives for the workloads called ``name``, by kind."""
+    return {ext: f"bench-{name}.{ext}" for ext in ("json", "txt", "png")}
+
+
 def resolve_backend(name: str, w: Workload) -> str:
     """The backend to bench: a named one if it can run here, or what ``ea_attention`` picks for ``auto``."""
     if name != "auto":
@@ -118,6 +124,8 @@ def main(argv: list[str]) -> int:
                 raise ValueError(f"--{opt.replace('_', '-')} must be > 0, got {getattr(args, opt)}")
         if not args.settle_s >= 0:
             raise ValueError(f"--settle-s must be >= 0, got {args.settle_s}")
+        if args.out:  # before any timing: a bad folder must not cost a whole run
+            prepare_out_dir(args.out, output_names(name).values())
         backend = resolve_backend(args.backend, workloads[0])
     except ValueError as exc:
         log(str(exc))
@@ -154,12 +162,11 @@ def _run(args, argv, name, workloads, peer_names, backend, device, log) -> int:
     else:
         print(text)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / f"bench-{name}.json", doc)
-        atomic_write_text(out / f"bench-{name}.txt", text + "\n")
-        why = report.plot(doc, out / f"bench-{name}.png")
-        log(f"wrote {out / f'bench-{name}.json'}, .txt" + (f"; no PNG: {why}" if why else ", .png"))
+        out, files = Path(args.out), output_names(name)
+        atomic_write_json(out / files["json"], doc)
+        atomic_write_text(out / files["txt"], text + "\n")
+        why = report.plot(doc, out / files["png"])
+        log(f"wrote {out / files['json']}, .txt" + (f"; no PNG: {why}" if why else ", .png"))
     failed = [r for r in results if not r.gate.ok]
     if failed:
         log(f"{len(failed)} of {len(results)} workloads failed the correctness gate: no speed reported for them")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ea_ops import records
+from ea_ops.outdir import prepare_out_dir
 from ea_ops.progress import progress
 from ea_ops.triton.target import interpreting, source_hash, triton_version
 
@@ -32,8 +33,9 @@ def _write(path: Path, data: bytes) -> str:
 def build_all(arch: int, orders: list[int], dtypes: list[str], out: Path, *, warps: tuple[int, ...] | None = None,
               quiet: bool = False) -> dict:
     """Compile, write the files and the manifest; returns the manifest."""
-    out.mkdir(parents=True, exist_ok=True)
     builds = aot.builds_for(orders, dtypes, list(warps or all_warps()), [arch])
+    names = [f"{b.name}.{ext}" for b in builds for ext in ("ptx", "cubin")]
+    out = prepare_out_dir(out, [*names, MANIFEST])  # before the first (slow) build
     entries = []
     t0 = time.monotonic()
     for b in progress(builds, total=len(builds), desc=f"compile sm_{arch}", disable=quiet):

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ea_ops.outdir import prepare_out_dir
 from ea_ops.records import atomic_write_json
 
 from . import targets
@@ -34,6 +35,8 @@ ARGS = {
 }
 _GLOBAL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\(\d+\)\s+)?(\w+)")
 KERNELS = (("forward", True), ("forward", False), ("backward", True), ("backward", False))
+CUDA_VARIANTS = tuple((k, c, "channel") for k, c in KERNELS) + (("forward", True, "chunked"),)
+MANIFEST = "manifest.json"
 
 
 def _shape(args) -> tuple[int, int]:
@@ -46,6 +49,22 @@ def _shape(args) -> tuple[int, int]:
             raise SystemExit(f"EA_OPS_COMPILE_SHAPE must look like 8x64, got {text!r}")
         H, D = int(m.group(1)), int(m.group(2))
     return int(H or 8), int(D or 64)
+
+
+def _name(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, variant: str | None = None) -> str:
+    mid = f"-{variant}" if variant else ""
+    return f"{kernel}-{'causal' if causal else 'full'}{mid}-t{order}-{dtype}-H{H}D{D}"
+
+
+def output_names(kind: str, orders, dtypes, H: int, D: int, nvcc: str | None) -> list[str]:
+    """Every file ``run`` writes into the output folder."""
+    if kind == "cpu":
+        names = [f"{_name(k, c, o, dt, H, D)}.so" for o in orders for dt in dtypes for k, c in KERNELS]
+    else:
+        exts = ("cu", "ptx") if nvcc else ("cu",)
+        names = [f"{_name(k, c, o, dt, H, D, v)}.{e}" for o in orders for dt in dtypes for k, c, v in CUDA_VARIANTS
+                 for e in exts]
+    return [*names, MANIFEST]
 
 
 def _nvcc() -> str | None:
@@ -69,7 +88,7 @@ def _cpu(out: Path, orders, dtypes, H: int, D: int) -> list[dict]:
             for kernel, causal in KERNELS:
                 cfg, source = build.choose_cpu_config(kernel, causal, order, dtype, H, D, 4096)
                 lib = build.build_cpu(kernel, causal, order, dtype, H, D, cfg)
-                name = f"{kernel}-{'causal' if causal else 'full'}-t{order}-{dtype}-H{H}D{D}"
+                name = _name(kernel, causal, order, dtype, H, D)
                 path = out / f"{name}.so"
                 lib.export_library(str(path))
                 entries.append({"name": name, "kernel": kernel, "causal": causal, "order": order,
@@ -89,13 +108,12 @@ def _cuda(out: Path, arch: str, orders, dtypes, H: int, D: int, nvcc: str | None
     entries = []
     for order in orders:
         for dtype in dtypes:
-            variants = [(k, c, "channel") for k, c in KERNELS] + [("forward", True, "chunked")]
-            for kernel, causal, variant in variants:
+            for kernel, causal, variant in CUDA_VARIANTS:
                 cfg = {**cuda.default_config(kernel, causal), "variant": variant}
                 mod = cuda.scheduled_module(kernel, causal, order, dtype, H, D, cfg)
                 lib = tvm.compile(mod, target=target)
                 src = lib.mod.imports[0].inspect_source("cuda")
-                name = f"{kernel}-{'causal' if causal else 'full'}-{variant}-t{order}-{dtype}-H{H}D{D}"
+                name = _name(kernel, causal, order, dtype, H, D, variant)
                 files = {}
                 cu = out / f"{name}.cu"
                 cu.write_text(src)
@@ -122,10 +140,9 @@ def _file(path: Path) -> dict:
 
 def run(args) -> int:
     tgt = targets.parse(args.target)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     H, D = _shape(args)
     nvcc = _nvcc() if tgt.kind == "cuda" else None
+    out = prepare_out_dir(args.out, output_names(tgt.kind, args.orders, args.dtypes, H, D, nvcc))
     if tgt.kind == "cpu":
         entries = _cpu(out, args.orders, args.dtypes, H, D)
     else:
@@ -143,6 +160,6 @@ def run(args) -> int:
         "kernels": entries,
         "versions": {**targets.versions(), "nvcc": nvcc},
     }
-    atomic_write_json(out / "manifest.json", manifest)
-    print(f"{len(entries)} kernels for {tgt.fingerprint} in {out} (manifest.json)")
+    atomic_write_json(out / MANIFEST, manifest)
+    print(f"{len(entries)} kernels for {tgt.fingerprint} in {out} ({MANIFEST})")
     return 0
