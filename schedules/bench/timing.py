@@ -29,7 +29,7 @@ class Timing:
     timer: str
 
 
-def _sampler(fn: Callable[[], object], number: int, threads: int) -> Callable[[], float]:
+def _sampler(fn: Callable[[], object], number: int, threads: int, clock: Callable[[], float]) -> Callable[[], float]:
     """Seconds per call over ``number`` calls. Many calls: ``torch.utils.benchmark.Timer.timeit`` (its own
     warm-up is ``max(number // 100, 2)`` calls, negligible here). Few calls: ``time.perf_counter`` around
     them, because ``Timer.timeit`` would add two warm-up calls to every sample and triple a slow call's cost.
@@ -37,19 +37,20 @@ def _sampler(fn: Callable[[], object], number: int, threads: int) -> Callable[[]
     if number >= TIMER_MIN_CALLS:
         from torch.utils import benchmark
 
-        timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+        timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads, timer=clock)
         return lambda: timer.timeit(number).median
 
     def sample() -> float:
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(number):
             fn()
-        return (time.perf_counter() - t0) / number
+        return (clock() - t0) / number
     return sample
 
 
-def time_cpu(fns: list[Callable[[], object]], *, threads: int, budget_s: float,
-             settle_s: float = SETTLE_S) -> list[Timing | Exception]:
+def time_cpu(fns: list[Callable[[], object]], *, threads: int, budget_s: float, settle_s: float = SETTLE_S,
+             clock: Callable[[], float] = time.perf_counter,
+             sleep: Callable[[float], object] = time.sleep) -> list[Timing | Exception]:
     """Medians of ``fns`` with ``threads`` threads, for about ``budget_s`` in all (at least one sample each).
 
     Each callable is timed in blocks of back-to-back samples (its steady state), one block per pass over
@@ -57,12 +58,13 @@ def time_cpu(fns: list[Callable[[], object]], *, threads: int, budget_s: float,
     and goes hits every peer alike. Before each block: a pause of ``settle_s`` (thread pools of another
     runtime, e.g. TVM's or OpenMP's, spin for a while after their last task and would slow this one) and
     one warm-up call. A sample is ``number`` calls with ``number * estimate ~ BLOCK_S``. A callable that
-    raises gets its exception back instead of a timing.
+    raises gets its exception back instead of a timing. ``clock`` and ``sleep`` are the time source and the
+    pause (tests pass a simulated clock, so the logic is checked without wall-clock bounds).
     """
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _time_cpu(fns, threads, budget_s, settle_s)
+        return _time_cpu(fns, threads, budget_s, settle_s, clock, sleep)
     finally:
         torch.set_num_threads(before)
 
@@ -75,19 +77,19 @@ class _Live:
     samples: list[float]
 
 
-def _time_cpu(fns, threads: int, budget_s: float, settle_s: float) -> list[Timing | Exception]:
+def _time_cpu(fns, threads: int, budget_s: float, settle_s: float, clock, sleep) -> list[Timing | Exception]:
     live: dict[int, _Live] = {}
     out: list[Timing | Exception | None] = [None] * len(fns)
     for i, fn in enumerate(fns):
         try:
-            time.sleep(settle_s)
+            sleep(settle_s)
             fn()
-            est = _sampler(fn, 1, threads)()
+            est = _sampler(fn, 1, threads, clock)()
         except Exception as exc:  # reported per peer, never fatal to the others
             out[i] = exc
             continue
         number = max(1, int(BLOCK_S / max(est, 1e-9)))
-        live[i] = _Live(_sampler(fn, number, threads), number, est, [est] if number == 1 else [])
+        live[i] = _Live(_sampler(fn, number, threads, clock), number, est, [est] if number == 1 else [])
     share = budget_s / max(1, len(live))
     for p in range(PASSES):
         for i, lv in list(live.items()):
@@ -98,7 +100,7 @@ def _time_cpu(fns, threads: int, budget_s: float, settle_s: float) -> list[Timin
             k = max(1, min(MAX_SAMPLES_PER_BLOCK, int(share / (1 if slow else PASSES) / per_sample)))
             try:
                 if p > 0:
-                    time.sleep(settle_s)
+                    sleep(settle_s)
                     lv.sample()  # warm-up after the pause
                 lv.samples += [lv.sample() for _ in range(k)]
             except Exception as exc:
