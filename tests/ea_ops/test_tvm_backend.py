@@ -38,8 +38,15 @@ def record(**over):
 
 @pytest.fixture
 def cache(record_roots):
+    """This target's records folder in the (temporary) user cache."""
     tuned._warned.clear()
     return record_roots / "user" / "tvm" / cpu_fingerprint()
+
+
+@pytest.fixture
+def shipped(cache, record_roots):
+    """This target's records folder in the (temporary) shipped cache, ``$EA_OPS_SHIPPED_CACHE``."""
+    return record_roots / "shipped" / "tvm" / cpu_fingerprint()
 
 
 def test_a_record_for_this_target_is_applied_and_auto_prefers_tvm(cache):
@@ -56,6 +63,26 @@ def test_a_record_for_this_target_is_applied_and_auto_prefers_tvm(cache):
     assert rel_err(o, ea_ops.ea_attention(q, k, v, order=2, backend="torch")[0]) < 2e-5
     info = backend.describe()
     assert info["fingerprint"] == cpu_fingerprint() and info["records"] == 1 and info["mcpu"]
+
+
+def test_a_shipped_record_for_this_target_is_applied_at_run_time(shipped, monkeypatch):
+    # The shipped cache holds records of other CPU classes only: write one for this machine's fingerprint, with
+    # knobs no other test in this module builds, so the kernel below is built here from this record.
+    from ea_ops.tvm.schedule import default_cpu_config
+
+    cfg = {"loop": "t_d", "d_tile": 2, "h_tile": 1, "t_unroll": 4, "parallel": True}
+    assert cfg != default_cpu_config("forward", 2, 8)
+    assert records.record_dirs("tvm", cpu_fingerprint())[1] == shipped
+    records.add_records(shipped, [record(config=cfg)])
+    assert [r["config"] for r in tuned.load()] == [cfg]
+    built = []
+    real = build.kernel_for
+    monkeypatch.setattr(build, "kernel_for", lambda *a, **kw: built.append(real(*a, **kw)) or built[-1])
+    q, k, v = qkv((1, 20, 2, 8), dtype=torch.float32, seed=4)
+    o, _ = ea_ops.ea_attention(q, k, v, order=2, backend="tvm")
+    assert [(c.kernel, c.source, c.config) for c in built] == [("forward", "record", cfg)]
+    assert any(key[-1] == build._freeze(cfg) for key, _ in build.BUILD_LOG)
+    assert rel_err(o, ea_ops.ea_attention(q, k, v, order=2, backend="torch")[0]) < 2e-5
 
 
 def test_a_bad_config_is_skipped_with_one_warning_and_the_default_runs(cache):
