@@ -98,22 +98,57 @@ def test_torch_backend_matches_mpmath(ci):
             assert err < tol, (key, dtype, case["scale"], err)
 
 
+def _assert_regenerated(fresh: dict, stored: dict) -> None:
+    """``fresh`` (from ``analysis.golden.generate``) equals ``stored`` at the table's tolerances: 1e-14
+    relative for the scalar tables, 1e-15 absolute for the attention outputs."""
+    for name in ("r", "min_p", "worst_case"):
+        assert len(fresh[name]) == len(stored[name])
+        for a, b in zip(fresh[name], stored[name], strict=True):
+            for key in a:
+                if isinstance(a[key], float) and math.isfinite(a[key]):
+                    assert _rel(a[key], b[key]) < 1e-14, (name, a, b)
+                else:
+                    assert a[key] == b[key]
+    assert len(fresh["attention"]) == len(stored["attention"])
+    for a, b in zip(fresh["attention"], stored["attention"], strict=True):
+        assert a["q"] == b["q"] and a["k"] == b["k"] and a["v"] == b["v"]
+        assert a["outputs"].keys() == b["outputs"].keys()
+        for key in a["outputs"]:
+            assert max(abs(x - y) for x, y in zip(a["outputs"][key], b["outputs"][key], strict=True)) < 1e-15
+
+
+# A sample of the table regenerated in every run (about half a second; the full table is the slow tier):
+# r_t at the default order and the highest (where float64's alternating sum cancels most), at a large negative
+# z, a tiny one (1 - r through the tail) and a large positive one; every min P_t; the worst-case bound at
+# both orders for a narrow and a wide channel range; attention at scale 1 (causal and not) and 64 (causal).
+SAMPLE = {"R_ORDERS": [6, 32], "R_POINTS": [-30.0, -1e-3, 12.0], "WC_ORDERS": [6, 32],
+          "WC_BOUNDS": [(1.0, 1.0), (3.0, 1.0)], "ATT_SEEDS": [1, 2, 4]}
+
+
+def test_a_sample_of_the_golden_table_regenerates(monkeypatch):
+    """``generate`` itself (one copy of how each entry is computed) on a subset of the table's grid."""
+    pytest.importorskip("mpmath")
+    from analysis import golden
+
+    for name in ("R_ORDERS", "R_POINTS", "WC_ORDERS", "WC_BOUNDS"):
+        assert set(SAMPLE[name]) <= set(getattr(golden, name))
+        monkeypatch.setattr(golden, name, SAMPLE[name])
+    monkeypatch.setattr(golden, "ATT_CASES", [c for c in golden.ATT_CASES if c[0] in SAMPLE["ATT_SEEDS"]])
+    stored = {
+        "r": [r for r in GOLDEN["r"] if r["order"] in SAMPLE["R_ORDERS"] and r["z"] in SAMPLE["R_POINTS"]],
+        "min_p": GOLDEN["min_p"],
+        "worst_case": [w for w in GOLDEN["worst_case"]
+                       if w["order"] in SAMPLE["WC_ORDERS"] and (w["a"], w["b"]) in SAMPLE["WC_BOUNDS"]],
+        "attention": [c for c in GOLDEN["attention"] if c["seed"] in SAMPLE["ATT_SEEDS"]],
+    }
+    assert [len(stored[n]) for n in ("r", "worst_case", "attention")] == [6, 4, 3]  # the sample is all there
+    _assert_regenerated(golden.generate(), stored)
+
+
 @pytest.mark.slow
 def test_golden_table_regenerates():
     """Recompute every golden value with mpmath (slow tier) and compare with the stored table."""
     pytest.importorskip("mpmath")
     from analysis.golden import generate
 
-    fresh = generate()
-    for name in ("r", "min_p", "worst_case"):
-        assert len(fresh[name]) == len(GOLDEN[name])
-        for a, b in zip(fresh[name], GOLDEN[name], strict=True):
-            for key in a:
-                if isinstance(a[key], float) and math.isfinite(a[key]):
-                    assert _rel(a[key], b[key]) < 1e-14, (name, a, b)
-                else:
-                    assert a[key] == b[key]
-    for a, b in zip(fresh["attention"], GOLDEN["attention"], strict=True):
-        assert a["q"] == b["q"] and a["k"] == b["k"] and a["v"] == b["v"]
-        for key in a["outputs"]:
-            assert max(abs(x - y) for x, y in zip(a["outputs"][key], b["outputs"][key], strict=True)) < 1e-15
+    _assert_regenerated(generate(), GOLDEN)
