@@ -4,7 +4,8 @@ registered autograd formula, so ``torch.compile`` holds them without graph break
 ``ea_ops_triton::forward(q, k, v, S0, Z0, M0, order, causal, scale, offsets, want_state)`` returns
 ``(o, S, Z, M)``: the final state when ``causal and want_state`` (else three empty float32 tensors; custom-op
 outputs must not alias). ``offsets`` is ``cu_seqlens`` as a list (empty: one sequence per batch entry).
-The backward saves only ``q, k, v`` and the initial state: the kernels recompute everything else.
+The backward saves only ``q, k, v`` and the initial state: the kernels recompute everything else. The
+backward op has no derivative of its own: its autograd formula refuses second derivatives with a clear error.
 The configuration of each call comes from ``ea_ops.triton.configs.choose`` (tuned record or default).
 """
 
@@ -144,3 +145,12 @@ def _backward(ctx, go, *_state_grads):
 
 
 forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _refuse_double_backward(ctx, *grads):
+    raise RuntimeError("double backward is not supported by ea-ops backends (ea_ops_triton::backward, the gradient "
+                       "of the Triton kernels, has no derivative); second derivatives (create_graph=True followed "
+                       "by a backward through the gradients, gradgradcheck) are not computed")
+
+
+backward_op.register_autograd(_refuse_double_backward)

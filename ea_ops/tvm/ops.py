@@ -8,7 +8,8 @@ views of the packed tensors (batch size 1, so every view is contiguous). ``poiso
 output and scratch buffer start as NaN, so a test sees any element a kernel forgot to write.
 
 ``ea_ops_tvm::forward`` and ``ea_ops_tvm::backward`` are custom ops with fake implementations and a
-registered autograd formula, so ``torch.compile`` can hold them without graph breaks.
+registered autograd formula, so ``torch.compile`` can hold them without graph breaks. The backward op has
+no derivative of its own: its autograd formula refuses second derivatives with a clear error.
 """
 
 from __future__ import annotations
@@ -221,3 +222,12 @@ def _backward(ctx, go, *_state_grads):
 
 
 forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _refuse_double_backward(ctx, *grads):
+    raise RuntimeError("double backward is not supported by ea-ops backends (ea_ops_tvm::backward, the gradient "
+                       "of the TVM kernels, has no derivative); second derivatives (create_graph=True followed "
+                       "by a backward through the gradients, gradgradcheck) are not computed")
+
+
+backward_op.register_autograd(_refuse_double_backward)

@@ -1,18 +1,22 @@
 """Hostile inputs shared by the TVM tests (tests/ea_ops/test_tvm_hostile.py) and the Triton interpreter tests
-(tests/ea_ops/triton_interp/interp_hostile.py): strided layouts of every tensor a call takes, and the check
-that a backend gives on them exactly what it gives on contiguous copies (issue 10)."""
+(tests/ea_ops/triton_interp/interp_hostile.py), issue 10: strided layouts of every tensor a call takes (the
+backend must give on them exactly what it gives on contiguous copies) and second derivatives (refused)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+import pytest
 import torch
 from hypothesis import strategies as st
 
 import ea_ops
 from ea_ops import torch_backend
 from ea_ops.state import EAState
+
+# What every compiled backend says when asked for a derivative of its gradients.
+DOUBLE_BACKWARD = "double backward is not supported by ea-ops backends"
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,29 @@ def stride_cases(draw, heads=(1, 2), dims=(1, 3)):
         cu=None if cuts is None else [0, *cuts, T], seed=draw(st.integers(0, 2**16)),
         seq=[draw(s) for s in seq], state=[draw(s) for s in state], tok=[draw(s) for s in tok],
     )
+
+
+def check_double_backward_refused(backend: str, causal: bool) -> None:
+    """First derivatives with ``create_graph=True`` are the plain ones; differentiating them again (a backward
+    through the gradients, ``gradgradcheck``) raises a clear error, never a silent zero or a wrong number."""
+    g = torch.Generator().manual_seed(40)
+    q, k, v = (torch.randn(1, 5, 1, 2, generator=g).requires_grad_() for _ in range(3))
+    go = torch.randn(q.shape, generator=g)
+
+    def f(q, k, v):
+        return ea_ops.ea_attention(q, k, v, order=2, causal=causal, backend=backend)[0]
+
+    o = f(q, k, v)
+    plain = torch.autograd.grad(o, (q, k, v), go, retain_graph=True)
+    graphed = torch.autograd.grad(o, (q, k, v), go, create_graph=True)
+    for a, b in zip(plain, graphed):
+        assert torch.equal(a, b.detach())
+    for i in range(3):
+        with pytest.raises(RuntimeError, match=DOUBLE_BACKWARD):
+            torch.autograd.grad(graphed[i].sum(), (q, k, v), retain_graph=True)
+    tiny = tuple(t.detach()[:, :2, :1, :1].clone().requires_grad_() for t in (q, k, v))  # few evaluations
+    with pytest.raises(RuntimeError, match=DOUBLE_BACKWARD):
+        torch.autograd.gradgradcheck(f, tiny, eps=1e-3, atol=1e-2, fast_mode=True)
 
 
 def _grads(out: torch.Tensor, inputs: tuple, g: torch.Tensor) -> tuple:

@@ -25,3 +25,9 @@ def test_strided_inputs_states_and_gradients_give_the_contiguous_answer(case):
     """Transposed, permuted, step-sliced, offset and stride-0 q, k, v, upstream gradient and state (S, Z, m),
     through the forward, the backward and the recurrent step: bit for bit the answer on contiguous copies."""
     HX.check_strided_equals_contiguous("tvm", case)
+
+
+@pytest.mark.filterwarnings("ignore:Input #:UserWarning")  # gradgradcheck on float32: it raises first
+@pytest.mark.parametrize("causal", [True, False])
+def test_second_derivatives_are_refused_clearly(causal):
+    HX.check_double_backward_refused("tvm", causal)
