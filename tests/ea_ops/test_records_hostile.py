@@ -92,10 +92,9 @@ def test_hostile_records_file_gives_one_warning_and_nothing_breaks(record_roots,
     folder.mkdir(parents=True)
     path = folder / records.RECORDS_FILE
     make(path)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    try:
-        out = subprocess.run([sys.executable, "-c", CHILD, str(path)], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=60)
+    try:  # the child inherits EA_OPS_CACHE_DIR / EA_OPS_SHIPPED_CACHE; `-c` puts its cwd (ROOT) on sys.path
+        out = subprocess.run([sys.executable, "-c", CHILD, str(path)], cwd=ROOT, capture_output=True, text=True,
+                             timeout=60)
     except subprocess.TimeoutExpired:
         pytest.fail(f"reading a {make.__name__.strip('_')} records file did not finish in 60 s")
     assert out.returncode == 0, out.stderr[-3000:]
