@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import torch
 
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Max-norm relative error of ``a`` against reference ``b`` (floored at 1e-30)."""
-    a, b = a.double(), b.double()
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+from ea_ops.testing import rel_err  # noqa: F401  (one relative error for tests and bench)
 
 
 def qkv(shape, *, dtype=torch.float64, scale_q=0.7, scale_k=0.7, shift_k=0.0, seed=0, requires_grad=False):

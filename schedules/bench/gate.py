@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ea_ops.testing import rel_err
+
 REF64_MAX_ELEMS = 1 << 22
 # Max-norm relative error allowed per input dtype: the output is rounded to that dtype (2^-9 for bf16,
 # 2^-12 for fp16 relative to |o|), with room for float32 accumulation in a different order.
@@ -35,26 +37,6 @@ class GateResult:
         errors = {n: (e if math.isfinite(e) else None) for n, e in self.errors.items()}
         return {"ok": self.ok, "errors": errors, "tol": self.tol, "ref_dtype": self.ref_dtype,
                 "message": self.message}
-
-
-def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
-    """``max|a - ref| / max|ref|`` in float64 (inf when ``a`` has a non-finite value or a wrong shape).
-
-    Entries where ``ref`` is +inf (the state's ``m`` of a channel before any key) must match exactly.
-    """
-    if a.shape != ref.shape:
-        return float("inf")
-    a, ref = a.detach().double(), ref.detach().double()
-    inf = torch.isinf(ref)
-    if bool(inf.any()):
-        if not bool((a[inf] == ref[inf]).all()):
-            return float("inf")
-        a, ref = a[~inf], ref[~inf]
-    if a.numel() == 0:
-        return 0.0
-    if not bool(torch.isfinite(a).all()):
-        return float("inf")
-    return ((a - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
 
 def reference_dtype(numel: int) -> torch.dtype:

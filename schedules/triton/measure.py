@@ -7,7 +7,6 @@ can be exercised end to end without one (their records carry the ``interpreter-c
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -75,10 +74,3 @@ def call(kernel: str, causal: bool, order: int, data: dict, cfg: dict) -> Callab
         a, b, c = data["tok"]
         return lambda: launch.step(a, b, c, data["state"], order=order, scale=1.0, config=cfg)[0]
     raise ValueError(f"kernel must be forward, backward or step, got {kernel!r}")
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    den = b.abs().max().clamp_min(1e-30)
-    err = ((a - b).abs().max() / den).item()
-    return err if math.isfinite(err) else math.inf

@@ -20,6 +20,7 @@ import torch
 import ea_ops
 from ea_ops import records
 from ea_ops.progress import progress
+from ea_ops.testing import rel_err
 from ea_ops.triton import configs as runtime
 from ea_ops.triton.target import device_description, fingerprint_of, interpreting
 
@@ -88,7 +89,7 @@ def tune_slot(w: Workload, order: int, kernel: str, causal: bool, dev: torch.dev
         if deadline is not None and time.monotonic() > deadline and results:
             break
         fn = measure.call(kernel, causal, order, data, cfg)
-        err = measure.rel_err(fn(), ref)
+        err = rel_err(fn(), ref)
         if err > _CHECK_TOL[w.dtype]:
             raise RuntimeError(f"config {cfg} disagrees with the default on {w.label} {kernel} "
                                f"(relative error {err:.2e}); not recording a broken kernel")
