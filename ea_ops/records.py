@@ -42,8 +42,14 @@ def user_cache_dir() -> Path:
 
 
 def shipped_dir() -> Path:
+    """The shipped records: ``$EA_OPS_SHIPPED_CACHE``, else ``ea_ops/autotune_cache`` where a wheel installs
+    them, else the source tree's top-level ``autotune_cache/`` (a checkout or an editable install)."""
     env = os.environ.get("EA_OPS_SHIPPED_CACHE")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "autotune_cache"
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    installed = here / "autotune_cache"
+    return installed if installed.is_dir() else here.parent / "autotune_cache"
 
 
 def record_dirs(backend: str, fingerprint: str) -> list[Path]:
