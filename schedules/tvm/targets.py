@@ -62,14 +62,28 @@ class TuneTarget:
             return spaces.space_generator(w.kernel, w.causal, spaces.spaces_for(w.B * w.T * w.H * w.D))
         return spaces.cuda_space_generator(w)
 
+    def module(self, w: Workload):
+        """The static-shape, unscheduled IRModule MetaSchedule tunes for one workload on this target."""
+        import tvm
+
+        static = {"B": w.B, "T": w.T, "r": 1.0}
+        if self.kind == "cuda":
+            from ea_ops.tvm import cuda
+
+            cfg = cuda.default_config(w.kernel, w.causal, w.B * w.H * w.D)
+            func = cuda.func_for(w.kernel, w.causal, w.order, w.dtype, w.H, w.D, cfg, static)
+        else:
+            from ea_ops.tvm import kernels
+
+            func = kernels.build_func(w.kernel, w.order, w.dtype, w.causal, w.H, w.D, static=static)
+        return tvm.IRModule({"main": func})
+
     def scheduled(self, w: Workload, cfg: dict | None):
         """The workload's IRModule under ``cfg`` (None: the default schedule), time loops checked."""
         from ea_ops.tvm import schedule
 
-        from .tune_cli import tuning_module
-
         if self.kind == "cpu":
-            mod = tuning_module(w)
+            mod = self.module(w)
             cfg = schedule.default_cpu_config(w.kernel, w.H, w.D) if cfg is None else \
                 schedule.validate_cpu_config(cfg, w.H, w.D)
             return schedule.schedule_cpu(mod["main"], w.kernel, w.causal, cfg)

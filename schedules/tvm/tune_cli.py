@@ -40,23 +40,6 @@ def _rpc(args) -> tuple[str, int, str] | None:
     return host, int(port), args.rpc_key
 
 
-def tuning_module(w: Workload, kind: str = "cpu"):
-    """The static-shape, unscheduled IRModule MetaSchedule tunes for one workload."""
-    import tvm
-
-    from ea_ops.tvm import kernels
-
-    static = {"B": w.B, "T": w.T, "r": 1.0}
-    if kind == "cuda":
-        from ea_ops.tvm import cuda
-
-        cfg = cuda.default_config(w.kernel, w.causal, w.B * w.H * w.D)
-        func = cuda.func_for(w.kernel, w.causal, w.order, w.dtype, w.H, w.D, cfg, static)
-    else:
-        func = kernels.build_func(w.kernel, w.order, w.dtype, w.causal, w.H, w.D, static=static)
-    return tvm.IRModule({"main": func})
-
-
 def database(folder: Path):
     from tvm.s_tir import meta_schedule as ms
 
@@ -77,7 +60,7 @@ def tune_workload(w: Workload, tgt: targets.TuneTarget, folder: Path, trials: in
     from . import measure
 
     measure.skip_tensor_intrinsics()
-    mod = tuning_module(w, tgt.kind)
+    mod = tgt.module(w)
     db = database(folder)
     done = trials_done(db, mod)
     todo = max(0, trials - done)

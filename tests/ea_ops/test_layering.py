@@ -38,3 +38,54 @@ def test_ea_ops_sources_never_import_schedules_or_analysis():
                 offenders.append(f"{path.relative_to(ROOT)}: {s}")
     # ea_ops/cli.py names them only as strings, imported when a subcommand runs.
     assert offenders == []
+
+
+def _project_imports() -> dict[str, set[str]]:
+    """``module -> project modules it imports``, lazy imports inside functions included (ast, no import)."""
+    import ast
+
+    mods = {}
+    for pkg in ("ea_ops", "schedules", "analysis"):
+        for path in (ROOT / pkg).rglob("*.py"):
+            rel = path.relative_to(ROOT).with_suffix("")
+            name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+            mods[name] = path
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for name, path in mods.items():
+        is_pkg = path.name == "__init__.py"
+        here = name.split(".") if is_pkg else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(here[: len(here) - node.level + 1]) if node.level else ""
+                mod = ".".join(p for p in (base, node.module or "") if p)
+                targets = [mod] + [f"{mod}.{a.name}" for a in node.names]
+            for t in targets:
+                while t and t not in mods:
+                    t = t.rpartition(".")[0]
+                if t and t != name and not name.startswith(t + "."):  # a package's own parents are not cycles
+                    graph[name].add(t)
+    return graph
+
+
+def test_no_import_cycles():
+    graph = _project_imports()
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:  # n is on the current path: a cycle
+                path = stack + [m]
+                cycles.append(" -> ".join(path[path.index(n):] + [n]))
+            elif n not in state:
+                visit(n, stack + [m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+    assert cycles == []
