@@ -1,5 +1,6 @@
 """PyTorch integration of the Triton kernels: ``torch.library`` custom ops with fake implementations and a
-registered autograd formula, so ``torch.compile`` holds them without graph breaks.
+registered autograd formula, so ``torch.compile`` holds them without graph breaks (the step's gradient is the
+causal backward at ``T = 1`` from the step's input state).
 
 ``ea_ops_triton::forward(q, k, v, S0, Z0, M0, order, causal, scale, offsets, want_state)`` returns
 ``(o, S, Z, M)``: the final state when ``causal and want_state`` (else three empty float32 tensors; custom-op
@@ -145,6 +146,24 @@ def _backward(ctx, go, *_state_grads):
 
 
 forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _step_setup_context(ctx, inputs, output):
+    q, k, v, S0, Z0, M0, order, scale = inputs
+    ctx.save_for_backward(q, k, v, S0, Z0, M0)
+    ctx.meta = (order, scale)
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _step_backward(ctx, go, *_state_grads):
+    """The causal backward at ``T = 1`` from the step's input state (which gets no gradient)."""
+    q, k, v, S0, Z0, M0 = ctx.saved_tensors
+    order, scale = ctx.meta
+    grads = backward_op(*(t.unsqueeze(1) for t in (q, k, v, go)), S0, Z0, M0, order, True, scale, [])
+    return (*(t.squeeze(1) for t in grads), None, None, None, None, None)
+
+
+step_op.register_autograd(_step_backward, setup_context=_step_setup_context)
 
 
 def _refuse_double_backward(ctx, *grads):

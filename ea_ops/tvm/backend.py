@@ -67,9 +67,9 @@ def attention(q, k, v, *, order, causal, scale, initial_state, output_final_stat
 
 
 def recurrent_step(q, k, v, state, *, order, scale):
-    from .ops import step_impl
+    from .ops import step_op
 
-    o, S, Z, M = step_impl(q, k, v, state.S, state.Z, state.m, order, float(scale))
+    o, S, Z, M = step_op(q, k, v, state.S, state.Z, state.m, order, float(scale))
     return o, EAState(S, Z, M)
 
 

@@ -7,8 +7,9 @@ place, so the caller's initial state is copied once. ``cu_seqlens`` runs the ker
 views of the packed tensors (batch size 1, so every view is contiguous). ``poison_outputs()`` makes every
 output and scratch buffer start as NaN, so a test sees any element a kernel forgot to write.
 
-``ea_ops_tvm::forward`` and ``ea_ops_tvm::backward`` are custom ops with fake implementations and a
-registered autograd formula, so ``torch.compile`` can hold them without graph breaks. The backward op has
+``ea_ops_tvm::forward``, ``ea_ops_tvm::backward`` and ``ea_ops_tvm::step`` are custom ops with fake
+implementations and registered autograd formulas, so ``torch.compile`` can hold them without graph breaks
+(the step's gradient is the causal backward at ``T = 1``). The backward op has
 no derivative of its own: its autograd formula refuses second derivatives with a clear error.
 """
 
@@ -208,6 +209,18 @@ def _backward_fake(q, k, v, g, S0, Z0, M0, order, causal, scale, offsets):
     return tuple(torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(3))
 
 
+@torch.library.custom_op("ea_ops_tvm::step", mutates_args=())
+def step_op(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
+            scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return step_impl(q, k, v, S0, Z0, M0, order, scale)
+
+
+@step_op.register_fake
+def _step_fake(q, k, v, S0, Z0, M0, order, scale):
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            *(t.new_empty(t.shape, dtype=torch.float32) for t in (S0, Z0, M0)))
+
+
 def _setup_context(ctx, inputs, output):
     q, k, v, S0, Z0, M0, order, causal, scale, offsets = inputs
     ctx.save_for_backward(q, k, v, S0, Z0, M0)
@@ -222,6 +235,24 @@ def _backward(ctx, go, *_state_grads):
 
 
 forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _step_setup_context(ctx, inputs, output):
+    q, k, v, S0, Z0, M0, order, scale = inputs
+    ctx.save_for_backward(q, k, v, S0, Z0, M0)
+    ctx.meta = (order, scale)
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _step_backward(ctx, go, *_state_grads):
+    """The causal backward at ``T = 1`` from the step's input state (which gets no gradient)."""
+    q, k, v, S0, Z0, M0 = ctx.saved_tensors
+    order, scale = ctx.meta
+    grads = backward_op(*(t.unsqueeze(1) for t in (q, k, v, go)), S0, Z0, M0, order, True, scale, [])
+    return (*(t.squeeze(1) for t in grads), None, None, None, None, None)
+
+
+step_op.register_autograd(_step_backward, setup_context=_step_setup_context)
 
 
 def _refuse_double_backward(ctx, *grads):

@@ -4,6 +4,7 @@ zero-size shapes, the int32 limit, non-finite inputs and large keys. Outputs are
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import given
 
 pytest.importorskip("tvm")
@@ -31,3 +32,13 @@ def test_strided_inputs_states_and_gradients_give_the_contiguous_answer(case):
 @pytest.mark.parametrize("causal", [True, False])
 def test_second_derivatives_are_refused_clearly(causal):
     HX.check_double_backward_refused("tvm", causal)
+
+
+def test_the_recurrent_step_is_differentiable_and_matches_torch():
+    HX.check_step_gradients_match_torch("tvm", range(6))
+
+
+def test_step_custom_op_passes_opcheck():
+    st = HX.true_state(2, 1, 3, 2, seed=50)
+    q, k, v = (torch.randn(2, 1, 3, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    torch.library.opcheck(ops.step_op, (q.requires_grad_(), k.requires_grad_(), v, st.S, st.Z, st.m, 2, 0.8))

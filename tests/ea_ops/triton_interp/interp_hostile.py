@@ -4,9 +4,10 @@ the step's autograd, zero-size shapes, non-finite inputs and large keys. Outputs
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+import torch
+from hypothesis import given, settings
 
-from ea_ops.triton import launch
+from ea_ops.triton import launch, ops
 from tests.ea_ops import hostile as HX
 from tests.ea_ops.triton_interp import common as C  # noqa: F401  (fails collection without TRITON_INTERPRET=1)
 
@@ -17,6 +18,8 @@ def _poison():
         yield
 
 
+# Half the profile's examples: each runs 8 forward/backward/step passes through the (slow) interpreter.
+@settings(max_examples=max(1, settings.default.max_examples // 2))
 @given(HX.stride_cases())
 def test_strided_inputs_states_and_gradients_give_the_contiguous_answer(case):
     """Transposed, permuted, step-sliced, offset and stride-0 q, k, v, upstream gradient and state (S, Z, m),
@@ -28,3 +31,13 @@ def test_strided_inputs_states_and_gradients_give_the_contiguous_answer(case):
 @pytest.mark.parametrize("causal", [True, False])
 def test_second_derivatives_are_refused_clearly(causal):
     HX.check_double_backward_refused("triton", causal)
+
+
+def test_the_recurrent_step_is_differentiable_and_matches_torch():
+    HX.check_step_gradients_match_torch("triton", range(2))
+
+
+def test_step_custom_op_passes_opcheck():
+    st = HX.true_state(2, 1, 3, 2, seed=50)
+    q, k, v = (torch.randn(2, 1, 3, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    torch.library.opcheck(ops.step_op, (q.requires_grad_(), k.requires_grad_(), v, st.S, st.Z, st.m, 2, 0.8))
