@@ -121,7 +121,7 @@ def forward_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Te
         S, Z, M = _state_copy(S0, Z0, M0)
     else:  # no state: three distinct empty outputs (custom-op returns must not alias)
         S, Z, M = (q.new_empty(0, dtype=torch.float32) for _ in range(3))
-    if T == 0:
+    if o.numel() == 0:  # no token or no channel (the kernels cannot be built for H or D = 0)
         return o, S, Z, M
     comp = build.kernel_for("forward", causal, order, kernel_dtype(q.dtype), H, D, T)
     for ts, ss in _views(offsets, T, B):
@@ -144,7 +144,7 @@ def backward_impl(q: Tensor, k: Tensor, v: Tensor, g: Tensor, S0: Tensor, Z0: Te
     B, T, H, D = q.shape
     t1 = order + 1
     dq, dk, dv = (_new(q.shape, q.dtype, q.device) for _ in range(3))
-    if T == 0:
+    if dq.numel() == 0:
         return dq, dk, dv
     r = math.sqrt(scale)
     comp = build.kernel_for("backward", causal, order, kernel_dtype(q.dtype), H, D, T)
@@ -176,6 +176,8 @@ def step_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tenso
     B, H, D = q.shape
     o = _new(q.shape, q.dtype, q.device)
     S, Z, M = _state_copy(S0, Z0, M0)
+    if o.numel() == 0:
+        return o, S, Z, M
     comp = build.kernel_for("step", True, order, kernel_dtype(q.dtype), H, D, 1)
     comp.fn(*(_arg(t.unsqueeze(1)) for t in (q, k, v, o)), S, Z, M, math.sqrt(scale))
     return o, S, Z, M

@@ -149,6 +149,39 @@ def check_step_gradients_match_torch(backend: str, seeds) -> None:
                     assert err < STEP_TOL, f"{backend}: {name} relative error {err:.3g} (seed {seed})"
 
 
+ZERO_SHAPES = [(0, 3, 2, 4), (2, 3, 0, 4), (2, 3, 2, 0), (0, 0, 0, 0), (2, 0, 2, 4)]  # B, H, D, all, T = 0
+
+
+def check_zero_size_ops(ops, shape, causal: bool, *, want_state: bool | None = None) -> None:
+    """The ops module's forward, backward and step (impl and custom op) called directly on a shape with no
+    element: outputs of the input's shape, and (causal) the initial state handed through as a copy. ``ops`` is
+    ``ea_ops.tvm.ops`` or ``ea_ops.triton.ops`` (whose forward takes ``want_state`` too)."""
+    B, T, H, D = shape
+    order = 2
+    q, k, v, g = (torch.randn(shape) for _ in range(4))
+    st = true_state(B, H, D, order, seed=3) if B * H * D else EAState.empty(B, H, D, order)
+    state = (st.S, st.Z, st.m) if causal else tuple(torch.empty(0) for _ in range(3))
+    extra = () if want_state is None else (want_state,)
+    for fwd, bwd, step in ((ops.forward_impl, ops.backward_impl, ops.step_impl),
+                           (ops.forward_op, ops.backward_op, ops.step_op)):
+        o, *fin = fwd(q, k, v, *state, order, causal, 1.0, [], *extra)
+        assert o.shape == shape and o.dtype == q.dtype
+        if causal and want_state is not False:
+            for got, want in zip(fin, state):
+                assert got.shape == want.shape and torch.equal(got, want)
+                assert got.numel() == 0 or got.data_ptr() != want.data_ptr()  # a copy, not the caller's
+        for d in bwd(q, k, v, g, *state, order, causal, 1.0, []):
+            assert d.shape == shape and d.dtype == q.dtype
+        if T:
+            o_t, *new = step(q[:, 0], k[:, 0], v[:, 0], st.S, st.Z, st.m, order, 1.0)
+            assert o_t.shape == (B, H, D)
+            for got, want in zip(new, (st.S, st.Z, st.m)):
+                assert got.shape == want.shape
+    if T == 0 and B * H * D and causal and want_state is not False:  # no token: the final state is the initial one
+        o, *fin = ops.forward_op(q, k, v, *state, order, causal, 1.0, [], *extra)
+        assert all(torch.equal(a, b) for a, b in zip(fin, state))
+
+
 def _grads(out: torch.Tensor, inputs: tuple, g: torch.Tensor) -> tuple:
     assert out.requires_grad, "the output lost its autograd graph"
     return torch.autograd.grad(out, inputs, g)

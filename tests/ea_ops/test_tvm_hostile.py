@@ -42,3 +42,9 @@ def test_step_custom_op_passes_opcheck():
     st = HX.true_state(2, 1, 3, 2, seed=50)
     q, k, v = (torch.randn(2, 1, 3, generator=torch.Generator().manual_seed(i)) for i in range(3))
     torch.library.opcheck(ops.step_op, (q.requires_grad_(), k.requires_grad_(), v, st.S, st.Z, st.m, 2, 0.8))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("shape", HX.ZERO_SHAPES)
+def test_zero_size_batch_heads_channels_or_length(shape, causal):
+    HX.check_zero_size_ops(ops, shape, causal)
