@@ -19,6 +19,9 @@ EXTRA = "triton"
 MAX_ORDER = 14  # T1P = 16 Taylor terms per lane; every shipped configuration builds without spills to here
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 _MAX_ROWS = 2**31 - 1  # work tables are int32 rows (element offsets are int64 in the kernels)
+# The channel blocks are the launch grid's second dimension, at most 65535 programs on CUDA, of at least 32
+# channels each (BLOCK_C = 32 * num_warps, num_warps >= 1).
+_MAX_CHANNELS = 65535 * 32
 
 
 def unavailable_reason() -> str | None:
@@ -46,8 +49,12 @@ def supports(q: torch.Tensor, *, causal: bool, order: int, needs_grad: bool) -> 
         return f"dtype {q.dtype} (the Triton kernels take float32, bfloat16 or float16)"
     if order > MAX_ORDER:
         return f"order {order} > {MAX_ORDER} (the Triton kernels keep {MAX_ORDER + 2} Taylor terms per lane)"
-    if q.dim() == 4 and q.shape[0] * q.shape[1] > _MAX_ROWS:
-        return "more than 2^31 positions B*T (the work tables are int32)"
+    rows = q.shape[0] * q.shape[1] if q.dim() == 4 else q.shape[0]  # q [B, T, H, D] or a step's q_t [B, H, D]
+    if rows > _MAX_ROWS:
+        return f"{rows} positions (B*T, or B for a step), above 2^31 - 1 (the work tables are int32)"
+    if q.shape[-2] * q.shape[-1] > _MAX_CHANNELS:
+        return (f"H*D = {q.shape[-2] * q.shape[-1]} channels per position, above {_MAX_CHANNELS} (65535 launch "
+                "blocks of 32 channels)")
     if q.device.type == "cuda":
         return None
     if q.device.type == "cpu":

@@ -37,8 +37,13 @@ def supports(q: torch.Tensor, *, causal: bool, order: int, needs_grad: bool) -> 
                "CUDA kernels are exported with `ea-ops compile --backend tvm --target cuda:sm_90`"
     if q.dtype not in _FLOATS:
         return f"dtype {q.dtype} (the TVM kernels take float32, bfloat16, float16)"
-    if q.numel() > _MAX_ELEMS or q.dim() == 4 and q.shape[0] * q.shape[2] * (order + 1) * q.shape[3] > _MAX_ELEMS:
-        return "tensors above 2^31 elements (the kernels index with int32)"
+    if q.numel() > _MAX_ELEMS:
+        return f"q has {q.numel()} elements, above 2^31 - 1 (the kernels index with int32)"
+    # q [B, T, H, D] or a step's q_t [B, H, D]; with cu_seqlens each sequence runs on its own state rows
+    B, H, D = q.shape[0], q.shape[-2], q.shape[-1]
+    if B * H * (order + 1) * D > _MAX_ELEMS:
+        return (f"the state [B, H, order+1, D] = [{B}, {H}, {order + 1}, {D}] has {B * H * (order + 1) * D} "
+                "elements, above 2^31 - 1 (the kernels index with int32)")
     return None
 
 

@@ -37,6 +37,17 @@ def test_cpu_without_interpreter_says_why(monkeypatch):
     assert "order 16" in backend.supports(q, causal=True, order=16, needs_grad=False)
 
 
+def test_rows_and_channels_over_the_launch_limits_are_refused():
+    """Work tables hold int32 rows (B*T, or B for a step's q_t [B, H, D]); the channel blocks are the grid's
+    second dimension (65535 programs of at least 32 channels). Expanded tensors: no memory."""
+    step_rows = torch.zeros(()).expand(2**31, 1, 1)
+    assert "2147483648 positions" in backend.supports(step_rows, causal=True, order=6, needs_grad=False)
+    rows = torch.zeros(()).expand(2**16, 2**15, 1, 1)
+    assert "2147483648 positions" in backend.supports(rows, causal=True, order=6, needs_grad=False)
+    for q in (torch.zeros(()).expand(1, 2**11, 2**10), torch.zeros(()).expand(1, 1, 2**11, 2**10)):
+        assert "H*D = 2097152 channels" in backend.supports(q, causal=True, order=6, needs_grad=False)
+
+
 def test_interpreter_variable_set_too_late_is_refused(monkeypatch):
     pytest.importorskip("triton")
     from ea_ops.triton import kernels  # noqa: F401  (defined as compiled kernels in this process)

@@ -9,7 +9,10 @@ from hypothesis import given
 
 pytest.importorskip("tvm")
 
-from ea_ops.tvm import ops  # noqa: E402
+import ea_ops  # noqa: E402
+from ea_ops import dispatch  # noqa: E402
+from ea_ops.errors import BackendUnavailableError  # noqa: E402
+from ea_ops.tvm import backend, ops  # noqa: E402
 from tests.ea_ops import hostile as HX  # noqa: E402
 
 pytestmark = pytest.mark.tvm
@@ -48,3 +51,22 @@ def test_step_custom_op_passes_opcheck():
 @pytest.mark.parametrize("shape", HX.ZERO_SHAPES)
 def test_zero_size_batch_heads_channels_or_length(shape, causal):
     HX.check_zero_size_ops(ops, shape, causal)
+
+
+def test_a_step_state_over_int32_indexing_is_refused(monkeypatch):
+    """The kernels index with int32: a step's state ``[B, H, t+1, D]`` over 2^31 - 1 elements is refused by
+    name, although ``q_t`` itself is 7 times smaller."""
+    q_t = torch.zeros(()).expand(2**20, 8, 64)  # 2^29 elements in no memory; the order-6 state has 7 * 2^29
+    for q in (q_t, q_t[:, None]):
+        why = backend.supports(q, causal=True, order=6, needs_grad=False)
+        assert why is not None and "state [B, H, order+1, D] = [1048576, 8, 7, 64]" in why
+        assert backend.supports(q, causal=True, order=0, needs_grad=False) is None  # the state is q's size
+    with pytest.raises(BackendUnavailableError, match="state"):
+        dispatch.resolve("tvm", q_t, causal=True, order=6, needs_grad=False)
+    # the public step with real tensors, at a lowered limit: 24 elements, an order-6 state of 168
+    monkeypatch.setattr(backend, "_MAX_ELEMS", 100)
+    q, k, v = (torch.randn(2, 3, 4) for _ in range(3))
+    with pytest.raises(BackendUnavailableError, match="state"):
+        ea_ops.ea_recurrent_step(q, k, v, None, order=6, backend="tvm")
+    o, _ = ea_ops.ea_recurrent_step(q, k, v, None, order=2, backend="tvm")  # a state of 72 runs
+    assert torch.isfinite(o).all()
