@@ -93,7 +93,8 @@ def _absorb(S, Z, m, y, v, valid, a, b):
     y2 = y * y
     mn = tl.where(valid, tl.minimum(m, y2), m)
     keep = _rebase(mn, m)
-    w = tl.exp(mn - y2) * valid.to(tl.float32)
+    # a select, not a multiply by the mask: past the item y = 0, and exp(m) is inf once m > 88.7 (inf * 0 = NaN)
+    w = tl.where(valid, tl.exp(mn - y2), 0.0)
     F = _feats(y, a, b)
     S = keep[None, :] * S + (w * v)[None, :] * F
     Z = keep[None, :] * Z + w[None, :] * F

@@ -20,7 +20,7 @@ pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent / "triton_interp"
 # the least number of tests each module holds: a module that silently collects fewer fails here
-MODULES = {"interp_kernels.py": 40, "interp_api.py": 13, "interp_hostile.py": 25}
+MODULES = {"interp_kernels.py": 40, "interp_api.py": 13, "interp_hostile.py": 66}
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -28,8 +28,8 @@ def test_triton_kernels_under_the_interpreter(module, tmp_path):
     report = tmp_path / "report.xml"
     env = {**os.environ, "TRITON_INTERPRET": "1", "EA_OPS_CACHE_DIR": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "pytest", "-q", str(HERE / module), f"--junitxml={report}",
-           # the interpreter evaluates both sides of tl.where; inf - inf in the discarded side warns
-           "-W", "ignore:invalid value encountered:RuntimeWarning"]
+           # the interpreter evaluates both sides of tl.where; inf - inf or exp(inf) in the discarded side warns
+           "-W", "ignore:invalid value encountered:RuntimeWarning", "-W", "ignore:overflow encountered:RuntimeWarning"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     out = (proc.stdout + proc.stderr)[-8000:]
     assert proc.returncode == 0, f"interpreter tests failed ({module}):\n{out}"

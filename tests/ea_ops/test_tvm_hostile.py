@@ -70,3 +70,14 @@ def test_a_step_state_over_int32_indexing_is_refused(monkeypatch):
         ea_ops.ea_recurrent_step(q, k, v, None, order=6, backend="tvm")
     o, _ = ea_ops.ea_recurrent_step(q, k, v, None, order=2, backend="tvm")  # a state of 72 runs
     assert torch.isfinite(o).all()
+
+
+@given(HX.poison_cases())
+def test_a_non_finite_input_stays_in_its_channel_and_after_its_position(case):
+    HX.check_non_finite_stays_put("tvm", case)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("T, cu", HX.LARGE_CASES)
+def test_large_keys_finite_and_as_float64(T, cu, causal):
+    HX.check_large_keys("tvm", T, cu, causal)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ea_ops.triton import launch, ops
+from ea_ops.triton import configs, launch, ops
 from tests.ea_ops import hostile as HX
-from tests.ea_ops.triton_interp import common as C  # noqa: F401  (fails collection without TRITON_INTERPRET=1)
+from tests.ea_ops.triton_interp import common as C  # fails collection without TRITON_INTERPRET=1
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -18,8 +19,11 @@ def _poison():
         yield
 
 
-# Half the profile's examples: each runs 8 forward/backward/step passes through the (slow) interpreter.
-@settings(max_examples=max(1, settings.default.max_examples // 2))
+# Half the profile's examples: each runs several forward/backward passes through the (slow) interpreter.
+HALF = settings(max_examples=max(1, settings.default.max_examples // 2))
+
+
+@HALF
 @given(HX.stride_cases())
 def test_strided_inputs_states_and_gradients_give_the_contiguous_answer(case):
     """Transposed, permuted, step-sliced, offset and stride-0 q, k, v, upstream gradient and state (S, Z, m),
@@ -48,3 +52,21 @@ def test_step_custom_op_passes_opcheck():
 @pytest.mark.parametrize("shape", HX.ZERO_SHAPES)
 def test_zero_size_batch_heads_channels_or_length(shape, causal, want):
     HX.check_zero_size_ops(ops, shape, causal, want_state=want)
+
+
+@HALF
+@given(HX.poison_cases(max_T=6), st.sampled_from(sorted(C.CONFIGS)))  # 6 rows: chunks 1, 5 and 8 cut them
+def test_a_non_finite_input_stays_in_its_channel_and_after_its_position(case, cfg):
+    """On every configuration: the plain scan, and chunked ones whose chunk states could carry a NaN back."""
+    with configs.forced(C.CONFIGS[cfg]):
+        HX.check_non_finite_stays_put("triton", case)
+
+
+@pytest.mark.parametrize("cfg", sorted(C.CONFIGS))
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("T, cu", HX.LARGE_CASES)
+def test_large_keys_finite_and_as_float64(T, cu, causal, cfg):
+    """Rows past the end of a work item (T = 1, 3, 5, 37 and varlen tails against 4-row blocks and the chunk
+    lengths) must not turn exp(m) = inf into NaN in the state."""
+    with configs.forced(C.CONFIGS[cfg]):
+        HX.check_large_keys("triton", T, cu, causal)
