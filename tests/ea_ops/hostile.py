@@ -159,7 +159,8 @@ def check_zero_size_ops(ops, shape, causal: bool, *, want_state: bool | None = N
     ``ea_ops.tvm.ops`` or ``ea_ops.triton.ops`` (whose forward takes ``want_state`` too)."""
     B, T, H, D = shape
     order = 2
-    q, k, v, g = (torch.randn(shape) for _ in range(4))
+    gen = torch.Generator().manual_seed(2)
+    q, k, v, g = (torch.randn(shape, generator=gen) for _ in range(4))
     st = true_state(B, H, D, order, seed=3) if B * H * D else EAState.empty(B, H, D, order)
     state = (st.S, st.Z, st.m) if causal else tuple(torch.empty(0) for _ in range(3))
     extra = () if want_state is None else (want_state,)

@@ -146,7 +146,7 @@ def test_torch_compile_without_graph_breaks():
 
     torch._dynamo.reset()
     got = torch.compile(f, backend="aot_eager", fullgraph=True)(q, k, v)
-    assert rel(got, f(q, k, v)) < 1e-6
+    assert torch.equal(got, f(q, k, v))  # the same kernels on the same inputs
 
 
 def test_tuner_writes_records_the_runtime_applies(tmp_path, monkeypatch):

@@ -129,7 +129,7 @@ def test_step_from_empty_state():
     q, k, v = (t[:, 0] for t in C.inputs((2, 1, 1, 4), torch.float32, seed=16))
     empty = EAState.empty(2, 1, 4, 2)
     o, new = launch.step(q, k, v, _st(empty), order=2, scale=1.0, config={"num_warps": 1})
-    assert C.rel(o, v) < 1e-6  # one key: the output is its value
+    assert C.rel(o, v) < 8 * C.EPS32  # one key: the output is its value (measured 0.65 eps, margin 12x)
     assert torch.equal(new[2], (k * k).float())
 
 
@@ -143,13 +143,13 @@ def test_stabilised_with_large_keys(cfg):
     o, fin = launch.forward(q, k, v, _st(init), order=6, causal=True, scale=1.0, segments=None,
                             want_state=True, config=C.CONFIGS[cfg])
     ref, ref_st, ref_g = C.ref_forward(q, k, v, order=6, causal=True, scale=1.0, state=init, want_grad_of=g)
-    assert C.rel(o, ref) < 1e-4  # |x y| ~ 144: the order-6 sums cancel heavily in both implementations
+    assert C.rel(o, ref) < C.TOL[torch.float32]  # |x y| ~ 144: measured 1.1e-7, no worse than small keys
     assert (fin[2] > 100).all()
     grads = launch.backward(q, k, v, g, _st(init), order=6, causal=True, scale=1.0, segments=None,
                             config=C.CONFIGS[cfg])
     for a in grads:
         assert torch.isfinite(a).all()
-    assert C.rel(grads[2], ref_g[2]) < 1e-4
+    assert C.rel(grads[2], ref_g[2]) < C.TOL[torch.float32]
 
 
 @pytest.mark.parametrize("order", [0, 2, 8, 14])
