@@ -120,6 +120,11 @@ def check_double_backward_refused(backend: str, causal: bool) -> None:
     tiny = tuple(t.detach()[:, :2, :1, :1].clone().requires_grad_() for t in (q, k, v))  # few evaluations
     with pytest.raises(RuntimeError, match=DOUBLE_BACKWARD):
         torch.autograd.gradgradcheck(f, tiny, eps=1e-3, atol=1e-2, fast_mode=True)
+    if causal:  # the recurrent step's gradient is the same backward op
+        o_t, _ = ea_ops.ea_recurrent_step(q[:, 0], k[:, 0], v[:, 0], None, order=2, backend=backend)
+        dq_t, = torch.autograd.grad(o_t.sum(), q, create_graph=True)
+        with pytest.raises(RuntimeError, match=DOUBLE_BACKWARD):
+            torch.autograd.grad(dq_t.sum(), (q, k, v))
 
 
 def _step(backend: str, dtype, q, k, v, go, state: EAState | None, order: int):

@@ -26,6 +26,13 @@ TOL = {torch.float32: 64 * EPS32, torch.bfloat16: 2**-8 + 64 * EPS32, torch.floa
 M_TOL = 2 * EPS32
 
 
+@pytest.fixture(autouse=True)
+def _poison():
+    """Outputs and scratch start as NaN: an element a kernel forgets to write fails the comparisons."""
+    with ops.poison_outputs():
+        yield
+
+
 def ref(q, k, v, **kw):
     """The torch backend in float64 on the same (rounded) inputs."""
     qq, kk, vv = (t.detach().double().requires_grad_(t.requires_grad) for t in (q, k, v))
