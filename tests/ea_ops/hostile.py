@@ -187,6 +187,15 @@ def check_zero_size_ops(ops, shape, causal: bool, *, want_state: bool | None = N
     if T == 0 and B * H * D and causal and want_state is not False:  # no token: the final state is the initial one
         o, *fin = ops.forward_op(q, k, v, *state, order, causal, 1.0, [], *extra)
         assert all(torch.equal(a, b) for a, b in zip(fin, state))
+    if B and T and causal:  # packed sequences (cu_seqlens [0, 1, T]): one state row each
+        o, *fin = ops.forward_op(q[:1], k[:1], v[:1], *(t[:1].expand(2, *t.shape[1:]) for t in state), order,
+                                 causal, 1.0, [0, 1, T], *extra)
+        assert o.shape == (1, T, H, D)
+        if want_state is not False:
+            assert [t.shape[0] for t in fin] == [2, 2, 2]
+        for d in ops.backward_op(q[:1], k[:1], v[:1], g[:1], *(t[:1].expand(2, *t.shape[1:]) for t in state),
+                                 order, causal, 1.0, [0, 1, T]):
+            assert d.shape == (1, T, H, D)
 
 
 def _grads(out: torch.Tensor, inputs: tuple, g: torch.Tensor) -> tuple:
