@@ -62,10 +62,13 @@ def test_a_non_finite_input_stays_in_its_channel_and_after_its_position(case, cf
         HX.check_non_finite_stays_put("triton", case)
 
 
-@pytest.mark.parametrize("cfg", sorted(C.CONFIGS))
+# chunk1 at T = 37 would be 37 one-row items, the tails T = 1, 3, 5 already give it (and 7 s of interpreter)
+LARGE = [(T, cu, cfg) for T, cu in HX.LARGE_CASES for cfg in sorted(C.CONFIGS) if (T, cfg) != (37, "chunk1")]
+
+
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("T, cu", HX.LARGE_CASES)
-def test_large_keys_finite_and_as_float64(T, cu, causal, cfg):
+@pytest.mark.parametrize("T, cu, cfg", LARGE)
+def test_large_keys_finite_and_as_float64(T, cu, cfg, causal):
     """Rows past the end of a work item (T = 1, 3, 5, 37 and varlen tails against 4-row blocks and the chunk
     lengths) must not turn exp(m) = inf into NaN in the state."""
     with configs.forced(C.CONFIGS[cfg]):
