@@ -405,16 +405,21 @@ def attention(q, k, v, *, order, causal, scale, initial_state, output_final_stat
 
 
 def recurrent_step(q, k, v, state, *, order, scale):
-    """One token ``[B, H, D]`` -> ``(o [B, H, D], new state)``."""
+    """One token ``[B, H, D]`` -> ``(o [B, H, D], new state)``.
+
+    ``o`` is differentiable in this token's ``q, k, v``; the states are data (as on every backend): the
+    input state is not differentiated and the new one is returned detached.
+    """
     cdt = state.S.dtype
+    S0, Z0, m0 = (t.detach() for t in (state.S, state.Z, state.m))
     r = math.sqrt(scale)
     x, y, vv = q.to(cdt) * r, k.to(cdt) * r, v.to(cdt)
     y2 = y * y
-    m_new = torch.minimum(state.m, y2)
+    m_new = torch.minimum(m0, y2)
     kf = features(y, order) * torch.exp(m_new - y2)[..., None]  # [B, H, D, t+1]
-    decay = torch.exp(m_new - state.m)[:, :, None, :]
-    S = decay * state.S + (kf * vv[..., None]).transpose(-1, -2)
-    Z = decay * state.Z + kf.transpose(-1, -2)
+    decay = torch.exp(m_new - m0)[:, :, None, :]
+    S = decay * S0 + (kf * vv[..., None]).transpose(-1, -2)
+    Z = decay * Z0 + kf.transpose(-1, -2)
     qf = features(x, order).transpose(-1, -2)  # [B, H, t+1, D]
     o = (qf * S).sum(2) / (qf * Z).sum(2)
-    return o.to(q.dtype), EAState(S, Z, m_new)
+    return o.to(q.dtype), EAState(S.detach(), Z.detach(), m_new.detach())

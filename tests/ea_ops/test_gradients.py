@@ -116,3 +116,20 @@ def test_double_backward_of_the_step():
         return ea_ops.ea_recurrent_step(q[:, 0], k[:, 0], v[:, 0], st, order=4, backend="torch")[0]
 
     assert torch.autograd.gradgradcheck(f, (q, k, v), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["torch", "tvm"])
+def test_states_are_data_on_every_backend(backend):
+    # The contract: gradients flow to this call's q, k, v only. A decode chain must not differentiate
+    # through earlier tokens' states on one backend and not on another.
+    if backend == "tvm":
+        pytest.importorskip("tvm")
+    q, k, v = qkv((1, 3, 2, 4), dtype=torch.float32, seed=14, requires_grad=True)
+    _, st = ea_ops.ea_attention(q, k, v, order=2, output_final_state=True, backend=backend)
+    o1, st1 = ea_ops.ea_recurrent_step(q[:, 0], k[:, 0], v[:, 0], st, order=2, backend=backend)
+    o2, st2 = ea_ops.ea_recurrent_step(q[:, 1], k[:, 1], v[:, 1], st1, order=2, backend=backend)
+    for s in (st, st1, st2):
+        assert not any(t.requires_grad for t in (s.S, s.Z, s.m))
+    assert o1.requires_grad and o2.requires_grad
+    dk = torch.autograd.grad(o2.sum(), k)[0]
+    assert (dk[:, 0] == 0).all() and (dk[:, 2] == 0).all() and (dk[:, 1] != 0).any()
