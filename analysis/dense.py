@@ -1,7 +1,7 @@
 """Float64 O(T^2) evaluation of exact EA and EA-t on (a sample of) query positions.
 
 This is the "computed exactly" side of every error the suite measures: for each channel (a row ``[T]`` of the
-``[N, T]`` layout of :mod:`ea_ops.torch_backend`) and each selected query position ``i`` it forms the weights
+``[N, T]`` layout of :mod:`ea_ops.backends.torch`) and each selected query position ``i`` it forms the weights
 of all visible keys directly, pair by pair (no feature factorisation):
 
     exact EA:  w_ij = exp(-(x_i - y_j)^2 - max_j(...))            (softmax-style shift)

@@ -20,9 +20,9 @@ import torch
 from .errors import BackendUnavailableError
 
 BACKEND_MODULES = {
-    "torch": "ea_ops.torch_backend",
-    "tvm": "ea_ops.tvm.backend",
-    "triton": "ea_ops.triton.backend",
+    "torch": "ea_ops.backends.torch.backend",
+    "tvm": "ea_ops.backends.tvm.backend",
+    "triton": "ea_ops.backends.triton.backend",
 }
 AUTO_ORDER = ("triton", "tvm", "torch")
 

@@ -54,7 +54,7 @@ def parse_target(text: str) -> int:
 
 
 def constexprs_for(build: Build) -> dict:
-    from ea_ops.triton import launch
+    from ea_ops.backends.triton import launch
 
     meta = launch._meta(build.order, {"num_warps": build.num_warps})
     meta.pop("num_warps")
@@ -63,7 +63,7 @@ def constexprs_for(build: Build) -> dict:
 
 
 def signature_for(fn, dtype: str, constexprs: dict) -> tuple[dict, dict]:
-    """``(signature, attrs)`` from the kernels' argument-naming convention (see ``ea_ops.triton.kernels``)."""
+    """``(signature, attrs)`` from the argument-naming convention of ``ea_ops.backends.triton.cuda_kernels``."""
     io = "*" + _DTYPE_CODES[dtype]
     sig: dict[str, str] = {}
     attrs: dict = {}
@@ -99,9 +99,9 @@ def compile_build(build: Build):
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from ea_ops.triton import kernels
+    from ea_ops.backends.triton import cuda_kernels
 
-    fn = kernels.KERNELS[build.kernel]
+    fn = cuda_kernels.KERNELS[build.kernel]
     if not hasattr(fn, "arg_names") or type(fn).__name__ == "InterpretedFunction":
         raise RuntimeError("ahead-of-time builds need TRITON_INTERPRET unset when the kernels are imported")
     consts = {k: v for k, v in constexprs_for(build).items() if k in fn.arg_names}
@@ -150,7 +150,7 @@ def resource_usage(cubin: bytes) -> dict:
 
 def builds_for(orders: list[int], dtypes: list[str], warps: list[int], archs: list[int]) -> list[Build]:
     """Every kernel launch the launch code makes (``launch.LAUNCHES``), for each order/dtype/warps/arch."""
-    from ea_ops.triton import launch
+    from ea_ops.backends.triton import launch
 
     out = []
     for kernel, flags in launch.LAUNCHES:

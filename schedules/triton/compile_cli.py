@@ -1,6 +1,6 @@
 """``ea-ops compile --backend triton --target cuda:sm_90 --out DIR``: ahead-of-time PTX and cubins.
 
-Builds every kernel launch of ``ea_ops.triton.launch`` for every shipped ``num_warps`` and the requested
+Builds every kernel launch of ``ea_ops.backends.triton.launch`` for every shipped ``num_warps`` and the requested
 orders and dtypes, without a GPU, and writes ``<name>.ptx``, ``<name>.cubin`` and ``manifest.json``
 (kernel, constexprs, signature, entry name, registers/spills from ``cuobjdump``, sha256 of each file,
 versions). The manifest is data; nothing here loads the binaries.
@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from ea_ops import records
+from ea_ops.backends.triton.target import interpreting, source_hash, triton_version
 from ea_ops.outdir import prepare_out_dir
 from ea_ops.progress import progress
-from ea_ops.triton.target import interpreting, source_hash, triton_version
 
 from . import aot
 from .configs import all_warps

@@ -1,22 +1,22 @@
 """Curated Triton configurations the tuner measures (not a Cartesian grid).
 
 Why these: a program takes ``32 * num_warps`` channels, one per thread (larger blocks put a shared-memory
-layout conversion in every row, ``ea_ops.triton.kernels``), so ``num_warps`` is the block size; 1-4 warps
+layout conversion in every row, ``ea_ops.backends.triton.cuda_kernels``), so ``num_warps`` is the block size; 1-4 warps
 cover ``H*D`` from 32 up. Chunk lengths trade parallelism (more chunks: more (channel, chunk) scans in
 flight) against the extra traffic of the chunked passes (the chunk sums pass re-reads k and v, and every
 chunk writes and reads ``2(t+1)+1`` state floats per channel): short chunks only with few warps (small
-``H*D``, where lanes are scarce), long chunks with many warps. The runtime default (``ea_ops.triton.configs.
+``H*D``, where lanes are scarce), long chunks with many warps. The runtime default (``ea_ops.backends.triton.configs.
 default``) always picks from these lists.
 """
 
 from __future__ import annotations
 
-from ea_ops.triton import configs as runtime
+from ea_ops.backends.triton import configs as runtime
 
 WARPS = (1, 2, 4)
 
 _SCAN = [{"variant": "scan", "num_warps": w} for w in WARPS]
-# every chunk up to the block size's longest (ea_ops.triton.configs.MAX_CHUNK): the pairs the default uses
+# every chunk up to the block size's longest (ea_ops.backends.triton.configs.MAX_CHUNK): the pairs the default uses
 _CHUNKED = [
     {"variant": "chunked", "num_warps": w, "chunk": c}
     for w, c in ((1, 32), (1, 64), (2, 32), (2, 64), (2, 128), (4, 32), (4, 64), (4, 128), (4, 256))

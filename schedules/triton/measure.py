@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import torch
 
+from ea_ops.backends.triton import launch
 from ea_ops.state import EAState
-from ea_ops.triton import launch
 
 from .workloads import Workload
 

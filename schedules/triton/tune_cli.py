@@ -19,10 +19,10 @@ import torch
 
 import ea_ops
 from ea_ops import records
+from ea_ops.backends.triton import configs as runtime
+from ea_ops.backends.triton.target import device_description, fingerprint_of, interpreting
 from ea_ops.progress import progress
 from ea_ops.testing import rel_err
-from ea_ops.triton import configs as runtime
-from ea_ops.triton.target import device_description, fingerprint_of, interpreting
 
 from . import configs, measure
 from .workloads import Workload, preset
@@ -55,7 +55,7 @@ def local_device(target: str | None) -> torch.device:
 
 
 def versions() -> dict:
-    from ea_ops.triton.target import triton_version
+    from ea_ops.backends.triton.target import triton_version
 
     return {"torch": torch.__version__, "triton": triton_version(), "ea_ops": ea_ops.__version__}
 

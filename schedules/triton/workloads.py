@@ -1,7 +1,7 @@
 """Workload presets of ``ea-ops tune --backend triton --workloads NAME``.
 
 A workload is a shape and dtype; the tuner measures the forward (causal and not), the backward (causal
-and not) and the step on it. Records key on ``H*D`` and coarse buckets (``ea_ops.triton.configs``), so a
+and not) and the step on it. Records key on ``H*D`` and coarse buckets (``ea_ops.backends.triton.configs``), so a
 preset needs one shape per bucket, not every T.
 """
 

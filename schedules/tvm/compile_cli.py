@@ -7,7 +7,7 @@
   (split-T) causal forward.
 
 ``manifest.json`` lists target, fingerprint, per kernel the variant, schedule and its source, the
-argument order (``ea_ops.tvm.kernels``), the files with their sizes, and the tool versions. The head count
+argument order (``ea_ops.backends.tvm.cpu_kernels``), the files with their sizes, and the tool versions. The head count
 and head size default to 8 x 64 (``EA_OPS_COMPILE_SHAPE=HxD`` overrides them).
 """
 
@@ -80,7 +80,7 @@ def _nvcc() -> str | None:
 
 
 def _cpu(out: Path, orders, dtypes, H: int, D: int) -> list[dict]:
-    from ea_ops.tvm import build
+    from ea_ops.backends.tvm import build
 
     entries = []
     for order in orders:
@@ -101,16 +101,16 @@ def _cpu(out: Path, orders, dtypes, H: int, D: int) -> list[dict]:
 def _cuda(out: Path, arch: str, orders, dtypes, H: int, D: int, nvcc: str | None) -> list[dict]:
     import tvm
 
-    from ea_ops.tvm import cuda
-    from ea_ops.tvm.target import cuda_target
+    from ea_ops.backends.tvm import cuda_kernels
+    from ea_ops.backends.tvm.target import cuda_target
 
     target = tvm.target.Target(cuda_target(arch), host="llvm")
     entries = []
     for order in orders:
         for dtype in dtypes:
             for kernel, causal, variant in CUDA_VARIANTS:
-                cfg = {**cuda.default_config(kernel, causal), "variant": variant}
-                mod = cuda.scheduled_module(kernel, causal, order, dtype, H, D, cfg)
+                cfg = {**cuda_kernels.default_config(kernel, causal), "variant": variant}
+                mod = cuda_kernels.scheduled_module(kernel, causal, order, dtype, H, D, cfg)
                 lib = tvm.compile(mod, target=target)
                 src = lib.mod.imports[0].inspect_source("cuda")
                 name = _name(kernel, causal, order, dtype, H, D, variant)

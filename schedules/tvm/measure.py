@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-# Argument roles in kernel order (ea_ops.tvm.kernels): "x" input data, "o" output, "0" zeros,
+# Argument roles in kernel order (ea_ops.backends.tvm.cpu_kernels): "x" input data, "o" output, "0" zeros,
 # "+inf"/"-inf" running minima.
 ARG_ROLES = {
     ("forward", True): "x x x o 0 0 +inf",
@@ -78,7 +78,7 @@ def _values(role: str, dtype: str, shape, rng) -> np.ndarray:
         data = np.full(shape, -np.inf, np.float32)
     else:
         data = np.zeros(shape, np.float32)
-    if dtype == "int16":  # bfloat16 bits (ea_ops.tvm.tir_math.storage_dtype)
+    if dtype == "int16":  # bfloat16 bits (ea_ops.backends.tvm.tir_math.storage_dtype)
         return (data.view(np.uint32) >> 16).astype(np.uint16).view(np.int16)
     return data.astype(dtype)
 

@@ -3,7 +3,7 @@
 CPU (LLVM): ``cpu_space`` is a ``ScheduleFn`` with one design space per structural choice (loop order
 ``d_t``/``t_d`` x parallel or not); within a space MetaSchedule samples the vector width (a divisor of
 ``D``), the heads per time step (a divisor of ``H``, ``t_d`` only) and the unroll factor of the time
-loop. Every space calls ``ea_ops.tvm.schedule.apply_cpu``, the function the runtime applies a
+loop. Every space calls ``ea_ops.backends.tvm.schedule.apply_cpu``, the function the runtime applies a
 record's knobs with, so a record means exactly what was measured. ``knobs_from_trace`` turns the best
 trace into those knobs (the ``config`` of a record).
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ea_ops.tvm import schedule as rt_schedule
-from ea_ops.tvm.kernels import SCAN_BLOCKS
+from ea_ops.backends.tvm import schedule as rt_schedule
+from ea_ops.backends.tvm.cpu_kernels import SCAN_BLOCKS
 
 T_UNROLL_PROBS = (0.4, 0.2, 0.2, 0.2)
 SPACES = tuple((loop, par) for loop in rt_schedule.LOOPS for par in (True, False))
@@ -114,10 +114,10 @@ CUDA_THREADS = (32, 64, 128, 256, 512)
 
 def cuda_space(sch):
     """CUDA: threads per block of the fused channel (and chunk) loops, one sample for every block."""
-    from ea_ops.tvm import cuda
+    from ea_ops.backends.tvm import cuda_kernels
 
     threads = sch.sample_categorical(candidates=list(CUDA_THREADS), probs=_uniform(list(CUDA_THREADS)))
-    cuda.apply(sch, threads)
+    cuda_kernels.apply(sch, threads)
     return [sch]
 
 

@@ -1,6 +1,6 @@
 """Targets the tuner and the cross compiler understand: ``cpu`` (this machine) and ``cuda:sm_XX``.
 
-Fingerprints come from ``ea_ops.tvm.target`` (the runtime must compute the same name to find the
+Fingerprints come from ``ea_ops.backends.tvm.target`` (the runtime must compute the same name to find the
 records): CPU ``<arch>-<vendor>-f<family>m<model>-<isa>-<cores>c``, GPU ``cuda-sm_90``.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ea_ops.tvm import target as rt_target
+from ea_ops.backends.tvm import target as rt_target
 
 from .workloads import Workload
 
@@ -68,29 +68,29 @@ class TuneTarget:
 
         static = {"B": w.B, "T": w.T, "r": 1.0}
         if self.kind == "cuda":
-            from ea_ops.tvm import cuda
+            from ea_ops.backends.tvm import cuda_kernels
 
-            cfg = cuda.default_config(w.kernel, w.causal, w.B * w.H * w.D)
-            func = cuda.func_for(w.kernel, w.causal, w.order, w.dtype, w.H, w.D, cfg, static)
+            cfg = cuda_kernels.default_config(w.kernel, w.causal, w.B * w.H * w.D)
+            func = cuda_kernels.func_for(w.kernel, w.causal, w.order, w.dtype, w.H, w.D, cfg, static)
         else:
-            from ea_ops.tvm import kernels
+            from ea_ops.backends.tvm import cpu_kernels
 
-            func = kernels.build_func(w.kernel, w.order, w.dtype, w.causal, w.H, w.D, static=static)
+            func = cpu_kernels.build_func(w.kernel, w.order, w.dtype, w.causal, w.H, w.D, static=static)
         return tvm.IRModule({"main": func})
 
     def scheduled(self, w: Workload, cfg: dict | None):
         """The workload's IRModule under ``cfg`` (None: the default schedule), time loops checked."""
-        from ea_ops.tvm import schedule
+        from ea_ops.backends.tvm import schedule
 
         if self.kind == "cpu":
             mod = self.module(w)
             cfg = schedule.default_cpu_config(w.kernel, w.H, w.D) if cfg is None else \
                 schedule.validate_cpu_config(cfg, w.H, w.D)
             return schedule.schedule_cpu(mod["main"], w.kernel, w.causal, cfg)
-        from ea_ops.tvm import cuda
+        from ea_ops.backends.tvm import cuda_kernels
 
-        cfg = cfg or cuda.default_config(w.kernel, w.causal, w.B * w.H * w.D)
-        return cuda.scheduled_module(w.kernel, w.causal, w.order, w.dtype, w.H, w.D, cfg,
+        cfg = cfg or cuda_kernels.default_config(w.kernel, w.causal, w.B * w.H * w.D)
+        return cuda_kernels.scheduled_module(w.kernel, w.causal, w.order, w.dtype, w.H, w.D, cfg,
                                      static={"B": w.B, "T": w.T, "r": 1.0})
 
 

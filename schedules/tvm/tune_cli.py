@@ -104,9 +104,9 @@ def _knobs(tgt, w: Workload, trace) -> dict:
 
     if tgt.kind == "cpu":
         return spaces.knobs_from_trace(trace)
-    from ea_ops.tvm import cuda
+    from ea_ops.backends.tvm import cuda_kernels
 
-    base = cuda.default_config(w.kernel, w.causal, w.B * w.H * w.D)
+    base = cuda_kernels.default_config(w.kernel, w.causal, w.B * w.H * w.D)
     return spaces.cuda_knobs_from_trace(trace, base["variant"], base["chunk"])
 
 
@@ -146,16 +146,16 @@ def select(w: Workload, tgt, top: list, rpc) -> tuple[dict, float | None, float 
 
 def _default_cfg(tgt, w: Workload) -> dict:
     if tgt.kind == "cpu":
-        from ea_ops.tvm.schedule import default_cpu_config
+        from ea_ops.backends.tvm.schedule import default_cpu_config
 
         return default_cpu_config(w.kernel, w.H, w.D)
-    from ea_ops.tvm import cuda
+    from ea_ops.backends.tvm import cuda_kernels
 
-    return cuda.default_config(w.kernel, w.causal, w.B * w.H * w.D)
+    return cuda_kernels.default_config(w.kernel, w.causal, w.B * w.H * w.D)
 
 
 def _bucket(T: int) -> int:
-    from ea_ops.tvm.tuned import t_bucket
+    from ea_ops.backends.tvm.tuned import t_bucket
 
     return t_bucket(T)
 
@@ -165,7 +165,7 @@ def _us(sec: float | None) -> float | None:
 
 
 def run(args) -> int:
-    from ea_ops.tvm.target import usable_cores
+    from ea_ops.backends.tvm.target import usable_cores
 
     tgt = targets.parse(args.target)
     rpc = _rpc(args)

@@ -2,7 +2,7 @@
 
 A workload is one kernel at one static shape ``[B, T, H, D]``; the record it produces applies at run time
 to calls with the same kernel, order, dtype, ``H`` and ``D`` (nearest ``T`` bucket), see
-``ea_ops.tvm.tuned``.
+``ea_ops.backends.tvm.tuned``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from unittest import mock
 import torch
 
 import ea_ops
-from ea_ops import torch_backend
+from ea_ops.backends.torch import kernels as torch_kernels
 from ea_ops.naive import naive_attention
 from tests.helpers import rel_err
 
@@ -40,7 +40,7 @@ def torch_chunks(chunk: int | None):
     if chunk is None:
         yield
         return
-    with mock.patch.object(torch_backend, "chunk_size", lambda n_rows, T: max(1, min(chunk, T))):
+    with mock.patch.object(torch_kernels, "chunk_size", lambda n_rows, T: max(1, min(chunk, T))):
         yield
 
 

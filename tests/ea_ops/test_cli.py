@@ -40,7 +40,7 @@ COMMANDS = {
     "bench": (["bench", "--workload", "smoke", "--threads", "1", "--no-progress"],
               "schedules.bench.runner.Runner.run", "bench-smoke.json", None),
     "compile-tvm": (["compile", "--backend", "tvm", "--target", "cpu", "--orders", "2"],
-                    "ea_ops.tvm.build.build_cpu", "manifest.json", "tvm"),
+                    "ea_ops.backends.tvm.build.build_cpu", "manifest.json", "tvm"),
     "compile-triton": (["compile", "--backend", "triton", "--target", "cuda:sm_90", "--orders", "2"],
                        "schedules.triton.aot.compile_build", "manifest.json", "triton"),
     "report": (["report", "--preset", "tiny", "--no-progress"], "analysis.report.run_sweep", "report.json", "mpmath"),

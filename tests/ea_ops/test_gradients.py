@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import ea_ops
-from ea_ops import torch_backend
+from ea_ops.backends.torch import kernels as torch_kernels
+from ea_ops.backends.torch import ops as torch_ops
 from ea_ops.naive import naive_attention
 from tests.helpers import qkv, rel_err
 
@@ -15,9 +16,9 @@ from tests.helpers import qkv, rel_err
 @pytest.mark.parametrize("max_spread", [None, -1.0])  # default, or every chunk on the C x C path
 def test_backward_matches_autograd_of_naive(causal, order, chunk, max_spread, monkeypatch):
     if max_spread is not None:
-        monkeypatch.setattr(torch_backend, "_max_spread", lambda dtype: max_spread)
+        monkeypatch.setattr(torch_kernels, "_max_spread", lambda dtype: max_spread)
     q, k, v = qkv((2, 29, 2, 3), seed=order, requires_grad=True)
-    o, _ = torch_backend.attention(q, k, v, order=order, causal=causal, scale=0.6, initial_state=None,
+    o, _ = torch_ops.attention(q, k, v, order=order, causal=causal, scale=0.6, initial_state=None,
                                    output_final_state=False, cu_seqlens=None, chunk=chunk)
     ref = naive_attention(q, k, v, order=order, causal=causal, scale=0.6)
     g = torch.randn_like(ref)
@@ -88,7 +89,7 @@ def test_double_backward_is_correct(causal, chunk, monkeypatch):
     # create_graph=True differentiates the gradients themselves (Hessian-vector products, gradient
     # penalties). The explicit backward treats the saved o and den as constants, so differentiating it would
     # be wrong; gradgradcheck compares against finite differences of the first derivative in float64.
-    monkeypatch.setattr(torch_backend, "chunk_size", lambda n_rows, T: min(chunk, T))
+    monkeypatch.setattr(torch_kernels, "chunk_size", lambda n_rows, T: min(chunk, T))
     q, k, v = qkv((1, 8, 2, 2), seed=9, requires_grad=True)
 
     def f(q, k, v):

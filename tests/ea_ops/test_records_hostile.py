@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from ea_ops import records
-from ea_ops.tvm import backend, tuned
-from ea_ops.tvm.target import cpu_fingerprint
+from ea_ops.backends.tvm import backend, tuned
+from ea_ops.backends.tvm.target import cpu_fingerprint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import ea_ops
 from ea_ops import cli, records
-from ea_ops.tvm.target import cpu_fingerprint
+from ea_ops.backends.tvm.target import cpu_fingerprint
 from tests.helpers import qkv, rel_err
 
 def vm_bytes():

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import ea_ops
-from ea_ops import torch_backend
+from ea_ops.backends.torch import kernels as torch_kernels
+from ea_ops.backends.torch import ops as torch_ops
 from ea_ops.naive import naive_attention
 from tests.helpers import qkv, rel_err
 
@@ -15,9 +16,9 @@ from tests.helpers import qkv, rel_err
 @pytest.mark.parametrize("max_spread", [None, -1.0])  # default, or every chunk on the C x C path
 def test_taylor_matches_naive(causal, order, chunk, max_spread, monkeypatch):
     if max_spread is not None:
-        monkeypatch.setattr(torch_backend, "_max_spread", lambda dtype: max_spread)
+        monkeypatch.setattr(torch_kernels, "_max_spread", lambda dtype: max_spread)
     q, k, v = qkv((2, 37, 3, 4), seed=order)
-    o, _ = torch_backend.attention(q, k, v, order=order, causal=causal, scale=0.8, initial_state=None,
+    o, _ = torch_ops.attention(q, k, v, order=order, causal=causal, scale=0.8, initial_state=None,
                                    output_final_state=False, cu_seqlens=None, chunk=chunk)
     ref = naive_attention(q, k, v, order=order, causal=causal, scale=0.8)
     assert rel_err(o, ref) < 1e-12
@@ -50,7 +51,7 @@ def test_high_order_converges_to_exact():
 
 def _poisoned(monkeypatch):
     """The torch backend's output buffers start as NaN, so any position a scan leaves unwritten shows."""
-    monkeypatch.setattr(torch_backend, "new_out", lambda x, *shape: x.new_full(shape, float("nan")))
+    monkeypatch.setattr(torch_kernels, "new_out", lambda x, *shape: x.new_full(shape, float("nan")))
 
 
 def _outputs_and_grads(causal: bool):
@@ -72,8 +73,8 @@ def test_the_poisoned_check_catches_a_scan_that_skips_its_last_chunk(causal, mon
     # The mutant: every scan walks all chunks but the last. Without the NaN poison its outputs would be
     # whatever the allocator left there (often zeros or old values), and the check above would pass.
     _poisoned(monkeypatch)
-    walk = torch_backend.chunks
-    monkeypatch.setattr(torch_backend, "chunks", lambda T, chunk: walk(T, chunk)[:-1])
+    walk = torch_kernels.chunks
+    monkeypatch.setattr(torch_kernels, "chunks", lambda T, chunk: walk(T, chunk)[:-1])
     o, *grads = _outputs_and_grads(causal)
     assert torch.isnan(o[:, -1]).all()
     assert any(not torch.isfinite(g).all() for g in grads)

@@ -13,16 +13,17 @@ import pytest
 import torch
 
 from ea_ops import records
-from ea_ops.triton import backend, configs
-from ea_ops.triton.plan import items_of, sequences
-from ea_ops.triton.target import fingerprint_of, source_hash
+from ea_ops.backends.triton import backend, configs
+from ea_ops.backends.triton.plan import items_of, sequences
+from ea_ops.backends.triton.target import fingerprint_of, source_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 FP = "cuda-NVIDIA_H200-sm90-triton3.6.0-kabc"
 
 
 def test_importing_the_backend_does_not_import_triton():
-    code = "import sys, ea_ops.triton.backend, ea_ops.triton.configs; assert 'triton' not in sys.modules"
+    code = ("import sys, ea_ops.backends.triton.backend, ea_ops.backends.triton.configs; "
+            "assert 'triton' not in sys.modules")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=120)
 
@@ -50,7 +51,7 @@ def test_rows_and_channels_over_the_launch_limits_are_refused():
 
 def test_interpreter_variable_set_too_late_is_refused(monkeypatch):
     pytest.importorskip("triton")
-    from ea_ops.triton import kernels  # noqa: F401  (defined as compiled kernels in this process)
+    from ea_ops.backends.triton import cuda_kernels  # noqa: F401  (defined as compiled kernels in this process)
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     why = backend.supports(torch.zeros(1, 3, 1, 2), causal=True, order=6, needs_grad=False)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import ea_ops
-from ea_ops import torch_backend
+from ea_ops.backends.torch import backend as torch_backend
 from ea_ops.state import EAState
 
 pytestmark = pytest.mark.gpu
@@ -51,7 +51,7 @@ def ref(q, k, v, go, *, order, causal, scale, state=None, cu=None):
 
 @pytest.fixture(autouse=True)
 def _poison():
-    from ea_ops.triton import launch
+    from ea_ops.backends.triton import launch
 
     with launch.poison_outputs():
         yield
@@ -65,7 +65,7 @@ CASES = [(c, torch.bfloat16) for c in CONFIGS] + [(c, dt) for c in (CONFIGS[1], 
 @pytest.mark.parametrize("cfg, dtype", CASES, ids=[f"{_ids(c)}-{str(d)[6:]}" for c, d in CASES])
 @pytest.mark.parametrize("causal", [True, False])
 def test_forward_backward_against_torch(cfg, dtype, causal):
-    from ea_ops.triton import configs
+    from ea_ops.backends.triton import configs
 
     B, T, H, D, order = 2, 700, 4, 48, 6
     q, k, v, go = data((B, T, H, D), dtype, seed=1)
@@ -89,7 +89,7 @@ def test_forward_backward_against_torch(cfg, dtype, causal):
 
 @pytest.mark.parametrize("cfg", CONFIGS[:3], ids=_ids)
 def test_varlen_states(cfg):
-    from ea_ops.triton import configs
+    from ea_ops.backends.triton import configs
 
     cu = torch.tensor([0, 100, 100, 333, 1000], device=DEV)
     q, k, v, go = data((1, 1000, 2, 64), torch.bfloat16, seed=3)
@@ -141,7 +141,7 @@ def test_large_keys_stay_finite():
 
 def test_auto_picks_triton_on_cuda_and_compiles_under_inductor():
     from ea_ops import dispatch
-    from ea_ops.triton import backend
+    from ea_ops.backends.triton import backend
 
     q, k, v, _ = data((2, 64, 2, 32), torch.bfloat16, seed=8)
     assert dispatch.resolve("auto", q, causal=True, order=6, needs_grad=True).NAME == "triton"

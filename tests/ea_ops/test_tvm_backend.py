@@ -15,8 +15,8 @@ pytest.importorskip("tvm")
 
 import ea_ops  # noqa: E402
 from ea_ops import records  # noqa: E402
-from ea_ops.tvm import backend, build, tuned  # noqa: E402
-from ea_ops.tvm.target import cpu_fingerprint  # noqa: E402
+from ea_ops.backends.tvm import backend, build, tuned  # noqa: E402
+from ea_ops.backends.tvm.target import cpu_fingerprint  # noqa: E402
 from tests.helpers import qkv, rel_err  # noqa: E402
 
 pytestmark = pytest.mark.tvm
@@ -68,7 +68,7 @@ def test_a_record_for_this_target_is_applied_and_auto_prefers_tvm(cache):
 def test_a_shipped_record_for_this_target_is_applied_at_run_time(shipped, monkeypatch):
     # The shipped cache holds records of other CPU classes only: write one for this machine's fingerprint, with
     # knobs no other test in this module builds, so the kernel below is built here from this record.
-    from ea_ops.tvm.schedule import default_cpu_config
+    from ea_ops.backends.tvm.schedule import default_cpu_config
 
     cfg = {"loop": "t_d", "d_tile": 2, "h_tile": 1, "t_unroll": 4, "parallel": True}
     assert cfg != default_cpu_config("forward", 2, 8)
@@ -125,7 +125,7 @@ def test_supports_and_unsupported_inputs():
 
 
 def test_importing_the_backend_does_not_import_tvm():
-    code = ("import sys, torch, ea_ops.tvm.backend as b; q = torch.zeros(1, 3, 1, 2); "
+    code = ("import sys, torch, ea_ops.backends.tvm.backend as b; q = torch.zeros(1, 3, 1, 2); "
             "b.prefers(q, 2); b.unavailable_reason(); print('tvm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

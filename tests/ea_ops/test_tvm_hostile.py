@@ -11,8 +11,8 @@ pytest.importorskip("tvm")
 
 import ea_ops  # noqa: E402
 from ea_ops import dispatch  # noqa: E402
+from ea_ops.backends.tvm import backend, ops  # noqa: E402
 from ea_ops.errors import BackendUnavailableError  # noqa: E402
-from ea_ops.tvm import backend, ops  # noqa: E402
 from tests.ea_ops import hostile as HX  # noqa: E402
 
 pytestmark = pytest.mark.tvm

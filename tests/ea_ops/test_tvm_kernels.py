@@ -11,7 +11,7 @@ pytest.importorskip("tvm")
 
 import ea_ops  # noqa: E402
 from ea_ops import EAState  # noqa: E402
-from ea_ops.tvm import build, kernels, ops  # noqa: E402
+from ea_ops.backends.tvm import build, cpu_kernels, ops  # noqa: E402
 from tests.helpers import qkv, rel_err  # noqa: E402
 
 pytestmark = pytest.mark.tvm
@@ -198,11 +198,11 @@ def test_custom_ops_pass_opcheck():
 
 def test_build_func_rejects_bad_arguments():
     with pytest.raises(ValueError, match="order"):
-        kernels.build_func("forward", 3, "float32", True, 1, 4)
+        cpu_kernels.build_func("forward", 3, "float32", True, 1, 4)
     with pytest.raises(ValueError, match="dtype"):
-        kernels.build_func("forward", 2, "float64", True, 1, 4)
+        cpu_kernels.build_func("forward", 2, "float64", True, 1, 4)
     with pytest.raises(ValueError, match="kernel"):
-        kernels.build_func("sideways", 2, "float32", True, 1, 4)
+        cpu_kernels.build_func("sideways", 2, "float32", True, 1, 4)
 
 
 def test_torch_compile_holds_the_custom_op_without_graph_breaks():
@@ -226,8 +226,8 @@ def _exp_neg_kernel(n: int):
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
 
-    from ea_ops.tvm import tir_math as tm
-    from ea_ops.tvm.target import cpu_target
+    from ea_ops.backends.tvm import tir_math as tm
+    from ea_ops.backends.tvm.target import cpu_target
 
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
@@ -249,7 +249,7 @@ def _exp_neg_kernel(n: int):
 def test_polynomial_exp_against_float64():
     """The kernels' vectorised exp: relative error within 2.5e-7 (about 2 ulp; measured 8.3e-8, margin 3x) on
     [-86, 0], and exactly 0 below the floor and at -inf (the empty state's weight)."""
-    from ea_ops.tvm.tir_math import EXP_FLOOR
+    from ea_ops.backends.tvm.tir_math import EXP_FLOOR
 
     tiny = -torch.rand(4_000, generator=torch.Generator().manual_seed(0)) * 1e-3
     z = torch.cat([torch.linspace(EXP_FLOOR, 0.0, 200_000), tiny,

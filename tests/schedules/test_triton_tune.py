@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from ea_ops.triton import configs as runtime
+from ea_ops.backends.triton import configs as runtime
 from schedules.triton import configs
 from schedules.triton.workloads import PRESETS, preset
 

@@ -13,8 +13,8 @@ import tvm  # noqa: E402
 from tvm import s_tir  # noqa: E402
 
 import ea_ops  # noqa: E402
-from ea_ops.tvm import kernels, ops, schedule  # noqa: E402
-from ea_ops.tvm.target import cpu_target  # noqa: E402
+from ea_ops.backends.tvm import cpu_kernels, ops, schedule  # noqa: E402
+from ea_ops.backends.tvm.target import cpu_target  # noqa: E402
 from schedules.tvm import spaces  # noqa: E402
 from tests.helpers import qkv, rel_err  # noqa: E402
 
@@ -23,7 +23,7 @@ H, D, ORDER = 2, 16, 2
 
 
 def _sch(kernel="forward", causal=True):
-    return s_tir.Schedule(kernels.build_func(kernel, ORDER, "float32", causal, H, D))
+    return s_tir.Schedule(cpu_kernels.build_func(kernel, ORDER, "float32", causal, H, D))
 
 
 def _t_loop(sch, block="scan"):
@@ -85,7 +85,7 @@ def test_the_check_is_not_vacuous_a_reordered_time_loop_gives_wrong_answers():
 @pytest.mark.parametrize("kernel, causal", [("forward", True), ("forward", False), ("backward", True)])
 def test_design_space_samples_pass_the_check_and_compute_correctly(kernel, causal):
     """Sample the MetaSchedule space (every structural branch, random knobs), build, compare."""
-    func = kernels.build_func(kernel, ORDER, "float32", causal, H, D)
+    func = cpu_kernels.build_func(kernel, ORDER, "float32", causal, H, D)
     B, T = 2, 21
     q, k, v = qkv((B, T, H, D), dtype=torch.float32, seed=1, requires_grad=True)
     want, _ = ea_ops.ea_attention(q.double(), k.double(), v.double(), order=ORDER, causal=causal,
@@ -140,10 +140,10 @@ def test_unrolled_time_loops_cover_every_length_around_the_split(kernel, t_unrol
     """The main block takes T - T % TIME_ALIGN steps unrolled, the tail the rest: lengths below, at and
     beyond the split, NaN-poisoned outputs, causal forward and backward against the float64 reference."""
     cfg = {"loop": "d_t", "d_tile": D, "h_tile": 1, "t_unroll": t_unroll, "parallel": True}
-    lib = tvm.compile(schedule.schedule_cpu(kernels.build_func(kernel, ORDER, "float32", True, H, D),
+    lib = tvm.compile(schedule.schedule_cpu(cpu_kernels.build_func(kernel, ORDER, "float32", True, H, D),
                                             kernel, True, cfg), target=cpu_target())
-    assert kernels.TIME_ALIGN % t_unroll == 0
-    for T in (1, kernels.TIME_ALIGN - 1, kernels.TIME_ALIGN, 2 * kernels.TIME_ALIGN + 3):
+    assert cpu_kernels.TIME_ALIGN % t_unroll == 0
+    for T in (1, cpu_kernels.TIME_ALIGN - 1, cpu_kernels.TIME_ALIGN, 2 * cpu_kernels.TIME_ALIGN + 3):
         q, k, v = qkv((1, T, H, D), dtype=torch.float32, seed=T)
         qq, kk, vv = (t.double().requires_grad_() for t in (q, k, v))
         want, fs = ea_ops.ea_attention(qq, kk, vv, order=ORDER, backend="torch", output_final_state=True)

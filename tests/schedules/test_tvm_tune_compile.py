@@ -13,8 +13,8 @@ import pytest
 pytest.importorskip("tvm")
 
 from ea_ops import records  # noqa: E402
-from ea_ops.tvm import build, tuned  # noqa: E402
-from ea_ops.tvm.target import cpu_fingerprint  # noqa: E402
+from ea_ops.backends.tvm import build, tuned  # noqa: E402
+from ea_ops.backends.tvm.target import cpu_fingerprint  # noqa: E402
 from schedules.tvm import rpc, spaces  # noqa: E402
 
 pytestmark = pytest.mark.tvm

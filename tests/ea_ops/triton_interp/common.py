@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ea_ops import torch_backend
+from ea_ops.backends.torch import backend as torch_backend
+from ea_ops.backends.triton.target import interpreting
 from ea_ops.state import EAState
-from ea_ops.triton.target import interpreting
 
 if not interpreting():
     pytest.fail("the triton_interp tests need TRITON_INTERPRET=1 set before triton is imported; run them "

@@ -11,10 +11,10 @@ import torch
 
 import ea_ops
 from ea_ops import dispatch, records
+from ea_ops.backends.triton import backend, configs, cuda_kernels, launch
+from ea_ops.backends.triton.ops import forward_op
+from ea_ops.backends.triton.target import fingerprint
 from ea_ops.state import EAState
-from ea_ops.triton import backend, configs, kernels, launch
-from ea_ops.triton.ops import forward_op
-from ea_ops.triton.target import fingerprint
 from tests.ea_ops.triton_interp.common import DTYPES, TOL, inputs, random_state, rel, state_rel
 
 
@@ -114,8 +114,8 @@ class _Counting:
 
 @pytest.mark.parametrize("variant", ["scan", "chunked"])
 def test_forced_and_default_configurations_are_what_runs(variant, monkeypatch):
-    spy = _Counting(kernels.ea_chunk_prefix)
-    monkeypatch.setattr(kernels, "ea_chunk_prefix", spy)
+    spy = _Counting(cuda_kernels.ea_chunk_prefix)
+    monkeypatch.setattr(cuda_kernels, "ea_chunk_prefix", spy)
     q, k, v = inputs((1, 40, 1, 2), torch.float32, seed=37)
     cfg = {"variant": variant, "num_warps": 1, **({"chunk": 16} if variant == "chunked" else {})}
     with configs.forced(cfg, "forward"):

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ea_ops.triton import configs, launch, ops
+from ea_ops.backends.triton import configs, launch, ops
 from tests.ea_ops import hostile as HX
 from tests.ea_ops.triton_interp import common as C  # fails collection without TRITON_INTERPRET=1
 

@@ -1,4 +1,4 @@
-"""The Triton kernels (through ``ea_ops.triton.launch``) against the torch reference, under the interpreter.
+"""The Triton kernels (through ``ea_ops.backends.triton.launch``) against the torch reference, under the interpreter.
 
 Every call runs with NaN-poisoned outputs and scratch buffers, so an element a kernel forgets to write fails
 the finiteness check in ``rel``.
@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ea_ops import torch_backend
+from ea_ops.backends.torch import backend as torch_backend
+from ea_ops.backends.triton import launch
 from ea_ops.state import EAState
-from ea_ops.triton import launch
 from tests.ea_ops.triton_interp import common as C
 
 

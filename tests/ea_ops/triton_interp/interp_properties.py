@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ea_ops.triton import configs, launch
+from ea_ops.backends.triton import configs, launch
 from tests.ea_ops import properties as P
 from tests.ea_ops.triton_interp.common import CONFIGS
 

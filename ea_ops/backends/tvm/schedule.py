@@ -23,7 +23,7 @@ from typing import Any
 import tvm
 from tvm import s_tir, tirx
 
-from .kernels import SCAN_BLOCKS, TAIL
+from .cpu_kernels import SCAN_BLOCKS, TAIL
 
 LOOPS = ("d_t", "t_d")
 T_UNROLLS = (1, 2, 4, 8)

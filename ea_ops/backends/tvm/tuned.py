@@ -1,7 +1,7 @@
 """Tuned records of the TVM backend at run time: which record applies to a call (no TVM import here).
 
 Records (``ea_ops.records`` schema v1) live in ``<root>/tvm/<fingerprint>/records.json``; for a CPU record
-``config`` holds the knobs of ``ea_ops.tvm.schedule`` and ``workload`` the tuned shape
+``config`` holds the knobs of ``ea_ops.backends.tvm.schedule`` and ``workload`` the tuned shape
 ``{"B", "T", "H", "D", "T_bucket"}``. A record applies to a call with the same kernel, causality, order,
 dtype, ``H`` and ``D``; among several, the one whose ``T_bucket`` is nearest (in log2) to the call's.
 The MetaSchedule database the tuner kept sits in the same folder; the runtime needs only the knobs.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 
-from .. import records as _records
+from ... import records as _records
 from .target import cpu_fingerprint
 
 BACKEND = "tvm"

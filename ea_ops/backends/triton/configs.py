@@ -18,7 +18,7 @@ import math
 import warnings
 from collections.abc import Iterator
 
-from .. import records as _records
+from ... import records as _records
 
 BACKEND = "triton"
 KERNELS = ("forward", "backward", "step")

@@ -1,7 +1,7 @@
 """Host side of the Triton kernels: buffers, work tables and launches for one configuration.
 
 Inputs arrive contiguous ``[B, T, H, D]`` (rows ``[B*T, H*D]``) with the state ``S, Z [seqs, H, t+1, D]``,
-``m [seqs, H, D]`` float32. A configuration is a dict (``ea_ops.triton.configs``):
+``m [seqs, H, D]`` float32. A configuration is a dict (``ea_ops.backends.triton.configs``):
 ``{"variant": "scan" | "chunked", "num_warps": w, "chunk": L}``; programs take ``BLOCK_C = 32 * w``
 channels (one per thread, see ``kernels``). ``poison_outputs()`` makes every buffer start as NaN, so a
 test sees any element a kernel forgot to write.
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from . import kernels as K
+from . import cuda_kernels as K
 from .plan import Plan, make_plan, sequences
 
 _POISON = False

@@ -28,7 +28,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from . import tir_math as tm
-from .kernels import _load, _Sig, _store
+from .cpu_kernels import _load, _Sig, _store
 from .tir_math import F32, StateRef, let
 
 CHANNELS_FOR_CHANNEL_FORM = 1 << 17

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..records import records_stamp
+from ...records import records_stamp
 from . import tuned
 from .target import cpu_fingerprint
 
@@ -56,10 +56,10 @@ def build_cpu(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int,
     """The compiled runtime module of one kernel under one CPU config (no caching)."""
     import tvm
 
-    from . import kernels, schedule
+    from . import cpu_kernels, schedule
     from .target import cpu_target
 
-    func = kernels.build_func(kernel, order, dtype, causal, H, D)
+    func = cpu_kernels.build_func(kernel, order, dtype, causal, H, D)
     mod = schedule.schedule_cpu(func, kernel, causal, cfg)
     return tvm.compile(mod, target=cpu_target())
 

@@ -10,7 +10,7 @@ import importlib.util
 
 import torch
 
-from ..state import EAState, op_state_inputs
+from ...state import EAState, op_state_inputs
 from . import tuned
 from .target import cpu_fingerprint
 

@@ -15,7 +15,7 @@ together as ``[ROWS, BLOCK_C]`` tiles (rows again inside one thread), then scann
 so each thread has several rows in flight instead of one.
 
 Stabilisation: every ``exp`` argument is ``<= 0`` (``m`` is the running minimum of ``y^2``; suffix sums of
-the backward are referenced to the position's own ``m``), as in ``ea_ops.torch_backend``.
+the backward are referenced to the position's own ``m``), as in ``ea_ops.backends.torch``.
 
 Argument naming (the ahead-of-time compiler builds signatures from it): ``*_ptr`` of ``q k v o g dq dk
 dv`` are in the input dtype, ``bounds_ptr seq_chunks_ptr item_seq_ptr`` are int32, other pointers float32;

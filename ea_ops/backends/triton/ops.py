@@ -7,7 +7,7 @@ causal backward at ``T = 1`` from the step's input state).
 outputs must not alias). ``offsets`` is ``cu_seqlens`` as a list (empty: one sequence per batch entry).
 The backward saves only ``q, k, v`` and the initial state: the kernels recompute everything else. The
 backward op has no derivative of its own: its autograd formula refuses second derivatives with a clear error.
-The configuration of each call comes from ``ea_ops.triton.configs.choose`` (tuned record or default).
+The configuration of each call comes from ``ea_ops.backends.triton.configs.choose`` (tuned record or default).
 """
 
 from __future__ import annotations

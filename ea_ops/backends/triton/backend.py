@@ -11,7 +11,7 @@ import importlib.util
 
 import torch
 
-from ..state import EAState, op_state_inputs
+from ...state import EAState, op_state_inputs
 from .target import interpreting
 
 NAME = "triton"
@@ -39,9 +39,9 @@ def _interpreter_active() -> bool:
         return False
     from triton.runtime.interpreter import InterpretedFunction
 
-    from . import kernels
+    from . import cuda_kernels
 
-    return isinstance(kernels.ea_fwd_scan, InterpretedFunction)
+    return isinstance(cuda_kernels.ea_fwd_scan, InterpretedFunction)
 
 
 def supports(q: torch.Tensor, *, causal: bool, order: int, needs_grad: bool) -> str | None:

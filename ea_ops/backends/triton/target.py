@@ -18,7 +18,7 @@ import torch
 
 _HERE = Path(__file__).resolve().parent
 # The files whose text decides what a configuration means: the kernels and the launch code (BLOCK_C, passes).
-SOURCE_FILES = ("kernels.py", "launch.py", "plan.py")
+SOURCE_FILES = ("cuda_kernels.py", "launch.py", "plan.py")
 
 
 def interpreting() -> bool:

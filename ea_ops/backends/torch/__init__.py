@@ -1,0 +1,1 @@
+"""The torch backend: pure PyTorch on any device, the reference of every kernel."""
