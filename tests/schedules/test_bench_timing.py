@@ -1,11 +1,14 @@
-"""The CPU timer of ``ea-ops bench``: blocks per peer over several passes, medians, warm-up after each pause,
-the budget, failures kept apart. Run on a simulated clock (``clock=`` / ``sleep=``), so nothing here depends
-on how loaded the machine is.
+"""The timers of ``ea-ops bench``. CPU: blocks per peer over several passes, medians, warm-up after each pause,
+the budget, failures kept apart, scopes entered per block. CUDA, without a GPU by injection: do_bench when
+Triton is there, else CUDA events with an L2 flush before each call. Run on a simulated clock (``clock=`` /
+``sleep=``), so nothing here depends on how loaded the machine is.
 
 Durations are powers of two, so the simulated times add up exactly and a median equals its duration exactly.
 """
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 
@@ -108,3 +111,78 @@ def test_samples_per_block_are_capped_and_a_tiny_budget_still_gives_one_sample()
     (tiny,) = ft.time([ft.op(2.0**-10)], budget_s=1e-6)
     assert big.samples == PASSES * MAX_SAMPLES_PER_BLOCK
     assert tiny.samples == 1 and tiny.median_s == 2.0**-10
+
+
+class Counting:
+    """A scope that counts how often it is entered and whether a call ran inside it."""
+
+    def __init__(self):
+        self.entered, self.inside = 0, False
+
+    def __call__(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def scope():
+            self.entered, self.inside = self.entered + 1, True
+            try:
+                yield
+            finally:
+                self.inside = False
+        return scope()
+
+
+def test_a_scoped_peer_is_timed_inside_its_scope_entered_per_block_not_per_call():
+    ft = FakeTime()
+    op, sc = ft.op(2.0**-12), Counting()
+    outside = []
+
+    def fn():
+        outside.append(not sc.inside)
+        op()
+
+    (t,) = ft.time([timing.Scoped(fn, sc)], budget_s=0.2)
+    assert t.median_s == op.duration and not any(outside)
+    assert op.calls > 100 and sc.entered == 1 + PASSES  # the estimate, then one block per pass
+    timing.Scoped(fn, sc)()  # called directly (the gate), it enters the scope itself
+    assert sc.entered == 2 + PASSES and not outside[-1]
+
+
+def test_cuda_timer_is_do_bench_when_triton_is_there_else_cuda_events(monkeypatch):
+    calls = []
+
+    def do_bench(fn, *, warmup, rep, return_mode):
+        calls.append((warmup, rep, return_mode))
+        fn()
+        return 2.5  # ms
+
+    median_s, name = timing.cuda_timer(do_bench)
+    assert name == timing.CUDA_TIMER and median_s(lambda: None) == 2.5e-3
+    assert calls == [(timing.CUDA_WARMUP_MS, timing.CUDA_REP_MS, "median")]
+    assert timing.cuda_timer(None) == (timing.events_median, timing.CUDA_EVENTS_TIMER)
+    monkeypatch.setitem(sys.modules, "triton.testing", None)  # as if triton were not installed
+    assert timing.find_do_bench() is None
+    sc = Counting()
+    got = timing.time_cuda([lambda: None, timing.Scoped(lambda: None, sc), lambda: 1 / 0], do_bench=do_bench)
+    assert [g.median_s for g in got[:2]] == [2.5e-3, 2.5e-3] and got[0].timer == timing.CUDA_TIMER
+    assert sc.entered == 1 and isinstance(got[2], ZeroDivisionError)
+
+
+def test_cuda_events_median_flushes_before_every_call_and_bounds_the_calls():
+    ft = FakeTime()
+    op = ft.op(2.0**-10, cold_factor=8.0)  # seconds; the first call is cold (not in the median)
+    flushes: list[int] = []
+
+    class Event:
+        def record(self):
+            self.t = ft.now
+
+        def elapsed_time(self, end):
+            return (end.t - self.t) * 1e3  # ms, as torch.cuda.Event
+
+    med = timing.events_median(op, event=Event, synchronize=lambda: None, flush=lambda: flushes.append(op.calls))
+    assert med == op.duration
+    assert flushes == list(range(op.calls))  # one flush before each call
+    tiny = ft.op(2.0**-30)
+    timing.events_median(tiny, event=Event, synchronize=lambda: None, flush=lambda: None)
+    assert tiny.calls == 1 + 2 * timing.MAX_EVENT_CALLS
