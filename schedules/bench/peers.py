@@ -1,34 +1,49 @@
 """What gets timed: the backend under test and its peers, each as a zero-argument callable.
 
-Peers (DESIGN.md "Measuring speed"): the same math in eager PyTorch (the torch backend), the same math
-under ``torch.compile``, exact causal softmax attention (``scaled_dot_product_attention``) and a copy of
-as many bytes as EA must move (the memory roofline).
+Peers (DESIGN.md "Measuring speed"): the same backend untuned (``default``), the same math in eager PyTorch
+(the torch backend), under ``torch.compile``, and as the straightforward unstabilised cumsum form; exact
+causal softmax attention (``scaled_dot_product_attention``, and FlashAttention where installed); and a copy
+of as many bytes as EA must move (the memory roofline). A peer that cannot run here raises ``Unavailable``.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import math
-from collections.abc import Callable
+import os
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 import ea_ops
-from ea_ops import torch_backend
+from ea_ops import dispatch
 from ea_ops.features import features
 from ea_ops.state import EAState
 
+from .timing import Scoped
 from .workloads import Workload
 
-PEERS = ("kernel", "eager", "compiled", "sdpa", "copy")
+TORCH = dispatch.load("torch")  # the reference backend's module (the dispatch protocol), always present
+PEERS = ("kernel", "default", "eager", "compiled", "cumsum", "sdpa", "flash_attn", "copy")
+STANDARD = ("eager", "compiled", "sdpa", "copy")  # without --peers and a preset's own
 COMPILE_BLOCK = 2048  # tokens per compiled block: bounds the compiled form's O(block * t) temporaries
 LABELS = {
+    "default": "same backend, untuned default",
     "eager": "eager PyTorch (torch backend)",
     "compiled": "torch.compile (blocked cumsum form)",
+    "cumsum": "eager cumsum form (unstabilised)",
     "sdpa": "SDPA exact softmax",
+    "flash_attn": "flash_attn exact softmax",
     "copy": "copy of the same bytes",
 }
+
+
+class Unavailable(Exception):
+    """A peer that cannot run here; the message says why (reported in its row, never fatal)."""
 
 
 @dataclass
@@ -47,7 +62,8 @@ class Inputs:
 
 
 def make_inputs(w: Workload, seed: int = 0, *, with_sdpa: bool = True) -> Inputs:
-    """Random inputs: q, k ~ N(0, 0.5^2) (a channel scale at which EA-6 is accurate), v ~ N(0, 1)."""
+    """Random inputs: q, k ~ N(0, 0.5^2) (a channel scale at which EA-6 is accurate), v ~ N(0, 1).
+    ``with_sdpa``: also the softmax peers' tensors (a KV cache of ``T`` in step mode)."""
     dev, dt = torch.device(w.device), w.torch_dtype
     gen = torch.Generator(device=dev).manual_seed(seed)
 
@@ -109,6 +125,130 @@ def reference_call(w: Workload, x: Inputs, dtype: torch.dtype) -> Callable[[], t
     return ea_call(w, up, "torch")
 
 
+# --------------------------------------------------------------------------- the untuned backend
+_KERNELS = {"fwd": ("forward",), "fwdbwd": ("forward", "backward"), "step": ("step",)}
+
+
+def _fmt_config(cfg: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in cfg.items())
+
+
+@contextlib.contextmanager
+def _records_hidden(folder: str) -> Iterator[None]:
+    """Within the block the record folders (``EA_OPS_CACHE_DIR``, ``EA_OPS_SHIPPED_CACHE``) are an empty
+    ``folder``: what a machine without records runs. Compiled kernels stay cached per configuration."""
+    keys = ("EA_OPS_CACHE_DIR", "EA_OPS_SHIPPED_CACHE")
+    before = {k: os.environ.get(k) for k in keys}
+    os.environ.update(dict.fromkeys(keys, folder))
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+_EMPTY: list[str] = []
+
+
+def _empty_folder() -> str:
+    """A folder of this process's own (``mkdtemp``: mode 0700), empty, removed at exit."""
+    if not _EMPTY:
+        _EMPTY.append(tempfile.mkdtemp(prefix="ea-ops-bench-no-records-"))
+        atexit.register(os.rmdir, _EMPTY[0])
+    return _EMPTY[0]
+
+
+def _tvm_untuned(w: Workload) -> tuple[Callable[[], contextlib.AbstractContextManager], str]:
+    from ea_ops.backends.tvm import build
+    from ea_ops.backends.tvm.schedule import default_cpu_config
+
+    folder = _empty_folder()
+    notes, same, sources = [], True, set()
+    for kernel in _KERNELS[w.mode]:
+        T = 1 if kernel == "step" else w.T
+        mine = build.kernel_for(kernel, True, w.order, w.dtype, w.H, w.D, T)  # built by the gate: cached
+        default = default_cpu_config(kernel, w.H, w.D)
+        same, sources = same and mine.config == default, sources | {mine.source}
+        notes.append(f"{kernel} {_fmt_config(default)}" + ("" if mine.config == default else
+                                                           f" (kernel: {_fmt_config(mine.config)})"))
+    note = "records hidden: " + "; ".join(notes)
+    if same:
+        why = "no record applies" if sources == {"default"} else "the record chose it"
+        note += f"; {why}: the kernel's schedule too (their ratio is noise)"
+    return lambda: _records_hidden(folder), note
+
+
+def _triton_untuned(w: Workload) -> tuple[Callable[[], contextlib.AbstractContextManager], str]:
+    from ea_ops.backends.triton import configs
+    from ea_ops.backends.triton.target import fingerprint, interpreting
+
+    rows = w.B if w.mode == "step" else w.B * w.T
+    fp = fingerprint(w.device) if w.device.startswith("cuda") or interpreting() else None
+    given, notes, same = {}, [], True
+    for kernel in _KERNELS[w.mode]:
+        shape = dict(causal=True, HD=w.H * w.D, n_seqs=w.B, rows=rows)
+        given[kernel] = configs.default(kernel, **shape)
+        mine = configs.choose(kernel, order=w.order, dtype=w.dtype, fp=fp, **shape)
+        same = same and mine == given[kernel]
+        notes.append(f"{kernel} {_fmt_config(given[kernel])}" + ("" if mine == given[kernel] else
+                                                                  f" (kernel: {_fmt_config(mine)})"))
+
+    def forced() -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        for kernel, cfg in given.items():
+            stack.enter_context(configs.forced(cfg, kernel))
+        return stack
+
+    note = "forced: " + "; ".join(notes)
+    if same:
+        note += "; no record applies or it chose the default: the kernel's config too (their ratio is noise)"
+    return forced, note
+
+
+def default_call(w: Workload, x: Inputs, backend: str) -> tuple[Scoped, str]:
+    """``backend`` with its untuned default configuration (TVM: the default schedule, records hidden; Triton:
+    the default config, forced), through the public API as the kernel; and a note naming the configuration."""
+    if backend == "tvm":
+        untuned, note = _tvm_untuned(w)
+    elif backend == "triton":
+        untuned, note = _triton_untuned(w)
+    else:
+        raise Unavailable(f"the {backend} backend has no tuned configuration")
+    return Scoped(ea_call(w, x, backend), untuned), note
+
+
+# ------------------------------------------------------------------------------ the cumsum formulation
+def cumsum_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, order: int,
+                     scale: float = 1.0) -> torch.Tensor:
+    """Causal EA-t ``[B, T, H, D]``, the straightforward eager form in float32: prefix sums of the features by
+    ``cumsum`` over all of ``T``, not stabilised (``exp(-y^2)`` underflows once |k| > ~10; fine for the bench's
+    N(0, 0.5^2) keys), with ``[B, T, H, D, t+1]`` temporaries."""
+    r = math.sqrt(scale)
+    x, y, vv = q.float() * r, k.float() * r, v.float()
+    kf = features(y, order) * torch.exp(-y * y)[..., None]
+    qf = features(x, order)
+    o = (qf * torch.cumsum(kf * vv[..., None], 1)).sum(-1) / (qf * torch.cumsum(kf, 1)).sum(-1)
+    return o.to(q.dtype)
+
+
+def cumsum_call(w: Workload, x: Inputs) -> Callable[[], tuple]:
+    if w.mode == "step":
+        raise Unavailable("the cumsum form sums over a whole sequence: it has no step")
+    if w.mode == "fwd":
+        def fwd():
+            with torch.no_grad():
+                return (cumsum_attention(x.q, x.k, x.v, order=w.order),)
+        return fwd
+
+    def fwdbwd():
+        o = cumsum_attention(x.q, x.k, x.v, order=w.order)
+        return (o.detach(), *torch.autograd.grad(o, (x.q, x.k, x.v), x.g))
+    return fwdbwd
+
+
 # ------------------------------------------------------------------------- the compiled formulation
 def _block(x, y, v, S, Z, m, order: int):
     """EA-t over one block of keys and queries with a carried state (the straightforward formulation).
@@ -144,7 +284,7 @@ def blocked_attention(q, k, v, *, order: int, scale: float = 1.0, block_fn=_bloc
 
 
 def _step_tensors(q, k, v, S, Z, m, order: int):
-    o, st = torch_backend.recurrent_step(q, k, v, EAState(S, Z, m), order=order, scale=1.0)
+    o, st = TORCH.recurrent_step(q, k, v, EAState(S, Z, m), order=order, scale=1.0)
     return o, st.S, st.Z, st.m
 
 
@@ -190,6 +330,36 @@ def sdpa_call(w: Workload, x: Inputs) -> Callable[[], tuple]:
     def fwdbwd():
         o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)
         return (o.detach(), *torch.autograd.grad(o, (qh, kh, vh), gh))
+    return fwdbwd
+
+
+def flash_attn_call(w: Workload, x: Inputs) -> Callable[[], tuple]:
+    """FlashAttention's causal ``flash_attn_func`` in its ``[B, T, H, D]`` layout (step: one query against the
+    KV cache, copied to that layout untimed); Unavailable where it is not installed or cannot run."""
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError:
+        raise Unavailable("flash_attn is not installed") from None
+    if not w.device.startswith("cuda"):
+        raise Unavailable("flash_attn runs on CUDA only")
+    if w.dtype not in ("float16", "bfloat16"):
+        raise Unavailable(f"flash_attn takes float16 or bfloat16, not {w.dtype}")
+    if w.mode == "step":
+        q1, kc, vc = (t.transpose(1, 2).contiguous() for t in x.sdpa)
+
+        def step():
+            with torch.no_grad():
+                return (flash_attn_func(q1, kc, vc),)
+        return step
+    if w.mode == "fwd":
+        def fwd():
+            with torch.no_grad():
+                return (flash_attn_func(x.q, x.k, x.v, causal=True),)
+        return fwd
+
+    def fwdbwd():
+        o = flash_attn_func(x.q, x.k, x.v, causal=True)
+        return (o.detach(), *torch.autograd.grad(o, (x.q, x.k, x.v), x.g))
     return fwdbwd
 
 

@@ -12,7 +12,9 @@ import torch
 
 from ea_ops.records import atomic_write_bytes
 
+from .goals import Goal, judge
 from .runner import WorkloadResult
+from .workloads import Workload
 
 SCHEMA = "ea-ops-bench/1"
 
@@ -63,20 +65,63 @@ def busy_warning(load_before: float | None, threads: int, cpus: int | None) -> s
 
 
 def document(results: list[WorkloadResult], *, backend: str, device: str, threads: int, timer: str,
-             argv: list[str], load_before: float | None = None) -> dict:
+             argv: list[str], load_before: float | None = None, preset: str | None = None,
+             goals: tuple[Goal, ...] = (), complete: bool = True) -> dict:
+    """The JSON document of a run (``complete`` False while it is still under way), ``goals`` judged on it."""
     m = machine(device, threads)
     m["load_average_before"], m["load_average_after"] = load_before, load_average()
     warning = busy_warning(load_before, threads, m["cpu_count"]) if device == "cpu" else None
+    workloads = [r.to_json() for r in results]
     return {
         "schema": SCHEMA,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "ea-ops bench " + " ".join(argv),
+        "preset": preset,
         "backend": backend,
         "timer": timer,
         "machine": m,
         "warnings": [warning] if warning else [],
-        "workloads": [r.to_json() for r in results],
+        "complete": complete,
+        "workloads": workloads,
+        "goals": [judge(g, workloads) for g in goals],
     }
+
+
+def plan_document(plan: list[tuple[Workload, tuple[str, ...]]], *, backend: str, unavailable: str | None,
+                  device: str, timer: str, argv: list[str], preset: str | None,
+                  goals: tuple[Goal, ...] = ()) -> dict:
+    """What a run would do (``--dry-run``): workloads, peers, timer and goals, nothing measured."""
+    workloads = [{"workload": w.to_json(), "label": w.label, "peers": list(ps), "bytes": w.ea_bytes(),
+                  "gate": None, "results": []} for w, ps in plan]
+    return {"schema": SCHEMA, "dry_run": True,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": "ea-ops bench " + " ".join(argv), "preset": preset, "backend": backend,
+            "backend_unavailable": unavailable, "device": device, "timer": timer, "complete": False,
+            "workloads": workloads, "goals": [judge(g, workloads) for g in goals]}
+
+
+def _goal_lines(doc: dict) -> list[str]:
+    if not doc.get("goals"):
+        return []
+    lines = ["", f"goals of preset {doc['preset']}:"]
+    for g in doc["goals"]:
+        verdict = {True: "met", False: "NOT MET", None: "not measured"}[g["met"]]
+        got = "" if g["measured"] is None else f": {g['measured']:.3g}"
+        lines.append(f"  [{verdict}] {g['text']} ({g['metric']} of {g['peer']} {g['op']} {g['bound']:g}){got}")
+    return lines
+
+
+def plan_table(doc: dict) -> str:
+    """The plan of ``--dry-run`` as text."""
+    why = f" (not available here: {doc['backend_unavailable']})" if doc["backend_unavailable"] else ""
+    lines = [f"ea-ops bench --dry-run: {doc['preset'] or 'shape'}, backend={doc['backend']}{why}, "
+             f"device {doc['device']}, timer: {doc['timer']}; nothing was run", "",
+             f"{'workload':<24} {'mode':<7} {'dtype':<9} {'order':>5}  peers besides the kernel"]
+    for wr in doc["workloads"]:
+        w = wr["workload"]
+        lines.append(f"{wr['label']:<24} {w['mode']:<7} {w['dtype']:<9} {w['order']:>5}  "
+                     + ",".join(p for p in wr["peers"] if p != "kernel"))
+    return "\n".join(lines + _goal_lines(doc))
 
 
 def _fmt_time(s: float | None) -> str:
@@ -108,20 +153,24 @@ def table(doc: dict) -> str:
     if len(common) == 1:
         order, dtype, mode = common.pop()
         lines.append(f"order {order}, {dtype}, mode {mode}")
-    head = f"{'workload':<30} {'peer':<40} {'median':>10} {'speedup':>8} {'GB/s':>8} {'roofline':>8}  note"
+    names = [wr["label"] if not common else
+             f"{wr['label']} t{wr['workload']['order']} {wr['workload']['dtype']} {wr['workload']['mode']}"
+             for wr in doc["workloads"]]
+    nw = max([30, *map(len, names)])
+    head = f"{'workload':<{nw}} {'peer':<40} {'median':>10} {'speedup':>8} {'GB/s':>8} {'roofline':>8}  note"
     lines += ["", head, "-" * len(head)]
-    for wr in doc["workloads"]:
-        w = wr["workload"]
-        name = wr["label"] if not common else f"{wr['label']} t{w['order']} {w['dtype']} {w['mode']}"
+    for name, wr in zip(names, doc["workloads"], strict=True):
         if not wr["gate"]["ok"]:
-            lines.append(f"{name:<30} {'NOT TIMED':<40} {wr['gate']['message']}")
+            lines.append(f"{name:<{nw}} {'NOT TIMED':<40} {wr['gate']['message']}")
             continue
         for i, r in enumerate(wr["results"]):
             status = "" if r["status"] == "ok" else f"[{r['status']}] "
-            lines.append(f"{name if i == 0 else '':<30} {r['label']:<40} {_fmt_time(r['median_s']):>10} "
+            lines.append(f"{name if i == 0 else '':<{nw}} {r['label']:<40} {_fmt_time(r['median_s']):>10} "
                          f"{_fmt(r['speedup'], '.3g'):>8} {_fmt(r['gbps'], '.3g'):>8} "
                          f"{_fmt(r['roofline'], '.1%'):>8}  {status}{r['note']}".rstrip())
-    return "\n".join(lines)
+    if not doc.get("complete", True):
+        lines.append("(incomplete: the run is still under way or was cut short)")
+    return "\n".join(lines + _goal_lines(doc))
 
 
 def plot(doc: dict, path: Path) -> str | None:
@@ -135,13 +184,15 @@ def plot(doc: dict, path: Path) -> str | None:
         return "matplotlib is not installed (pip install 'ea-ops[analysis]')"
     series: dict[str, list[tuple[int, float]]] = {}
     labels: dict[str, str] = {}
-    step = False
+    modes = {wr["workload"]["mode"] for wr in doc["workloads"]}
+    step = "step" in modes
     for wr in doc["workloads"]:
-        step = step or wr["workload"]["mode"] == "step"
+        mode = wr["workload"]["mode"]
         for r in wr["results"]:
             if r["median_s"] is not None and not r["note"].startswith("the kernel itself"):
-                series.setdefault(r["peer"], []).append((wr["workload"]["T"], r["median_s"]))
-                labels[r["peer"]] = r["label"]
+                key = r["peer"] if len(modes) == 1 else f"{r['peer']} {mode}"  # one line per peer and mode
+                series.setdefault(key, []).append((wr["workload"]["T"], r["median_s"]))
+                labels[key] = r["label"] if len(modes) == 1 else f"{r['label']}, {mode}"
     if not series:
         return "no timings to plot"
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -158,7 +209,8 @@ def plot(doc: dict, path: Path) -> str | None:
                     label=f"grows as T^{power}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("context length (KV cache)" if step else "sequence length T")
+    ax.set_xlabel(("context length (KV cache)" if len(modes) == 1 else "T (the step: context length)") if step
+                  else "sequence length T")
     ax.set_ylabel("median time per call (s)")
     ax.set_title(f"ea-ops bench ({doc['backend']} backend, {doc['machine']['device']})")
     ax.grid(True, which="both", alpha=0.3)

@@ -14,11 +14,13 @@ from ea_ops.progress import progress
 from . import gate, peers, timing
 from .workloads import Workload
 
+SOFTMAX = frozenset({"sdpa", "flash_attn"})  # exact softmax attention: other math, other bytes (KV cache)
+
 
 @dataclass
 class Options:
     backend: str
-    peers: tuple[str, ...] = peers.PEERS
+    peers: tuple[str, ...] = ("kernel", *peers.STANDARD)
     threads: int = 2
     budget_s: float = 10.0
     max_call_s: float = 60.0
@@ -31,7 +33,7 @@ class Options:
 class PeerResult:
     peer: str
     label: str
-    status: str  # ok | skipped | failed | wrong
+    status: str  # ok | same (as the kernel's row) | skipped | failed | wrong | unavailable
     median_s: float | None = None
     samples: int = 0
     bytes: int = 0
@@ -79,8 +81,8 @@ class WorkloadResult:
 
 def _exponent(peer: str, mode: str) -> int:
     """How a peer's time grows with T: EA and the copies linearly (EA not at all per step, the KV-cache
-    copy linearly), SDPA quadratically (linearly per step, over a growing cache)."""
-    if peer in ("sdpa", "copy_kv"):
+    copy linearly), softmax attention quadratically (linearly per step, over a growing cache)."""
+    if peer in SOFTMAX or peer == "copy_kv":
         return 1 if mode == "step" else 2
     return 0 if mode == "step" else 1
 
@@ -106,7 +108,7 @@ class Runner:
         self.opts = opts
         self.log = log
         self.last: dict[tuple, tuple[int, float]] = {}
-        self.compile_failed: dict[tuple, str] = {}
+        self.failed: dict[tuple, str] = {}  # per series, the failure of a peer that would fail again
 
     def _series(self, w: Workload, peer: str) -> tuple:
         return (replace(w, T=0), peer)
@@ -125,31 +127,37 @@ class Runner:
         skip = self._too_slow(w, peer, label, nbytes)
         return skip if skip is not None else _Pending(PeerResult(peer, label, "ok", bytes=nbytes), make())
 
-    def run(self, workloads: list[Workload]) -> list[WorkloadResult]:
-        steps = [(w, s) for w in workloads for s in ("gate", *self.opts.peers, "time")]
+    def run(self, workloads: list[Workload], peer_lists: list[tuple[str, ...]] | None = None,
+            on_result: Callable[[list[WorkloadResult]], None] | None = None) -> list[WorkloadResult]:
+        """Gate, prepare and time each workload with its peers (``peer_lists[i]``, "kernel" first; default
+        ``opts.peers``); ``on_result`` gets the results so far after each workload."""
+        peer_lists = peer_lists or [self.opts.peers] * len(workloads)
+        steps = [(w, ps, s) for w, ps in zip(workloads, peer_lists, strict=True) for s in ("gate", *ps, "time")]
         results: list[WorkloadResult] = []
         st: dict = {}
-        for w, step in progress(steps, total=len(steps), desc="ea-ops bench",
-                                disable=not self.opts.show_progress):
+        for w, ps, step in progress(steps, total=len(steps), desc="ea-ops bench",
+                                    disable=not self.opts.show_progress):
             if step == "gate":
-                st = self._gate(w)
-                st["rows"] = []
+                st = self._gate(w, ps)
+                st["rows"], st["peers"] = [], ps
                 results.append(st["result"])
-            elif not st["result"].gate.ok:
-                continue
-            elif step == "time":
-                st["result"].results = self._measure(w, st["rows"])
-                st.clear()
-                gc.collect()
-                if w.device.startswith("cuda"):
-                    torch.cuda.empty_cache()  # the next, larger workload gets the memory back
+            elif step == "time" or not st["result"].gate.ok:
+                if step == "time":
+                    if st["result"].gate.ok:
+                        st["result"].results = self._measure(w, st["rows"])
+                    st.clear()
+                    gc.collect()
+                    if w.device.startswith("cuda"):
+                        torch.cuda.empty_cache()  # the next, larger workload gets the memory back
+                    if on_result is not None:
+                        on_result(results)
             else:
                 st["rows"] += self._prepare(w, step, st)
         return results
 
     # ------------------------------------------------------------------------------------------- steps
-    def _gate(self, w: Workload) -> dict:
-        x = peers.make_inputs(w, self.opts.seed, with_sdpa="sdpa" in self.opts.peers)
+    def _gate(self, w: Workload, peer_names: tuple[str, ...]) -> dict:
+        x = peers.make_inputs(w, self.opts.seed, with_sdpa=not SOFTMAX.isdisjoint(peer_names))
         ref_dt = gate.reference_dtype(w.B * w.T * w.H * w.D if w.mode != "step" else w.B * w.H * w.D)
         if w.torch_dtype == torch.float64:
             ref_dt = torch.float64
@@ -171,54 +179,73 @@ class Runner:
         return {"result": WorkloadResult(w, g), "inputs": x, "ref": ref, "ref_dtype": ref_dt}
 
     def _prepare(self, w: Workload, peer: str, st: dict) -> list:
-        """Rows for ``peer``: ``_Pending`` to be timed, or finished ``PeerResult`` (skipped, failed, wrong)."""
+        """Rows for ``peer``: ``_Pending`` to be timed, or finished ``PeerResult`` (same, skipped, failed,
+        wrong, unavailable)."""
         x: peers.Inputs = st["inputs"]
         ea_bytes = w.ea_bytes()
-        if peer == "kernel":
-            return [self._pending(w, peer, f"{self.opts.backend} backend",
-                                  lambda: peers.ea_call(w, x, self.opts.backend), ea_bytes)]
-        if peer == "eager":
-            if self.opts.backend == "torch":  # the kernel is eager PyTorch: filled in from its row
-                return [PeerResult("eager", peers.LABELS["eager"], "same", bytes=ea_bytes)]
-            return [self._pending(w, peer, peers.LABELS[peer], lambda: peers.ea_call(w, x, "torch"), ea_bytes)]
-        if peer == "compiled":
-            return [self._compiled(w, x, st)]
-        if peer == "sdpa":
-            label = peers.LABELS["sdpa"] + (" (1 query, KV cache)" if w.mode == "step" else " (causal)")
-            return [self._pending(w, peer, label, lambda: peers.sdpa_call(w, x), w.sdpa_bytes())]
-        if peer == "copy":
-            rows = [self._pending(w, peer, peers.LABELS["copy"], lambda: peers.copy_call(ea_bytes, w.device),
-                                  ea_bytes)]
-            if w.sdpa_bytes() != ea_bytes and "sdpa" in self.opts.peers:
-                # SDPA moves other bytes (the KV cache): its roofline is a copy of those.
-                rows.append(self._pending(w, "copy_kv", "copy of SDPA's bytes (KV cache)",
-                                          lambda: peers.copy_call(w.sdpa_bytes(), w.device), w.sdpa_bytes()))
-            return rows
+        label = peers.LABELS.get(peer, "")
+        try:
+            if peer == "kernel":
+                return [self._pending(w, peer, f"{self.opts.backend} backend",
+                                      lambda: peers.ea_call(w, x, self.opts.backend), ea_bytes)]
+            if peer == "eager":
+                if self.opts.backend == "torch":  # the kernel is eager PyTorch: filled in from its row
+                    return [PeerResult("eager", label, "same", bytes=ea_bytes)]
+                return [self._pending(w, peer, label, lambda: peers.ea_call(w, x, "torch"), ea_bytes)]
+            if peer == "default":
+                if self.opts.backend == "torch":
+                    return [PeerResult(peer, label, "same", bytes=ea_bytes,
+                                       note="the torch backend has no tuned configuration")]
+                return [self._checked(w, peer, label, lambda: peers.default_call(w, x, self.opts.backend), st)]
+            if peer == "compiled":
+                if w.mode == "step":
+                    label = "torch.compile (torch backend step)"
+                return [self._checked(w, peer, label, lambda: (peers.compiled_call(w, x), ""), st,
+                                      fail="torch.compile failed: ")]
+            if peer == "cumsum":
+                return [self._checked(w, peer, label, lambda: (peers.cumsum_call(w, x), ""), st)]
+            if peer in SOFTMAX:
+                label += " (1 query, KV cache)" if w.mode == "step" else " (causal)"
+                make = peers.sdpa_call if peer == "sdpa" else peers.flash_attn_call
+                return [self._pending(w, peer, label, lambda: make(w, x), w.sdpa_bytes())]
+            if peer == "copy":
+                rows = [self._pending(w, peer, label, lambda: peers.copy_call(ea_bytes, w.device), ea_bytes)]
+                if w.sdpa_bytes() != ea_bytes and not SOFTMAX.isdisjoint(st["peers"]):
+                    # softmax attention moves other bytes (the KV cache): its roofline is a copy of those.
+                    rows.append(self._pending(w, "copy_kv", "copy of SDPA's bytes (KV cache)",
+                                              lambda: peers.copy_call(w.sdpa_bytes(), w.device), w.sdpa_bytes()))
+                return rows
+        except peers.Unavailable as exc:
+            nbytes = w.sdpa_bytes() if peer in SOFTMAX else ea_bytes
+            return [PeerResult(peer, label, "unavailable", bytes=nbytes, note=str(exc))]
         raise ValueError(f"unknown peer {peer!r}")
 
-    def _compiled(self, w: Workload, x: peers.Inputs, st: dict):
-        label, nbytes = peers.LABELS["compiled"], w.ea_bytes()
-        if w.mode == "step":
-            label = "torch.compile (torch backend step)"
-        series = self._series(w, "compiled")
-        if series in self.compile_failed:
-            return PeerResult("compiled", label, "failed", bytes=nbytes, note=self.compile_failed[series])
-        skip = self._too_slow(w, "compiled", label, nbytes)
+    def _checked(self, w: Workload, peer: str, label: str, make: Callable[[], tuple[Callable, str]], st: dict,
+                 fail: str = ""):
+        """A peer computing EA itself: made (``make() -> (fn, note)``, may raise ``Unavailable``), run once and
+        held to the kernel's gate; a failure to make it is remembered per series (everything but T)."""
+        nbytes = w.ea_bytes()
+        series = self._series(w, peer)
+        if series in self.failed:
+            return PeerResult(peer, label, "failed", bytes=nbytes, note=self.failed[series])
+        skip = self._too_slow(w, peer, label, nbytes)
         if skip is not None:
             return skip
         try:
-            fn = peers.compiled_call(w, x)
-            got = fn()  # compiles
+            fn, note = make()
+            got = fn()  # compiles, builds or JIT-compiles what it needs
+        except peers.Unavailable:
+            raise
         except Exception as exc:
-            note = "torch.compile failed: " + _first_line(exc)
-            self.compile_failed[series] = note
-            self.log(note)
-            return PeerResult("compiled", label, "failed", bytes=nbytes, note=note)
+            note = fail + _first_line(exc)
+            self.failed[series] = note
+            self.log(f"{label}: {note}")
+            return PeerResult(peer, label, "failed", bytes=nbytes, note=note)
         g = gate.compare(w.mode, w.dtype, got, st["ref"], st["ref_dtype"], label)
         if not g.ok:
             self.log(g.message + "; not timed")
-            return PeerResult("compiled", label, "wrong", bytes=nbytes, note=g.message)
-        return _Pending(PeerResult("compiled", label, "ok", bytes=nbytes), fn)
+            return PeerResult(peer, label, "wrong", bytes=nbytes, note=g.message)
+        return _Pending(PeerResult(peer, label, "ok", bytes=nbytes, note=note), fn)
 
     def _measure(self, w: Workload, rows: list) -> list[PeerResult]:
         pending = [r for r in rows if isinstance(r, _Pending)]
@@ -234,6 +261,6 @@ class Runner:
         kernel = next(r for r in out if r.peer == "kernel")
         for i, r in enumerate(out):
             if r.status == "same":
-                note = "the kernel itself" + (f"; {kernel.note}" if kernel.note else "")
+                note = "; ".join(n for n in ("the kernel itself", r.note, kernel.note) if n)
                 out[i] = replace(kernel, peer=r.peer, label=r.label, note=note)
         return out

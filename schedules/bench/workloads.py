@@ -10,6 +10,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .goals import Goal
+
 MODES = ("fwd", "fwdbwd", "step")
 DTYPES = {
     "float32": torch.float32,
@@ -86,22 +88,73 @@ def _pow2(lo: int, hi: int) -> list[int]:
     return out
 
 
-# name -> (one-line description, device it needs or None for "cuda when present, else cpu")
-PRESETS: dict[str, tuple[str, str | None]] = {
-    "cpu": ("B=1 H=8 D=64 order 6 float32 (the TVM issue's size at T=4096), T from 1k to 64k", "cpu"),
-    "gpu": ("B=8 H=16 D=128 order 6 bfloat16 (the Triton issue's size at T=8192), T from 2k to 64k", "cuda"),
-    "decode": ("one recurrent step at contexts 1k, 16k, 128k against SDPA over a KV cache that long", None),
-    "demo": ("B=1 H=8 D=64 order 6 float32 at T=512 and 1024: a quick look on this CPU", "cpu"),
-    "smoke": ("tiny shapes for tests: B=1 H=2 D=16 at T=64 and 128", "cpu"),
+@dataclass(frozen=True)
+class Preset:
+    """A named set of workloads (``plan``): what it is, the device it needs (None: CUDA when present, else the
+    CPU), the backend ``--backend`` defaults to (None: auto) and the goals an issue stated for it."""
+
+    description: str
+    device: str | None
+    backend: str | None = None
+    goals: tuple[Goal, ...] = ()
+
+
+GOAL_SHAPE = (8, 8192, 16, 128)  # the Triton issue's H200 size: B, T, H, D (bfloat16, order 6)
+TVM_SHAPE = (1, 4096, 8, 64)  # the TVM issue's CPU size (float32, order 6)
+
+PRESETS: dict[str, Preset] = {
+    "cpu": Preset("B=1 H=8 D=64 order 6 float32 (the TVM issue's size at T=4096), T from 1k to 64k", "cpu"),
+    "gpu": Preset("B=8 H=16 D=128 order 6 bfloat16 (the Triton issue's size at T=8192), T from 2k to 64k", "cuda"),
+    "decode": Preset("one recurrent step at contexts 1k, 16k, 128k against SDPA over a KV cache that long", None),
+    "demo": Preset("B=1 H=8 D=64 order 6 float32 at T=512 and 1024: a quick look on this CPU", "cpu"),
+    "smoke": Preset("tiny shapes for tests: B=1 H=2 D=16 at T=64 and 128", "cpu"),
+    "gpu-goal": Preset(
+        "the Triton issue's H200 goals: forward at B=8 T=8192 H=16 D=128 bfloat16 order 6 (torch.compile "
+        "timed last, its compile time is the least predictable), forward+backward at T=2k, 4k, 8k, and the "
+        "decode step at contexts 1k, 8k, 32k",
+        "cuda", backend="triton",
+        goals=(Goal("forward at B=8 T=8192 H=16 D=128 bf16 order 6 at 70% of the copy roofline",
+                    "fwd", "kernel", "roofline", ">=", 0.70),
+               Goal("forward+backward faster than SDPA from T=2048", "fwdbwd", "sdpa", "speedup", ">", 1.0, 2048),
+               Goal("decode step flat in the context (slowest / fastest < 1.25)", "step", "kernel", "spread",
+                    "<", 1.25))),
+    "tvm-speed": Preset(
+        "the TVM issue's CPU goals: B=1 T=4096 H=8 D=64 float32 order 6, forward and forward+backward, "
+        "against the default schedule and the unstabilised cumsum form",
+        "cpu", backend="tvm",
+        goals=(Goal("tuned causal forward >= 20x eager PyTorch", "fwd", "eager", "speedup", ">=", 20.0),
+               Goal("tuned forward >= 1.3x the default schedule", "fwd", "default", "speedup", ">=", 1.3),
+               Goal("forward >= 50% of the memory roofline", "fwd", "kernel", "roofline", ">=", 0.5),
+               Goal("forward+backward >= 10x autograd through the eager cumsum form (the issue states it for "
+                    "the backward alone)", "fwdbwd", "cumsum", "speedup", ">=", 10.0))),
 }
 
 
+def plan(name: str, device: str) -> list[tuple[Workload, tuple[str, ...] | None]]:
+    """The workloads of preset ``name`` on ``device`` ("cpu" or "cuda"), each with its peers (None: the
+    command's default)."""
+    if name == "gpu-goal":
+        fwd = Workload(*GOAL_SHAPE, 6, "bfloat16", "fwd", device)
+        return [(fwd, ("default", "eager", "sdpa", "flash_attn", "copy")),
+                *((replace(fwd, T=t, mode="fwdbwd"), ("sdpa", "flash_attn", "copy")) for t in (2048, 4096, 8192)),
+                *((replace(fwd, T=t, mode="step"), ("sdpa", "copy")) for t in (1024, 8192, 32768)),
+                (fwd, ("compiled", "copy"))]
+    if name == "tvm-speed":
+        fwd, peers = Workload(*TVM_SHAPE, 6, "float32", "fwd", device), ("default", "eager", "cumsum", "copy")
+        return [(fwd, peers), (replace(fwd, mode="fwdbwd"), peers)]
+    return [(w, None) for w in _sweep_preset(name, device)]
+
+
 def preset(name: str, device: str) -> list[Workload]:
-    """The workloads of preset ``name`` on ``device`` ("cpu" or "cuda")."""
+    """The workloads of preset ``name`` on ``device``."""
+    return [w for w, _ in plan(name, device)]
+
+
+def _sweep_preset(name: str, device: str) -> list[Workload]:
     if name == "cpu":
-        return _sweep(Workload(1, 4096, 8, 64, 6, "float32", "fwd", device), _pow2(1024, 65536))
+        return _sweep(Workload(*TVM_SHAPE, 6, "float32", "fwd", device), _pow2(1024, 65536))
     if name == "gpu":
-        return _sweep(Workload(8, 8192, 16, 128, 6, "bfloat16", "fwd", device), _pow2(2048, 65536))
+        return _sweep(Workload(*GOAL_SHAPE, 6, "bfloat16", "fwd", device), _pow2(2048, 65536))
     if name == "decode":
         base = (Workload(8, 1024, 16, 128, 6, "bfloat16", "step", device) if device == "cuda"
                 else Workload(1, 1024, 8, 64, 6, "float32", "step", device))

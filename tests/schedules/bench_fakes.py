@@ -5,7 +5,9 @@ from __future__ import annotations
 import sys
 import types
 
-from ea_ops import dispatch, torch_backend
+from ea_ops import dispatch
+
+torch_backend = dispatch.load("torch")  # the dispatch protocol's module of the reference backend
 
 # One thread: the tiny test shapes gain nothing from two, and on a loaded machine a second OpenMP thread
 # waiting for a descheduled one makes every small op 10-100x slower.

@@ -8,7 +8,7 @@ import torch
 import ea_ops
 from schedules.bench import memory, peers
 from schedules.bench.gate import rel_err
-from schedules.bench.workloads import PRESETS, Workload, parse_shape, preset
+from schedules.bench.workloads import PRESETS, Workload, parse_shape, plan, preset
 
 # The blocked form runs in float32 against the float64 reference, so its error is float32 rounding: tolerances
 # in float32 ulps (eps = 2^-23). Measured (max-norm relative, the inputs below): outputs 1.3e-7 to 4.1e-7
@@ -69,9 +69,37 @@ def test_presets_match_the_issues_sizes():
     assert {(w.B, w.H, w.D, w.dtype) for w in gpu} == {(8, 16, 128, "bfloat16")}
     assert [w.T for w in preset("decode", "cpu")] == [1024, 16384, 131072]
     assert {w.mode for w in preset("decode", "cuda")} == {"step"}
-    assert set(PRESETS) == {"cpu", "gpu", "decode", "demo", "smoke"}
+    assert set(PRESETS) == {"cpu", "gpu", "decode", "demo", "smoke", "gpu-goal", "tvm-speed"}
     with pytest.raises(ValueError, match="--workload must be one of"):
         preset("huge", "cpu")
+
+
+def test_the_goal_presets_are_what_the_scripts_measured():
+    """gpu-goal: gpu_bench.py's forward, fwd+bwd sweep and decode contexts; tvm-speed: tvm_speed.py's shape."""
+    goal = plan("gpu-goal", "cuda")
+    rows = [(w.mode, w.T, peers_) for w, peers_ in goal]
+    assert {(w.B, w.H, w.D, w.order, w.dtype, w.device) for w, _ in goal} == {(8, 16, 128, 6, "bfloat16", "cuda")}
+    assert rows[0] == ("fwd", 8192, ("default", "eager", "sdpa", "flash_attn", "copy"))
+    assert [(m, t) for m, t, _ in rows[1:7]] == [("fwdbwd", 2048), ("fwdbwd", 4096), ("fwdbwd", 8192),
+                                                   ("step", 1024), ("step", 8192), ("step", 32768)]
+    assert rows[-1] == ("fwd", 8192, ("compiled", "copy"))  # torch.compile last: the least predictable
+    assert all("sdpa" in p for m, _, p in rows if m != "fwd")
+    texts = {(g.mode, g.metric, g.op, g.bound, g.T_from) for g in PRESETS["gpu-goal"].goals}
+    assert ("fwd", "roofline", ">=", 0.70, 0) in texts and ("fwdbwd", "speedup", ">", 1.0, 2048) in texts
+    assert PRESETS["gpu-goal"].backend == "triton" and PRESETS["tvm-speed"].backend == "tvm"
+    tvm = plan("tvm-speed", "cpu")
+    assert [(w.B, w.T, w.H, w.D, w.order, w.dtype, w.mode) for w, _ in tvm] == [
+        (1, 4096, 8, 64, 6, "float32", "fwd"), (1, 4096, 8, 64, 6, "float32", "fwdbwd")]
+    assert all({"default", "cumsum"} <= set(p) for _, p in tvm)
+    assert all(p is None for _, p in plan("cpu", "cpu"))  # the other presets take the command's peers
+
+
+def test_cumsum_form_matches_the_reference():
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 64, 2, 8, generator=g, dtype=torch.float64) * s for s in (0.5, 0.5, 1))
+    ref, _ = ea_ops.ea_attention(q, k, v, order=6, backend="torch")
+    o = peers.cumsum_attention(q, k, v, order=6)
+    assert o.dtype == torch.float64 and rel_err(o, ref) < OUT_TOL
 
 
 def test_parse_shape():

@@ -1,0 +1,56 @@
+"""Goals a preset states (the issues' targets), judged from the ratios of a bench document.
+
+A goal reads one row (``peer``) of every timed workload of one mode from ``T_from`` on, so it can be judged on
+a partial document (a run cut short) or on a plan (nothing timed: not judged).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import asdict, dataclass
+
+METRICS = ("roofline", "speedup", "spread")
+_OPS = {">=": operator.ge, ">": operator.gt, "<": operator.lt}
+
+
+@dataclass(frozen=True)
+class Goal:
+    """``metric`` of row ``peer`` must be ``op bound``: per workload for ``roofline`` (the row's GB/s over the
+    copy's) and ``speedup`` (the row's median over the kernel's), across the workloads for ``spread`` (the
+    row's largest median over its smallest)."""
+
+    text: str
+    mode: str
+    peer: str
+    metric: str
+    op: str
+    bound: float
+    T_from: int = 0
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.op not in _OPS:
+            raise ValueError(f"op must be one of {tuple(_OPS)}, got {self.op!r}")
+
+
+def judge(goal: Goal, workloads: list[dict]) -> dict:
+    """``goal`` against the ``workloads`` of a bench document: the values read and ``met`` (None: not measured)."""
+    values: list[dict] = []
+    for wr in workloads:
+        w = wr["workload"]
+        if w["mode"] != goal.mode or w["T"] < goal.T_from:
+            continue
+        row = next((r for r in wr.get("results", []) if r["peer"] == goal.peer), None)
+        key = "median_s" if goal.metric == "spread" else goal.metric
+        values.append({"label": wr["label"], "value": None if row is None else row.get(key)})
+    measured = [v["value"] for v in values]
+    out = {**asdict(goal), "values": values, "measured": None, "met": None}
+    if not measured or any(v is None for v in measured):
+        out["note"] = "not measured" + ("" if measured else ": no workload of this mode and T")
+        return out
+    if goal.metric == "spread":
+        measured = [max(measured) / min(measured)]
+    out["measured"] = (max if goal.op == "<" else min)(measured)  # the worst value decides
+    out["met"] = _OPS[goal.op](out["measured"], goal.bound)
+    return out

@@ -1,0 +1,188 @@
+"""The peers and presets that replaced scripts/gpu_bench.py and scripts/tvm_speed.py: ``default`` (the backend
+untuned), ``cumsum``, ``flash_attn``; the ``gpu-goal`` and ``tvm-speed`` presets, their goals and dry run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from schedules import bench
+from schedules.bench.goals import Goal, judge
+
+from .bench_fakes import FAST
+
+TINY = ["--shape", "1,64,2,8"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_json(capsys, *args) -> tuple[int, dict, str]:
+    rc = bench.main([*args, "--json", *FAST])
+    out = capsys.readouterr()
+    return rc, json.loads(out.out) if out.out else {}, out.err
+
+
+def rows(doc: dict, i: int = 0) -> dict:
+    return {r["peer"]: r for r in doc["workloads"][i]["results"]}
+
+
+def test_torch_backend_default_is_the_kernel_and_cumsum_is_gated_and_timed(capsys):
+    rc, doc, err = run_json(capsys, "--backend", "torch", *TINY, "--mode", "fwdbwd",
+                            "--peers", "default,cumsum,flash_attn")
+    assert rc == 0, err
+    r = rows(doc)
+    assert list(r) == ["kernel", "default", "cumsum", "flash_attn"]
+    assert r["default"]["median_s"] == r["kernel"]["median_s"]
+    assert r["default"]["note"] == "the kernel itself; the torch backend has no tuned configuration"
+    assert r["cumsum"]["status"] == "ok" and r["cumsum"]["median_s"] > 0  # passed the gate, then timed
+    fa = r["flash_attn"]
+    assert fa["status"] == "unavailable" and fa["median_s"] is None
+    assert fa["note"] in ("flash_attn is not installed", "flash_attn runs on CUDA only")
+
+
+def test_peers_that_cannot_take_a_step_say_why(capsys):
+    rc, doc, err = run_json(capsys, "--backend", "torch", *TINY, "--mode", "step", "--peers", "cumsum,copy")
+    assert rc == 0, err
+    cumsum = rows(doc)["cumsum"]
+    assert cumsum["status"] == "unavailable" and "no step" in cumsum["note"]
+    assert "[unavailable] the cumsum form" in bench.report.table(doc)
+
+
+def test_tvm_default_peer_hides_the_records_the_kernel_runs_with(record_roots, capsys):
+    pytest.importorskip("tvm")
+    from ea_ops import records
+    from ea_ops.backends.tvm import build
+    from ea_ops.backends.tvm.schedule import default_cpu_config
+    from ea_ops.backends.tvm.target import cpu_fingerprint
+    from schedules.bench import peers
+
+    tuned_cfg = {"loop": "d_t", "d_tile": 8, "h_tile": 1, "t_unroll": 2, "parallel": True}
+    assert tuned_cfg != default_cpu_config("forward", 2, 8)
+    records.add_records(record_roots / "user" / "tvm" / cpu_fingerprint(), [{
+        "schema_version": 1, "backend": "tvm", "fingerprint": cpu_fingerprint(),
+        "target": {"kind": "llvm", "mcpu": "test"},
+        "kernel": {"name": "forward", "causal": True, "order": 6, "dtype": "float32"},
+        "workload": {"B": 1, "T": 64, "H": 2, "D": 8, "T_bucket": 64}, "config": tuned_cfg,
+        "latency_us": {"chosen": 1.0, "default": 2.0}, "versions": {"tvm": "test"}}])
+    rc, doc, err = run_json(capsys, "--backend", "tvm", *TINY, "--peers", "default")
+    assert rc == 0, err
+    default = rows(doc)["default"]
+    assert default["status"] == "ok" and default["median_s"] > 0
+    assert "records hidden: forward loop=d_t,d_tile=8,h_tile=1,t_unroll=1" in default["note"]
+    assert "(kernel: loop=d_t,d_tile=8,h_tile=1,t_unroll=2" in default["note"]
+    with peers._records_hidden(peers._empty_folder()):
+        assert build.kernel_for("forward", True, 6, "float32", 2, 8, 64).source == "default"
+    assert build.kernel_for("forward", True, 6, "float32", 2, 8, 64).config == tuned_cfg  # records back
+
+
+def test_gpu_goal_dry_run_needs_no_gpu(capsys, tmp_path):
+    rc, doc, err = run_json(capsys, "--workload", "gpu-goal", "--dry-run", "--out", str(tmp_path))
+    assert rc == 0, err
+    assert doc["dry_run"] and doc["preset"] == "gpu-goal" and doc["backend"] == "triton" and doc["device"] == "cuda"
+    assert doc["timer"] in (bench.timing.CUDA_TIMER, bench.timing.CUDA_EVENTS_TIMER)
+    assert [(w["label"], w["workload"]["mode"]) for w in doc["workloads"]][:2] == [
+        ("B8 T8192 H16 D128", "fwd"), ("B8 T2048 H16 D128", "fwdbwd")]
+    assert doc["workloads"][0]["bytes"] == 2**30  # q, k, v read and o written in bf16: the copy peer's bytes
+    assert all(w["results"] == [] and w["peers"][0] == "kernel" for w in doc["workloads"])
+    assert [g["met"] for g in doc["goals"]] == [None] * 3
+    assert json.loads((tmp_path / "bench-gpu-goal.json").read_text()) == doc
+    assert "nothing was run" in (tmp_path / "bench-gpu-goal.txt").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workload", "tvm-speed", "--mode", "fwd"], "--workload tvm-speed sets the mode of each workload"),
+    (["--workload", "gpu-goal", "--dry-run", "--peers", "cumsum,nope"], "--peers takes names from"),
+])
+def test_preset_argument_errors(capsys, args, message):
+    rc = bench.main(args)
+    assert rc == 2 and message in capsys.readouterr().err
+
+
+def _doc(values: list[tuple[str, int, float | None]]) -> list[dict]:
+    return [{"label": f"T{t}", "workload": {"mode": mode, "T": t},
+             "results": [] if v is None else [{"peer": "sdpa", "speedup": v, "median_s": v}]}
+            for mode, t, v in values]
+
+
+def test_goals_are_judged_on_the_worst_workload_and_only_when_measured():
+    faster = Goal("faster than SDPA from 2048", "fwdbwd", "sdpa", "speedup", ">", 1.0, T_from=2048)
+    got = judge(faster, _doc([("fwdbwd", 1024, 0.5), ("fwdbwd", 2048, 1.4), ("fwdbwd", 4096, 1.1), ("fwd", 8192, 0.1)]))
+    assert got["met"] is True and got["measured"] == 1.1 and [v["label"] for v in got["values"]] == ["T2048", "T4096"]
+    assert judge(faster, _doc([("fwdbwd", 2048, 1.4), ("fwdbwd", 4096, 0.9)]))["met"] is False
+    cut = judge(faster, _doc([("fwdbwd", 2048, 1.4), ("fwdbwd", 4096, None)]))  # a run cut short
+    assert cut["met"] is None and cut["note"] == "not measured"
+    flat = Goal("flat", "step", "sdpa", "spread", "<", 1.25)
+    assert judge(flat, _doc([("step", 1024, 2.0), ("step", 8192, 2.4)]))["measured"] == pytest.approx(1.2)
+    assert judge(flat, _doc([("step", 1024, 2.0), ("step", 8192, 2.6)]))["met"] is False
+    with pytest.raises(ValueError, match="metric must be one of"):
+        Goal("x", "fwd", "kernel", "fast", ">", 1.0)
+
+
+def test_out_keeps_the_finished_workloads_of_a_run_cut_short(monkeypatch, capsys, tmp_path):
+    """With --out the document is rewritten after each workload: a time limit keeps what finished."""
+    from schedules.bench import runner
+
+    seen: list[dict] = []
+    real = runner.Runner._measure
+
+    def measure(self, w, rows_):
+        path = tmp_path / "bench-smoke.json"
+        if path.exists():
+            seen.append(json.loads(path.read_text()))
+        return real(self, w, rows_)
+
+    monkeypatch.setattr(runner.Runner, "_measure", measure)
+    rc = bench.main(["--workload", "smoke", "--peers", "copy", "--out", str(tmp_path), *FAST])
+    assert rc == 0, capsys.readouterr().err
+    (partial,) = seen  # before the second workload was timed
+    assert partial["complete"] is False and len(partial["workloads"]) == 1
+    final = json.loads((tmp_path / "bench-smoke.json").read_text())
+    assert final["complete"] is True and len(final["workloads"]) == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_gpu_goal_without_a_gpu_points_at_the_dry_run(capsys):
+    rc = bench.main(["--workload", "gpu-goal"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "preset 'gpu-goal' needs a CUDA device" in err and "--dry-run" in err
+
+
+def test_triton_default_peer_forces_the_default_config():
+    pytest.importorskip("triton")
+    from ea_ops.backends.triton import configs
+    from schedules.bench import peers
+    from schedules.bench.workloads import Workload
+
+    w = Workload(8, 8192, 16, 128, 6, "bfloat16", "fwdbwd", "cpu")
+    shape = dict(causal=True, HD=16 * 128, n_seqs=8, rows=8 * 8192)
+    default = {k: configs.default(k, **shape) for k in ("forward", "backward")}
+    tuned = {"variant": "chunked", "num_warps": 8, "chunk": 32}  # as if a record chose it
+    assert tuned != default["forward"]
+    with configs.forced(tuned, "forward"):
+        untuned, note = peers._triton_untuned(w)
+        assert note.startswith("forced: forward variant=") and "(kernel: variant=chunked,num_warps=8,chunk=32)" in note
+        with untuned():
+            for k in ("forward", "backward"):
+                assert configs.choose(k, order=6, dtype="bfloat16", fp=None, **shape) == default[k]
+        assert configs.choose("forward", order=6, dtype="bfloat16", fp=None, **shape) == tuned
+
+
+def test_triton_default_peer_under_the_interpreter(tmp_path):
+    """End to end on CPU tensors (TRITON_INTERPRET=1 must be set before triton is imported: a child process)."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "EA_OPS_CACHE_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "ea_ops.cli", "bench", "--backend", "triton", "--shape", "1,40,2,16",
+                           "--peers", "default,flash_attn,copy", "--json", *FAST], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (w,) = json.loads(proc.stdout)["workloads"]
+    assert w["gate"]["ok"] and w["gate"]["errors"]["o"] < 1e-4
+    r = {r["peer"]: r for r in w["results"]}
+    assert r["default"]["status"] == "ok" and r["default"]["median_s"] > 0
+    assert r["default"]["note"].startswith("forced: forward variant=")
+    assert r["flash_attn"]["status"] == "unavailable"
