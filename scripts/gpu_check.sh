@@ -1,16 +1,28 @@
 #!/usr/bin/env bash
-# GPU check of the Triton backend, in one go and under 10 minutes (hard per-step time limits below):
-#   0. environment: the preinstalled torch + triton (no network: nothing is downloaded), ea-ops from this checkout
-#   1. the GPU-marked tests (pytest -m gpu) against the torch reference
-#   2. a small tuning run (ea-ops tune --backend triton --workloads small), records kept under the output folder
-#   3. the benchmark at the issue's H200 goal shapes (scripts/gpu_bench.py): eager PyTorch, torch.compile, SDPA,
-#      FlashAttention if installed, and a device-to-device copy of the same bytes
-# Results: JSON (and logs) under --out DIR, else $OUT, else ./gpu_check_out.   Usage: scripts/gpu_check.sh [--out DIR]
+# GPU check of the Triton backend, sized for a short GPU slot: at most 7 minutes in all (the per-step limits,
+# their kill-after grace and the set-up; checked below), in four steps:
+#   env    python3 with the preinstalled torch + triton (nothing is downloaded), ea-ops from this checkout
+#   tests  the GPU-marked tests (pytest -m gpu) against the torch reference
+#   tune   a small tuning run (ea-ops tune --backend triton --workloads small); the bench reads its records
+#   bench  ea-ops bench --workload gpu-goal: the correctness gate, then the H200 goal shapes against the untuned
+#          config, eager PyTorch, torch.compile, SDPA, FlashAttention if installed and a copy of the same bytes
+# Results under --out DIR (else $OUT, else ./gpu_check_out), 8 files:
+#   summary.json                  env, limits, each step's rc and seconds, test counts, the gate, the goals;
+#                                 rewritten as each step ends
+#   logs/{env,tests,tune,bench}.log
+#   bench-gpu-goal.json, .txt     the bench document (rewritten after each workload) and its table
+#   artifacts.tar.gz              records/ (tuned), tests.xml, tune.json, the bench plot
+# Exit status: 0 every step passed; 1 a correctness failure (the bench's gate, a GPU test); 2 no usable
+# environment; 3 a step timed out or failed otherwise.
+# --dry-run (no GPU needed): runs the steps that need none (env, the tests' collection, the bench's plan),
+# logs the others as skipped, and writes the same files.
+# Usage: scripts/gpu_check.sh [--out DIR] [--dry-run]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 
 OUT_DIR="${OUT:-$ROOT/gpu_check_out}"
+DRY_RUN=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT_DIR="$2"; shift 2 ;;
@@ -19,51 +31,87 @@ while [ $# -gt 0 ]; do
     *) echo "gpu_check.sh: unknown argument $1 (usage: scripts/gpu_check.sh [--out DIR] [--dry-run])" >&2; exit 2 ;;
   esac
 done
-export DRY_RUN="${DRY_RUN:-0}"
-mkdir -p "$OUT_DIR"
-OUT_DIR="$(cd "$OUT_DIR" && pwd)"
-PY="${PYTHON:-python}"
-command -v "$PY" >/dev/null 2>&1 || PY=python3
+export DRY_RUN
+PY="${PYTHON:-python3}"
 
-# Limits in seconds (sum + set-up stays under 600).
-T_TESTS="${T_TESTS:-230}"
-T_TUNE="${T_TUNE:-110}"
-TUNE_BUDGET="${TUNE_BUDGET:-80}"
-T_BENCH="${T_BENCH:-220}"
+# Limits in seconds. Steps + their kill-after grace + SLACK (the summaries and the tarball) <= TOTAL.
+T_ENV="${T_ENV:-30}"
+T_TESTS="${T_TESTS:-140}"    # mostly Triton's JIT compiles, one per configuration the tests cover
+T_TUNE="${T_TUNE:-50}"
+TUNE_BUDGET="${TUNE_BUDGET:-30}"
+T_BENCH="${T_BENCH:-150}"    # torch.compile comes last in the preset: a time-out there keeps the rest
+KILL_AFTER=5
+SLACK=20
+TOTAL=420
+SUM=$(( T_ENV + T_TESTS + T_TUNE + T_BENCH + 4 * KILL_AFTER + SLACK ))
+if [ "$SUM" -gt "$TOTAL" ]; then
+  echo "gpu_check.sh: the limits add up to ${SUM}s, over ${TOTAL}s (T_ENV, T_TESTS, T_TUNE, T_BENCH)" >&2; exit 2
+fi
+
+mkdir -p "$OUT_DIR/logs" || exit 2
+OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+LOGS="$OUT_DIR/logs"
+WORK="$(mktemp -d)"  # scratch: what is packed into artifacts.tar.gz, the step records
+trap 'rm -rf "$WORK"' EXIT
+mkdir -p "$WORK/pack/records"
+printf '{"env": %d, "tests": %d, "tune": %d, "tune_budget": %d, "bench": %d, "kill_after": %d, "total": %d}\n' \
+  "$T_ENV" "$T_TESTS" "$T_TUNE" "$TUNE_BUDGET" "$T_BENCH" "$KILL_AFTER" "$TOTAL" > "$WORK/limits.json"
 
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export EA_OPS_CACHE_DIR="$OUT_DIR/ea_ops_cache"   # the tuned records land here, and the benchmark reads them
-export TRITON_DEFAULT_FP_FUSION=1                 # Triton >= 3.9 warns without it; the JIT default through 3.9
+export EA_OPS_CACHE_DIR="$WORK/pack/records"     # the tuned records land here, and the bench reads them
+export TRITON_DEFAULT_FP_FUSION=1                # Triton >= 3.9 warns without it; the JIT default through 3.9
 unset TRITON_INTERPRET
 
-STEPS_JSON="$OUT_DIR/steps.jsonl"
-: > "$STEPS_JSON"
 log() { echo "[gpu_check $(date +%H:%M:%S)] $*"; }
+summarize() { "$PY" scripts/gpu_check_summary.py "$WORK" "$OUT_DIR" "$@"; }
 
-# step NAME LIMIT CMD...: run with a hard limit, log to OUT/NAME.log, record rc and seconds
+# record NAME RC SECONDS [WHY]: one line of steps.jsonl (RC null: skipped), then summary.json again
+record() {
+  local timed_out=false
+  { [ "$2" = 124 ] || [ "$2" = 137 ]; } && timed_out=true
+  printf '{"step": "%s", "rc": %s, "seconds": %d, "timed_out": %s, "skipped": %s}\n' "$1" "$2" "$3" "$timed_out" \
+    "$([ -n "${4:-}" ] && printf '"%s"' "$4" || echo null)" >> "$WORK/steps.jsonl"
+  summarize
+}
+
+# step NAME LIMIT CMD...: run under a hard limit, output to logs/NAME.log
 step() {
   local name="$1" limit="$2"; shift 2
   local t0 rc
   t0=$(date +%s)
   log "$name (limit ${limit}s): $*"
-  if [ "$DRY_RUN" = 1 ]; then
-    echo "dry run: $*" > "$OUT_DIR/$name.log"; rc=0
-  else
-    timeout --kill-after=15 "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1; rc=$?
-  fi
-  printf '{"step": "%s", "rc": %d, "seconds": %d, "timed_out": %s}\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" \
-    "$([ "$rc" = 124 ] || [ "$rc" = 137 ] && echo true || echo false)" >> "$STEPS_JSON"
-  tail -n 5 "$OUT_DIR/$name.log"
-  return 0
+  timeout --kill-after="$KILL_AFTER" "$limit" "$@" > "$LOGS/$name.log" 2>&1; rc=$?
+  record "$name" "$rc" "$(( $(date +%s) - t0 ))"
+  tail -n 5 "$LOGS/$name.log"
+  return "$rc"
 }
 
-# ---- 0. environment (nothing is downloaded: the GPU machine reaches no network)
-log "environment -> $OUT_DIR/env.json"
-"$PY" - "$OUT_DIR/env.json" <<'EOF' || { log "torch/triton missing or broken: stop"; exit 1; }
+# skip NAME WHY CMD...: what a dry run does not run
+skip() {
+  local name="$1" why="$2"; shift 2
+  log "$name: skipped ($why): $*"
+  echo "skipped ($why): $*" > "$LOGS/$name.log"
+  record "$name" null 0 "$why"
+}
+
+finish() {
+  [ -f "$OUT_DIR/bench-gpu-goal.png" ] && mv "$OUT_DIR/bench-gpu-goal.png" "$WORK/pack/"
+  find "$OUT_DIR" -maxdepth 1 -name '.*.tmp' -delete  # a write cut short by a time limit left its temporary
+  tar -czf "$OUT_DIR/artifacts.tar.gz" -C "$WORK/pack" .
+  summarize --final
+  local rc=$?
+  log "done (exit status $rc): $OUT_DIR/summary.json"
+  exit "$rc"
+}
+
+# ---- env: versions, the GPU, and whether the Triton backend can run (nothing is downloaded)
+step env "$T_ENV" "$PY" - "$WORK/env.json" <<'EOF' || { log "no usable environment: stop"; finish; }
 import json, os, platform, subprocess, sys
 import torch, triton
+import ea_ops
 env = {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
-       "cuda_available": torch.cuda.is_available(), "torch_cuda": torch.version.cuda}
+       "ea_ops": ea_ops.__version__, "cuda_available": torch.cuda.is_available(), "torch_cuda": torch.version.cuda,
+       "backends": ea_ops.dispatch.available()}
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     env.update(gpu=p.name, capability=f"{p.major}.{p.minor}", memory_gib=round(p.total_memory / 2**30, 1))
@@ -79,51 +127,37 @@ for mod in ("pytest", "hypothesis", "flash_attn", "tqdm"):
         env[mod] = None
 json.dump(env, open(sys.argv[1], "w"), indent=1)
 print(json.dumps(env, indent=1))
-if not env["cuda_available"] and os.environ.get("DRY_RUN") != "1":
-    sys.exit("no CUDA device")
+if os.environ.get("DRY_RUN") != "1":
+    if not env["cuda_available"]:
+        sys.exit("no CUDA device (--dry-run runs what needs none)")
+    if env["backends"].get("triton") is not None:
+        sys.exit(f"the Triton backend cannot run here: {env['backends']['triton']}")
 EOF
-# Register the package (entry point) without touching dependencies; PYTHONPATH covers a failure.
-if [ "$DRY_RUN" != 1 ]; then
-  "$PY" -m pip install -q -e . --no-deps --no-build-isolation > "$OUT_DIR/install.log" 2>&1 \
-    || log "pip install -e . failed (see install.log); using PYTHONPATH=$ROOT"
-fi
-"$PY" -c "import ea_ops, ea_ops.triton.backend as b; assert b.unavailable_reason() is None" \
-  || { log "ea_ops does not import: stop"; exit 1; }
 
-# ---- 1. GPU-marked tests
-HAVE_PYTEST=0
-"$PY" -c "import pytest, hypothesis" 2>/dev/null && HAVE_PYTEST=1
-if [ "$HAVE_PYTEST" = 1 ]; then
-  mapfile -t GPU_FILES < <(grep -rlE "mark\.gpu" tests --include='test_*.py' | sort)
-  step tests "$T_TESTS" "$PY" -m pytest -q -m gpu -p no:cacheprovider "${GPU_FILES[@]}" \
-    --junitxml="$OUT_DIR/tests.xml"
+# ---- tests: the GPU-marked tests (a dry run collects them)
+mapfile -t GPU_FILES < <(grep -rlE "mark\.gpu" tests --include='test_*.py' | sort)
+if ! "$PY" -c "import pytest, hypothesis" 2>/dev/null; then
+  skip tests "pytest or hypothesis missing" "$PY" -m pytest -m gpu "${GPU_FILES[@]}"
+elif [ "$DRY_RUN" = 1 ]; then
+  step tests "$T_TESTS" "$PY" -m pytest -q -m gpu -p no:cacheprovider --collect-only "${GPU_FILES[@]}"
 else
-  log "pytest/hypothesis not installed here (no network): GPU tests skipped; the benchmark still checks outputs"
-  printf '{"step": "tests", "rc": null, "skipped": "pytest or hypothesis missing"}\n' >> "$STEPS_JSON"
+  step tests "$T_TESTS" "$PY" -m pytest -q -m gpu -p no:cacheprovider "${GPU_FILES[@]}" \
+    --junitxml="$WORK/pack/tests.xml"
 fi
 
-# ---- 2. a small tuning run (records under OUT/ea_ops_cache/triton/<fingerprint>/records.json)
-# (stdout, the JSON summary, to tune.json; the progress bar and messages to tune.log)
-step tune "$T_TUNE" sh -c '"$0" -m ea_ops.cli tune --backend triton --workloads small --orders 6 \
-  --time-budget "$1" --json > "$2"' "$PY" "$TUNE_BUDGET" "$OUT_DIR/tune.json"
+# ---- tune: a small run; records to $EA_OPS_CACHE_DIR/triton/<fingerprint>/records.json, its JSON to tune.json
+TUNE=(sh -c '"$0" -m ea_ops.cli tune --backend triton --workloads small --orders 6 --time-budget "$1" --json > "$2"'
+      "$PY" "$TUNE_BUDGET" "$WORK/pack/tune.json")
+if [ "$DRY_RUN" = 1 ]; then
+  skip tune "needs a GPU" "${TUNE[@]}"
+else
+  step tune "$T_TUNE" "${TUNE[@]}"
+fi
 
-# ---- 3. benchmark (bench.json / bench.md; written after every section, so a time-out keeps what finished)
-step bench "$T_BENCH" "$PY" scripts/gpu_bench.py --out "$OUT_DIR"
+# ---- bench: the gate, then the goal shapes (the document is rewritten after each workload: a time-out keeps
+# what finished); its JSON on stdout is the document in --out again, so only the messages go to the log
+BENCH=("$PY" -m ea_ops.cli bench --workload gpu-goal --no-progress --json --out "$OUT_DIR")
+[ "$DRY_RUN" = 1 ] && BENCH+=(--dry-run)
+step bench "$T_BENCH" sh -c '"$@" > /dev/null' sh "${BENCH[@]}"
 
-# ---- summary
-"$PY" - "$OUT_DIR" <<'EOF'
-import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
-def load(name):
-    try:
-        return json.loads((out / name).read_text())
-    except Exception:
-        return None
-steps = [json.loads(l) for l in (out / "steps.jsonl").read_text().splitlines() if l.strip()]
-bench = load("bench.json") or {}
-summary = {"env": load("env.json"), "steps": steps, "bench_summary": bench.get("summary"),
-           "bench_errors": bench.get("errors"), "tune": load("tune.json")}
-(out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-print(json.dumps({"steps": steps, "bench_summary": bench.get("summary")}, indent=1))
-EOF
-log "done: $OUT_DIR/summary.json"
+finish

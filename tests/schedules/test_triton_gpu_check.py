@@ -1,4 +1,5 @@
-"""The CPU-side parts of scripts/gpu_check.sh and scripts/gpu_bench.py (the GPU run itself needs a GPU)."""
+"""The CPU-side parts of scripts/gpu_check.sh (the GPU run itself needs a GPU): the dry run's steps and file
+layout, the time limits, summary.json and the exit status."""
 
 from __future__ import annotations
 
@@ -7,75 +8,100 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
-BENCH = ROOT / "scripts" / "gpu_bench.py"
+SUMMARY = ROOT / "scripts" / "gpu_check_summary.py"
+LAYOUT = {"summary.json", "logs/env.log", "logs/tests.log", "logs/tune.log", "logs/bench.log",
+          "bench-gpu-goal.json", "bench-gpu-goal.txt", "artifacts.tar.gz"}
 
 
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("gpu_bench", BENCH)
+def _summary_module():
+    spec = importlib.util.spec_from_file_location("gpu_check_summary", SUMMARY)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _run(out: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, **env}
+    env.pop("TRITON_INTERPRET", None)
+    return subprocess.run(["bash", str(SCRIPT), *args, "--out", str(out)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_shell_script_parses():
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
 
 
-def test_dry_run_walks_every_step(tmp_path):
-    env = {**os.environ, "PYTHON": sys.executable}
-    env.pop("TRITON_INTERPRET", None)
-    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--out", str(tmp_path)], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert [s["step"] for s in summary["steps"]] == ["tests", "tune", "bench"]
-    env_json = json.loads((tmp_path / "env.json").read_text())
-    assert env_json["torch"] and env_json["triton"]
-    tests_cmd = (tmp_path / "tests.log").read_text()
-    assert "-m gpu" in tests_cmd and "tests/ea_ops/test_triton_gpu.py" in tests_cmd
-
-
-def test_plan_and_roofline_arithmetic():
-    gb = _bench_module()
-    p = gb.plan()
-    assert p["forward"]["shape"] == [8, 8192, 16, 128] and p["forward"]["order"] == 6
-    assert [c["shape"][1] for c in p["fwd_bwd"]] == [2048, 4096, 8192]
-    # q, k, v read and o written, bf16: 4 * 8*8192*16*128 * 2 bytes = 1 GiB; the copy peer moves the same
-    assert gb.io_bytes((8, 8192, 16, 128), 2) == 2**30
-
-
-def test_summary_verdicts():
-    gb = _bench_module()
-    res = {"forward": {"triton_us": 300.0, "copy_us": 240.0, "sdpa_us": 900.0, "eager_us": 30000.0},
-           "fwd_bwd": [{"shape": [8, 2048, 16, 128], "triton_us": 500.0, "sdpa_us": 800.0},
-                       {"shape": [8, 4096, 16, 128], "triton_us": 1000.0, "sdpa_us": 900.0, "flash_attn_us": 2000.0}],
-           "decode": [{"context": 1024, "triton_us": 10.0}, {"context": 32768, "triton_us": 10.5}]}
-    s = gb.summarize(res)
-    assert s["forward_fraction_of_copy"] == 0.8 and s["forward_goal_70pct_of_copy"] is True
-    assert s["forward_speedup_vs_sdpa"] == 3.0 and s["forward_speedup_vs_eager"] == 100.0
-    assert s["fwd_bwd_goal_faster_than_sdpa_from_2048"] is False  # slower than SDPA at T=4096
-    assert s["decode_goal_flat"] is True
-    res["forward"]["triton_us"] = 400.0
-    assert gb.summarize(res)["forward_goal_70pct_of_copy"] is False
-
-
-def test_bench_end_to_end_on_toy_shapes_under_the_interpreter(tmp_path):
+def test_dry_run_runs_what_needs_no_gpu_and_writes_the_layout(tmp_path):
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "EA_OPS_CACHE_DIR": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, str(BENCH), "--tiny", "--only", "forward,decode", "--out", str(tmp_path)],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    res = json.loads((tmp_path / "bench.json").read_text())
-    assert res["errors"] == {}
-    fwd = res["forward"]
-    for peer in ("triton", "triton_default", "eager", "sdpa", "copy"):
-        assert fwd[f"{peer}_us"] > 0, peer
-    assert fwd["rel_err_vs_torch_batch0"] < 8e-3  # bf16 output: one ulp
-    assert all(c["rel_err_vs_torch"] < 8e-3 and c["triton_us"] > 0 for c in res["decode"])
-    assert "Causal forward" in (tmp_path / "bench.md").read_text()
+    proc = _run(tmp_path, "--dry-run")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    files = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    assert files == LAYOUT  # at most 8 files, at most 2 folders below the output folder
+    assert all(f.count("/") <= 2 for f in files)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["complete"] and summary["dry_run"] and summary["exit_status"] == 0
+    steps = {s["step"]: s for s in summary["steps"]}
+    assert list(steps) == ["env", "tests", "tune", "bench"]
+    assert steps["tune"]["rc"] is None and steps["tune"]["skipped"] == "needs a GPU"
+    assert steps["env"]["rc"] == steps["tests"]["rc"] == steps["bench"]["rc"] == 0
+    assert summary["env"]["torch"] and summary["env"]["triton"]
+    assert "tests/ea_ops/test_triton_gpu.py" in (tmp_path / "logs" / "tests.log").read_text()  # collected
+    bench = summary["bench"]
+    assert bench["dry_run"] and bench["backend"] == "triton"
+    assert [w["mode"] for w in bench["workloads"]][:4] == ["fwd", "fwdbwd", "fwdbwd", "fwdbwd"]
+    assert [g["met"] for g in bench["goals"]] == [None, None, None]
+    assert json.loads((tmp_path / "bench-gpu-goal.json").read_text())["preset"] == "gpu-goal"
+    with tarfile.open(tmp_path / "artifacts.tar.gz") as tar:
+        assert "./records" in tar.getnames()
+
+
+def test_limits_that_do_not_fit_seven_minutes_are_refused(tmp_path):
+    proc = _run(tmp_path, "--dry-run", T_BENCH="400")
+    assert proc.returncode == 2 and "over 420s" in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def _summary(steps: list[dict], workloads: list[dict] | None = None, failures: int = 0) -> dict:
+    return {"steps": [{"step": s, "rc": rc} for s, rc in steps],
+            "bench": None if workloads is None else {"workloads": workloads}, "tests": {"failures": failures}}
+
+
+OK = [("env", 0), ("tests", 0), ("tune", 0), ("bench", 0)]
+
+
+@pytest.mark.parametrize("summary, status", [
+    (_summary(OK), 0),
+    (_summary([("env", 0), ("tests", 0), ("tune", None), ("bench", 0)]), 0),  # a dry run's skipped step
+    (_summary([("env", 0), ("tests", 0), ("tune", 0), ("bench", 1)]), 1),  # the gate
+    (_summary([("env", 0), ("tests", 0), ("tune", 0), ("bench", 124)], [{"gate_ok": False}]), 1),  # partial doc
+    (_summary([("env", 0), ("tests", 1), ("tune", 0), ("bench", 0)]), 1),  # a GPU test failed
+    (_summary(OK, failures=2), 1),
+    (_summary([("env", 1)]), 2),
+    (_summary([("env", 0), ("tests", 0), ("tune", 124), ("bench", 0)]), 3),  # a time-out
+    (_summary([("env", 0), ("tests", 0), ("tune", 0), ("bench", 2)]), 3),
+])
+def test_exit_status(summary, status):
+    assert _summary_module().exit_status(summary) == status
+
+
+def test_summary_is_rewritten_after_each_step(tmp_path):
+    mod = _summary_module()
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    out.mkdir()
+    (work / "steps.jsonl").write_text('{"step": "env", "rc": 0, "seconds": 1}\n')
+    partial = mod.summarize(work, out, final=False)
+    assert partial["complete"] is False and partial["exit_status"] is None and len(partial["steps"]) == 1
+    assert json.loads((out / "summary.json").read_text()) == partial
+    with (work / "steps.jsonl").open("a") as f:
+        f.write('{"step": "bench", "rc": 1, "seconds": 9}\n')
+    assert mod.main([str(work), str(out), "--final"]) == 1
+    assert json.loads((out / "summary.json").read_text())["exit_status"] == 1
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]  # no temporary left
