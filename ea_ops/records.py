@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import re
 import stat
@@ -131,10 +132,7 @@ def validate_record(rec: object, *, backend: str | None = None, fingerprint: str
 
 
 def _warn_once(path: Path, why: str) -> None:
-    key = f"{path}:{why}"
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(f"ea-ops: skipping tuned records in {path}: {why}", RuntimeWarning, stacklevel=3)
+    warn_once(f"{path}:{why}", f"ea-ops: skipping tuned records in {path}: {why}")
 
 
 def _read_regular(path: Path) -> bytes:
@@ -225,6 +223,43 @@ def load_records(backend: str, fingerprint: str) -> list[dict]:
 STALE_TEMP_S = 3600.0
 
 
+# ------------------------------------------------------------------------------------ lookup at run time
+_loaded: dict[tuple[str, str], tuple[tuple, list[dict]]] = {}
+
+
+def cached_records(backend: str, fingerprint: str) -> list[dict]:
+    """``load_records``, kept between calls and re-read when a records file changes (its stamp)."""
+    key = (backend, fingerprint)
+    stamp = records_stamp(backend, fingerprint)
+    hit = _loaded.get(key)
+    if hit is None or hit[0] != stamp:
+        hit = (stamp, load_records(backend, fingerprint))
+        _loaded[key] = hit
+    return hit[1]
+
+
+def t_bucket(rows: int, n_seqs: int = 1) -> int:
+    """The ``T_bucket`` of every record: the mean sequence length ``rows / n_seqs`` rounded up to a power of
+    two (at least 1). Records are chosen per bucket: the best schedule at 64k is not the best at 4k."""
+    mean = max(1.0, rows / max(1, n_seqs))
+    return 1 << max(0, math.ceil(math.log2(mean) - 1e-12))
+
+
+def log2_distance(got: object, want: int) -> float:
+    """``|log2 got - log2 want|`` of two bucket values (``inf`` when ``got`` is not a positive int)."""
+    if isinstance(got, bool) or not isinstance(got, int) or got < 1:
+        return math.inf
+    return abs(math.log2(got) - math.log2(want))
+
+
+def warn_once(key: str, message: str) -> None:
+    """One ``RuntimeWarning`` per ``key`` in this process (records, schedules and configs that are skipped)."""
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+# ------------------------------------------------------------------------------------------------ writing
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

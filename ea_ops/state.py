@@ -52,21 +52,3 @@ class EAState:
 
     def clone(self) -> EAState:
         return EAState(self.S.clone(), self.Z.clone(), self.m.clone())
-
-
-def op_state_inputs(q: torch.Tensor, order: int, causal: bool, initial_state: EAState | None,
-                    cu_seqlens: list[tuple[int, int]] | None):
-    """What the compiled backends' custom ops take besides q, k, v: sequence offsets and a flat state.
-
-    Returns ``(offsets, S0, Z0, m0)``: ``offsets`` is ``[]`` or the ``N+1`` sequence boundaries; the state
-    is ``initial_state`` or the empty one (one row per sequence), or empty tensors when non-causal.
-    """
-    B, _, H, D = q.shape
-    offsets: list[int] = []
-    if cu_seqlens is not None:
-        offsets = [cu_seqlens[0][0]] + [e for _, e in cu_seqlens]
-    if not causal:
-        return (offsets, *(q.new_empty(0, dtype=torch.float32) for _ in range(3)))
-    n = B if cu_seqlens is None else len(cu_seqlens)
-    st = initial_state or EAState.empty(n, H, D, order, device=q.device)
-    return offsets, st.S, st.Z, st.m

@@ -20,22 +20,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ea_ops.backends.common import CHUNKED, SCAN
+from ea_ops.backends.tvm import args as kernel_args
 from ea_ops.outdir import prepare_out_dir
 from ea_ops.records import atomic_write_json
 
 from . import targets
-from .measure import ARG_ROLES
 
-ARGS = {
-    ("forward", True): "q k v o S Z M r",
-    ("forward", False): "q k v o S Z M r",
-    ("backward", True): "q k v g S Z M C CO MM U W MN dq dk dv r",
-    ("backward", False): "q k v g S Z M U W dq dk dv r",
-    "chunked": "q k v o S Z M SC ZC MC r",
-}
 _GLOBAL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\(\d+\)\s+)?(\w+)")
 KERNELS = (("forward", True), ("forward", False), ("backward", True), ("backward", False))
-CUDA_VARIANTS = tuple((k, c, "channel") for k, c in KERNELS) + (("forward", True, "chunked"),)
+CUDA_VARIANTS = tuple((k, c, SCAN) for k, c in KERNELS) + (("forward", True, CHUNKED),)
 MANIFEST = "manifest.json"
 
 
@@ -93,7 +87,7 @@ def _cpu(out: Path, orders, dtypes, H: int, D: int) -> list[dict]:
                 lib.export_library(str(path))
                 entries.append({"name": name, "kernel": kernel, "causal": causal, "order": order,
                                 "dtype": dtype, "variant": "cpu", "schedule": cfg, "schedule_source": source,
-                                "args": ARGS[(kernel, causal)].split(),
+                                "args": kernel_args.names(kernel, causal),
                                 "files": {"library": _file(path)}})
     return entries
 
@@ -125,10 +119,9 @@ def _cuda(out: Path, arch: str, orders, dtypes, H: int, D: int, nvcc: str | None
                     if res.returncode != 0:
                         raise SystemExit(f"nvcc failed on {cu.name}:\n{res.stderr[-3000:]}")
                     files["ptx"] = _file(p)
-                args = ARGS["chunked" if variant == "chunked" else (kernel, causal)].split()
                 entries.append({"name": name, "kernel": kernel, "causal": causal, "order": order,
                                 "dtype": dtype, "variant": variant, "schedule": cfg,
-                                "schedule_source": "default", "args": args,
+                                "schedule_source": "default", "args": kernel_args.names(kernel, causal, variant),
                                 "kernels": sorted(set(_GLOBAL.findall(src))),
                                 "files": files})
     return entries
@@ -156,7 +149,7 @@ def run(args) -> int:
         "orders": list(args.orders),
         "dtypes": list(args.dtypes),
         "shape": {"H": H, "D": D, "B": "any", "T": "any"},
-        "arg_roles": {f"{k}-{'causal' if c else 'full'}": ARG_ROLES[(k, c)] for k, c in KERNELS},
+        "arg_roles": {f"{k}-{'causal' if c else 'full'}": " ".join(kernel_args.roles(k, c)) for k, c in KERNELS},
         "kernels": entries,
         "versions": {**targets.versions(), "nvcc": nvcc},
     }

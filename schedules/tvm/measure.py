@@ -6,7 +6,7 @@
 - Inputs: MetaSchedule fills every argument with random bits; these kernels then time garbage (inf,
   NaN, a random "running minimum"). ``alloc_arguments`` fills them as a real call would: q, k, v, g
   ~ N(0, 0.5^2), zero sums, ``m = +inf`` (``MN = -inf`` for the reverse scan), in the kernel's argument
-  order (``ARG_ROLES``).
+  order (``ea_ops.backends.tvm.args.roles``).
 """
 
 from __future__ import annotations
@@ -17,15 +17,8 @@ from typing import Any
 
 import numpy as np
 
-# Argument roles in kernel order (ea_ops.backends.tvm.cpu_kernels): "x" input data, "o" output, "0" zeros,
-# "+inf"/"-inf" running minima.
-ARG_ROLES = {
-    ("forward", True): "x x x o 0 0 +inf",
-    ("forward", False): "x x x o 0 0 +inf",
-    ("step", True): "x x x o 0 0 +inf",
-    ("backward", True): "x x x x 0 0 +inf o o o 0 0 -inf o o o",
-    ("backward", False): "x x x x 0 0 +inf 0 0 o o o",
-}
+from ea_ops.backends.tvm import args
+
 BUILD_TIMEOUT_S = 120.0
 # Where the arguments sit modulo 4 KiB moves the time of the CPU kernels by 20% or more, and not equally for
 # every schedule: the d_t loops step through ten tensors at once with a stride of H*D elements, and how those
@@ -139,7 +132,7 @@ def runner(kernel: str, causal: bool, *, rpc: tuple[str, int, str] | None = None
     """
     from tvm.s_tir import meta_schedule as ms
 
-    roles = ARG_ROLES[(kernel, causal if kernel != "step" else True)].split()
+    roles = args.roles(kernel, causal)
     evaluator = ms.runner.EvaluatorConfig(number=1, repeat=repeat, min_repeat_ms=min_repeat_ms,
                                           enable_cpu_cache_flush=False)
     if rpc is None:

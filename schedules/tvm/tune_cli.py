@@ -155,7 +155,7 @@ def _default_cfg(tgt, w: Workload) -> dict:
 
 
 def _bucket(T: int) -> int:
-    from ea_ops.backends.tvm.tuned import t_bucket
+    from ea_ops.records import t_bucket
 
     return t_bucket(T)
 

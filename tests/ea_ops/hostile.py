@@ -19,7 +19,7 @@ from ea_ops.state import EAState
 from tests.helpers import rel_err
 
 # What every compiled backend says when asked for a derivative of its gradients.
-DOUBLE_BACKWARD = "double backward is not supported by ea-ops backends"
+DOUBLE_BACKWARD = "double backward is not supported by the compiled ea-ops backends"
 EPS32 = torch.finfo(torch.float32).eps
 # One float32 recurrent step (order 4, |q|, |k| ~ 0.7) against the torch backend in float64, max-norm relative
 # error of o, dq, dk, dv over 30 seeds: measured at most 6.2 eps (TVM) and 10.9 eps (Triton, interpreter);

@@ -111,7 +111,7 @@ def test_prefers_warns_once_when_records_cannot_be_read(monkeypatch):
         raise RecursionError("nested too deeply")
 
     monkeypatch.setattr(tuned, "has_forward_record", broken)
-    tuned._warned.clear()
+    records._warned.clear()
     q = torch.zeros(1, 4, 2, 8)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -116,8 +116,9 @@ def test_default_splits_T_below_2_to_17_lanes():
 def test_tuning_keys_hold_buckets_not_T():
     a = configs.workload("forward", HD=2048, n_seqs=8, rows=8 * 5000)
     b = configs.workload("forward", HD=2048, n_seqs=8, rows=8 * 6000)
-    assert a == b == {"HD": 2048, "lanes": 16384, "T_bucket": 16384}
-    assert configs.t_bucket(64, 1) == 64 and configs.t_bucket(65, 1) == 256 and configs.t_bucket(0, 1) == 1
+    assert a == b == {"HD": 2048, "lanes": 16384, "T_bucket": 8192}
+    assert records.t_bucket(64, 1) == 64 and records.t_bucket(65, 1) == 128 and records.t_bucket(0, 1) == 1
+    assert records.t_bucket(4096, 3) == 2048  # the mean length of the packed sequences
     assert "T_bucket" not in configs.workload("step", HD=64, n_seqs=3, rows=3)
 
 
@@ -133,8 +134,8 @@ def _rec(config, *, HD=2048, lanes=16384, T_bucket=16384, name="forward", causal
 
 @pytest.fixture
 def cache(record_roots):
-    configs._cache.clear()
-    configs._warned.clear()
+    records._loaded.clear()
+    records._warned.clear()
     return record_roots
 
 

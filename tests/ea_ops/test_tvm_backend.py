@@ -39,7 +39,7 @@ def record(**over):
 @pytest.fixture
 def cache(record_roots):
     """This target's records folder in the (temporary) user cache."""
-    tuned._warned.clear()
+    records._warned.clear()
     return record_roots / "user" / "tvm" / cpu_fingerprint()
 
 

@@ -11,6 +11,7 @@ pytest.importorskip("tvm")
 
 import ea_ops  # noqa: E402
 from ea_ops import dispatch  # noqa: E402
+from ea_ops.backends import common  # noqa: E402
 from ea_ops.backends.tvm import backend, ops  # noqa: E402
 from ea_ops.errors import BackendUnavailableError  # noqa: E402
 from tests.ea_ops import hostile as HX  # noqa: E402
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.tvm
 
 @pytest.fixture(autouse=True, scope="module")
 def _poison():
-    with ops.poison_outputs():
+    with common.poison_outputs():
         yield
 
 

@@ -11,6 +11,7 @@ pytest.importorskip("tvm")
 
 import ea_ops  # noqa: E402
 from ea_ops import EAState  # noqa: E402
+from ea_ops.backends import common  # noqa: E402
 from ea_ops.backends.tvm import build, cpu_kernels, ops  # noqa: E402
 from tests.helpers import qkv, rel_err  # noqa: E402
 
@@ -29,7 +30,7 @@ M_TOL = 2 * EPS32
 @pytest.fixture(autouse=True)
 def _poison():
     """Outputs and scratch start as NaN: an element a kernel forgets to write fails the comparisons."""
-    with ops.poison_outputs():
+    with common.poison_outputs():
         yield
 
 

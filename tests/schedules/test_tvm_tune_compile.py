@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("tvm")
 
 from ea_ops import records  # noqa: E402
-from ea_ops.backends.tvm import build, tuned  # noqa: E402
+from ea_ops.backends.tvm import build  # noqa: E402
 from ea_ops.backends.tvm.target import cpu_fingerprint  # noqa: E402
 from schedules.tvm import rpc, spaces  # noqa: E402
 
@@ -85,7 +85,7 @@ def test_compile_cuda_sm90_exports_source_ptx_and_manifest_without_a_gpu(tmp_pat
     assert man["fingerprint"] == "cuda-sm_90" and man["target"]["arch"] == "sm_90"
     assert man["versions"]["tvm"] and man["shape"] == {"H": 2, "D": 16, "B": "any", "T": "any"}
     variants = {(k["kernel"], k["causal"], k["variant"]) for k in man["kernels"]}
-    assert ("forward", True, "chunked") in variants and ("backward", True, "channel") in variants
+    assert ("forward", True, "chunked") in variants and ("backward", True, "scan") in variants
     for k in man["kernels"]:
         src = (tmp_path / k["files"]["source"]["path"]).read_text()
         assert "__global__" in src and "threadIdx.x" in src
@@ -131,7 +131,7 @@ def test_records_shipped_for_this_cpu_class_are_valid():
         names = {(r["kernel"]["name"], r["kernel"]["causal"], r["kernel"]["dtype"]) for r in recs}
         assert {("forward", True, "float32"), ("backward", True, "float32")} <= names
         assert (path.parent / "database_tuning_record.json").exists()
-    assert tuned.t_bucket(4096) == 4096 and tuned.t_bucket(4097) == 8192
+    assert records.t_bucket(4096) == 4096 and records.t_bucket(4097) == 8192
 
 
 def test_select_measures_arguments_at_the_placements_it_names():
@@ -140,9 +140,10 @@ def test_select_measures_arguments_at_the_placements_it_names():
     import numpy as np
     import tvm
 
+    from ea_ops.backends.tvm import args as kernel_args
     from schedules.tvm import measure
 
-    roles = measure.ARG_ROLES[("forward", True)].split()
+    roles = kernel_args.roles("forward", True)
     seq, state = ["TENSOR", "float32", [1, 8, 2, 16]], ["TENSOR", "float32", [1, 2, 3, 16]]
     info = [seq] * 4 + [state] * 2 + [["TENSOR", "float32", [1, 2, 16]]]
     lists = measure.local_alloc(roles, tvm.cpu(), info, measure.PLACEMENTS, placed=True)
@@ -157,3 +158,22 @@ def test_select_measures_arguments_at_the_placements_it_names():
                 np.testing.assert_array_equal(arg.numpy(), plain[j].numpy())
         assert np.isinf(args[6].numpy()).all() and not args[4].numpy().any()
         assert 0.3 < args[0].numpy().std() < 0.7  # q ~ N(0, 0.5^2), not garbage
+
+
+def test_every_kernel_declares_exactly_the_arguments_of_the_table():
+    # One table of arguments (ea_ops/backends/tvm/args.py): the kernels build their signature from it, the
+    # tuner fills by its roles, the exporter writes its names. A kernel that drifts from it fails here.
+    from ea_ops.backends.tvm import args, cpu_kernels, cuda_kernels
+
+    for kernel, causal in (("forward", True), ("forward", False), ("backward", True), ("backward", False)):
+        want = args.names(kernel, causal)
+        cpu = cpu_kernels.build_func(kernel, 2, "float32", causal, 2, 8)
+        assert [p.name for p in cpu.params] == want, (kernel, causal)
+        cfg = cuda_kernels.default_config(kernel, causal, channels=1 << 20)
+        gpu = cuda_kernels.func_for(kernel, causal, 2, "float32", 2, 8, cfg, None)
+        assert [p.name for p in gpu.params] == want, (kernel, causal, "cuda")
+    chunked = cuda_kernels.func_for("forward", True, 2, "float32", 2, 8, {"variant": "chunked", "threads": 128,
+                                                                          "chunk": 64}, None)
+    assert [p.name for p in chunked.params][:len(args.names("forward", True, "chunked"))] == \
+        args.names("forward", True, "chunked")
+    assert len(args.roles("backward", True)) == len(args.names("backward", True)) - 1  # the scale is a constant

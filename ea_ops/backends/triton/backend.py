@@ -11,7 +11,8 @@ import importlib.util
 
 import torch
 
-from ...state import EAState, op_state_inputs
+from ...state import EAState
+from ..common import op_state_inputs
 from .target import interpreting
 
 NAME = "triton"

@@ -5,17 +5,17 @@ forward and backward (``chunk`` only for ``chunked``; the non-causal kernels are
 ``{"num_warps": w}`` for the step. Programs take ``32 * w`` channels (one per thread).
 
 Tuning keys (``workload`` of a record): ``HD = H*D``, ``lanes`` = sequences * HD rounded up to a power of two
-and, for forward/backward, ``T_bucket`` = the mean sequence length rounded up to a power of four (the
-chunking choice depends on it; T itself never enters a key). A record applies to a call with the same
-kernel, causality, order, dtype and ``HD`` whose buckets are near (``_MAX_DISTANCE``); the nearest wins,
-the user cache before the shipped one. Records are read with ``ea_ops.records`` (validated JSON only).
+and, for forward/backward, ``T_bucket`` = the mean sequence length rounded up to a power of two
+(``ea_ops.records.t_bucket``, the key of every backend's records; the chunking choice depends on it).
+A record applies to a call with the same kernel, causality, order, dtype and ``HD`` whose buckets are near
+(``_MAX_DISTANCE``); the nearest wins, the user cache before the shipped one. Records are read with
+``ea_ops.records`` (validated JSON only).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from collections.abc import Iterator
 
 from ... import records as _records
@@ -29,8 +29,6 @@ MAX_CHUNK = {1: 64, 2: 128, 4: 256, 8: 256}
 LANES_TARGET = 1 << 17  # independent (channel, chunk) scans a GPU needs in flight (DESIGN.md)
 _MAX_DISTANCE = 2.0
 _forced: list[tuple[str | None, dict]] = []
-_cache: dict[str, tuple[tuple, list[dict]]] = {}
-_warned: set[str] = set()
 
 
 # ---------------------------------------------------------------------------------------- validation
@@ -72,17 +70,11 @@ def lanes_bucket(n_seqs: int, HD: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, n_seqs * HD))))
 
 
-def t_bucket(rows: int, n_seqs: int) -> int:
-    """Mean sequence length rounded up to a power of four (at least 1)."""
-    mean = max(1.0, rows / max(1, n_seqs))
-    return 4 ** max(0, math.ceil(math.log(mean, 4) - 1e-9))
-
-
 def workload(kernel: str, *, HD: int, n_seqs: int, rows: int) -> dict:
     """The tuning key of a call (see the module docstring)."""
     w = {"HD": int(HD), "lanes": lanes_bucket(n_seqs, HD)}
     if kernel != "step":
-        w["T_bucket"] = t_bucket(rows, n_seqs)
+        w["T_bucket"] = _records.t_bucket(rows, n_seqs)
     return w
 
 
@@ -116,24 +108,12 @@ def default(kernel: str, *, causal: bool, HD: int, n_seqs: int, rows: int) -> di
 # ------------------------------------------------------------------------------------------- records
 def load(fp: str) -> list[dict]:
     """Valid records for fingerprint ``fp`` (user cache first), re-read when a records file changes."""
-    stamp = _records.records_stamp(BACKEND, fp)
-    hit = _cache.get(fp)
-    if hit is None or hit[0] != stamp:
-        hit = (stamp, _records.load_records(BACKEND, fp))
-        _cache[fp] = hit
-    return hit[1]
+    return _records.cached_records(BACKEND, fp)
 
 
 def _distance(rec_w: dict, want: dict) -> float:
-    d = 0.0
-    for key, weight in (("lanes", 1.0), ("T_bucket", 0.5)):
-        if key not in want:
-            continue
-        got = rec_w.get(key)
-        if isinstance(got, bool) or not isinstance(got, int) or got < 1:
-            return math.inf
-        d += weight * abs(math.log2(got) - math.log2(want[key]))
-    return d
+    return sum(weight * _records.log2_distance(rec_w.get(key), want[key])
+               for key, weight in (("lanes", 1.0), ("T_bucket", 0.5)) if key in want)
 
 
 def from_records(kernel: str, *, causal: bool, order: int, dtype: str, HD: int, n_seqs: int, rows: int,
@@ -153,11 +133,7 @@ def from_records(kernel: str, *, causal: bool, order: int, dtype: str, HD: int, 
     try:
         return validate(kernel, best["config"])
     except ValueError as exc:
-        key = f"{fp}:{exc}"
-        if key not in _warned:
-            _warned.add(key)
-            warnings.warn(f"ea-ops: ignoring a Triton record with a bad config ({exc})", RuntimeWarning,
-                          stacklevel=2)
+        _records.warn_once(f"{fp}:{exc}", f"ea-ops: ignoring a Triton record with a bad config ({exc})")
         return None
 
 
@@ -189,7 +165,7 @@ def choose(kernel: str, *, causal: bool, order: int, dtype: str, HD: int, n_seqs
             hit = from_records(kernel, causal=causal, order=order, dtype=dtype, HD=HD, n_seqs=n_seqs, rows=rows,
                                fp=fp)
         except Exception as exc:  # a broken cache must never break a call; load_records already warned
-            warnings.warn(f"ea-ops: Triton records not usable ({exc})", RuntimeWarning, stacklevel=2)
+            _records.warn_once(f"{fp}:unusable:{exc}", f"ea-ops: Triton records not usable ({exc})")
             hit = None
         if hit is not None:
             return hit

@@ -3,23 +3,20 @@
 Inputs arrive contiguous ``[B, T, H, D]`` (rows ``[B*T, H*D]``) with the state ``S, Z [seqs, H, t+1, D]``,
 ``m [seqs, H, D]`` float32. A configuration is a dict (``ea_ops.backends.triton.configs``):
 ``{"variant": "scan" | "chunked", "num_warps": w, "chunk": L}``; programs take ``BLOCK_C = 32 * w``
-channels (one per thread, see ``kernels``). ``poison_outputs()`` makes every buffer start as NaN, so a
+channels (one per thread, see ``kernels``). ``common.poison_outputs()`` makes every buffer start as NaN, so a
 test sees any element a kernel forgot to write.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
+from ..common import new_buffer
 from . import cuda_kernels as K
 from .plan import Plan, make_plan, sequences
-
-_POISON = False
 
 # The constexpr flags each launch uses (the ahead-of-time build compiles exactly these; keep in sync).
 SCAN_OUT = dict(LOAD_STATE=True, WRITE_O=True, STORE_STATE=False)  # outputs only (chunks, or no final state)
@@ -37,23 +34,6 @@ LAUNCHES = (
     ("bwd_dx_scan", {}), ("bwd_rev_scan", REV_OWN), ("bwd_rev_scan", REV_SUMS), ("bwd_rev_scan", REV_GRADS),
     ("chunk_suffix", {}), ("nc_out", {}), ("nc_bwd_dx", {}), ("nc_bwd_dkdv", {}),
 )
-
-
-@contextlib.contextmanager
-def poison_outputs() -> Iterator[None]:
-    """Within the block, outputs and scratch buffers are allocated filled with NaN (for tests)."""
-    global _POISON
-    old, _POISON = _POISON, True
-    try:
-        yield
-    finally:
-        _POISON = old
-
-
-def _new(shape, dtype, device) -> Tensor:
-    if _POISON:
-        return torch.full(shape, math.nan, dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def padded_terms(order: int) -> int:
@@ -86,7 +66,7 @@ def triton_cdiv(a: int, b: int) -> int:
 
 def _state_bufs(n: int, H: int, t1: int, D: int, device) -> tuple[Tensor, Tensor, Tensor]:
     f32 = torch.float32
-    return _new((n, H, t1, D), f32, device), _new((n, H, t1, D), f32, device), _new((n, H, D), f32, device)
+    return tuple(new_buffer(shape, f32, device) for shape in ((n, H, t1, D), (n, H, t1, D), (n, H, D)))
 
 
 def _plan(B: int, T: int, segments, config: dict, device, *, force_chunk: bool = False) -> Plan:
@@ -121,7 +101,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, state: tuple[Tensor, Tensor, Tensor
     B, T, H, D = q.shape
     HD, r, dev = H * D, math.sqrt(scale), q.device
     meta = _meta(order, config)
-    o = _new(q.shape, q.dtype, dev)
+    o = new_buffer(q.shape, q.dtype, dev)
     n_seqs = B if segments is None else len(segments)
     if not causal:
         plan = _plan(B, T, segments, config, dev, force_chunk=True)
@@ -151,7 +131,7 @@ def step(q: Tensor, k: Tensor, v: Tensor, state: tuple[Tensor, Tensor, Tensor], 
     """One token ``q, k, v [B, H, D]``: the forward scan over one row per batch entry."""
     B, H, D = q.shape
     meta = _meta(order, config)
-    o = _new(q.shape, q.dtype, q.device)
+    o = new_buffer(q.shape, q.dtype, q.device)
     new = _state_bufs(B, H, order + 1, D, q.device)
     plan = make_plan(sequences(B, 1, None), None, q.device)
     K.ea_fwd_scan[_grid(B, H * D, config)](
@@ -168,7 +148,7 @@ def backward(q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: tuple[Tensor, Te
     HD, r, dev = H * D, math.sqrt(scale), q.device
     meta = _meta(order, config)
     t1 = order + 1
-    dq, dk, dv = (_new(q.shape, q.dtype, dev) for _ in range(3))
+    dq, dk, dv = (new_buffer(q.shape, q.dtype, dev) for _ in range(3))
     n_seqs = B if segments is None else len(segments)
     if not causal:
         plan = _plan(B, T, segments, config, dev, force_chunk=True)
@@ -176,8 +156,8 @@ def backward(q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: tuple[Tensor, Te
         _chunk_states(k, v, plan, HD, D, r, meta, config, None, gs)
         if plan.n_items == 0:
             return dq, dk, dv
-        up = _new((plan.n_items, H, t1, D), torch.float32, dev)
-        wp = _new((plan.n_items, H, t1, D), torch.float32, dev)
+        up = new_buffer((plan.n_items, H, t1, D), torch.float32, dev)
+        wp = new_buffer((plan.n_items, H, t1, D), torch.float32, dev)
         grid = _grid(plan.n_items, HD, config)
         K.ea_nc_bwd_dx[grid](q, g, dq, plan.bounds, plan.item_seq, gs[0], gs[1], up, wp, r, HD, D, **meta)
         idx = plan.item_seq[:plan.n_items].long()
@@ -186,7 +166,7 @@ def backward(q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: tuple[Tensor, Te
         K.ea_nc_bwd_dkdv[grid](k, v, dk, dv, plan.bounds, plan.item_seq, U, W, gs[2], r, HD, D, **meta)
         return dq, dk, dv
     f32 = torch.float32
-    cbuf, cobuf, mbuf = (_new((B * T, HD), f32, dev) for _ in range(3))
+    cbuf, cobuf, mbuf = (new_buffer((B * T, HD), f32, dev) for _ in range(3))
     plan = _plan(B, T, segments, config, dev)
     if plan.n_items == 0:
         return dq, dk, dv

@@ -17,14 +17,11 @@ import contextlib
 import torch
 from torch import Tensor
 
+from ..common import float32_state, refuse_double_backward, segments_of
 from . import configs, launch
 from .target import fingerprint, interpreting
 
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-
-
-def _segments(offsets: list[int]) -> list[tuple[int, int]] | None:
-    return list(zip(offsets[:-1], offsets[1:])) if offsets else None
 
 
 def _config(kernel: str, q: Tensor, *, causal: bool, order: int, n_seqs: int, rows: int) -> dict:
@@ -38,10 +35,6 @@ def _on_device(t: Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-def _state(S0: Tensor, Z0: Tensor, M0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(t.to(torch.float32).contiguous() for t in (S0, Z0, M0))
-
-
 def _empty3(q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(q.new_empty(0, dtype=torch.float32) for _ in range(3))
 
@@ -50,7 +43,7 @@ def forward_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Te
                  scale: float, offsets: list[int], want_state: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     q, k, v = (t.contiguous() for t in (q, k, v))
     B, T, H, D = q.shape
-    segments = _segments(offsets)
+    segments = segments_of(offsets)
     n_seqs = B if segments is None else len(segments)
     if q.numel() == 0 or n_seqs == 0:
         o = torch.empty_like(q)
@@ -58,7 +51,7 @@ def forward_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Te
             return (o, *(t.to(torch.float32).clone() for t in (S0, Z0, M0)))
         return (o, *_empty3(q))
     cfg = _config("forward", q, causal=causal, order=order, n_seqs=n_seqs, rows=B * T)
-    state = _state(S0, Z0, M0) if causal else None
+    state = float32_state(S0, Z0, M0, copy=False) if causal else None
     with _on_device(q):
         o, final = launch.forward(q, k, v, state, order=order, causal=causal, scale=scale, segments=segments,
                                   want_state=causal and want_state, config=cfg)
@@ -70,12 +63,12 @@ def backward_impl(q: Tensor, k: Tensor, v: Tensor, g: Tensor, S0: Tensor, Z0: Te
     q, k, v = (t.contiguous() for t in (q, k, v))
     g = g.to(q.dtype).contiguous()
     B, T, H, D = q.shape
-    segments = _segments(offsets)
+    segments = segments_of(offsets)
     n_seqs = B if segments is None else len(segments)
     if q.numel() == 0 or n_seqs == 0:
         return tuple(torch.zeros_like(q) for _ in range(3))
     cfg = _config("backward", q, causal=causal, order=order, n_seqs=n_seqs, rows=B * T)
-    state = _state(S0, Z0, M0) if causal else None
+    state = float32_state(S0, Z0, M0, copy=False) if causal else None
     with _on_device(q):
         dq, dk, dv = launch.backward(q, k, v, g, state, order=order, causal=causal, scale=scale,
                                      segments=segments, config=cfg)
@@ -90,7 +83,7 @@ def step_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tenso
         return (torch.empty_like(q), *(t.to(torch.float32).clone() for t in (S0, Z0, M0)))
     cfg = _config("step", q, causal=True, order=order, n_seqs=B, rows=B)
     with _on_device(q):
-        o, new = launch.step(q, k, v, _state(S0, Z0, M0), order=order, scale=scale, config=cfg)
+        o, new = launch.step(q, k, v, float32_state(S0, Z0, M0, copy=False), order=order, scale=scale, config=cfg)
     return (o, *new)
 
 
@@ -166,10 +159,4 @@ def _step_backward(ctx, go, *_state_grads):
 step_op.register_autograd(_step_backward, setup_context=_step_setup_context)
 
 
-def _refuse_double_backward(ctx, *grads):
-    raise RuntimeError("double backward is not supported by ea-ops backends (ea_ops_triton::backward, the gradient "
-                       "of the Triton kernels, has no derivative); second derivatives (create_graph=True followed "
-                       "by a backward through the gradients, gradgradcheck) are not computed")
-
-
-backward_op.register_autograd(_refuse_double_backward)
+backward_op.register_autograd(refuse_double_backward("ea_ops_triton::backward"))

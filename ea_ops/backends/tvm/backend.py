@@ -10,7 +10,9 @@ import importlib.util
 
 import torch
 
-from ...state import EAState, op_state_inputs
+from ... import records
+from ...state import EAState
+from ..common import op_state_inputs
 from . import tuned
 from .target import cpu_fingerprint
 
@@ -56,7 +58,7 @@ def prefers(q: torch.Tensor, order: int) -> bool:
     try:
         return tuned.has_forward_record(order, dtype, H, D)
     except Exception as exc:  # a broken cache must never break "auto", but it must not go unseen either
-        tuned.warn_once(f"prefers:{type(exc).__name__}:{exc}",
+        records.warn_once(f"prefers:{type(exc).__name__}:{exc}",
                         f"ea-ops: TVM records not usable, backend='auto' ignores them ({type(exc).__name__}: {exc})")
         return False
 

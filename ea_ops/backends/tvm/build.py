@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...records import records_stamp
+from ...records import records_stamp, t_bucket, warn_once
 from . import tuned
 from .target import cpu_fingerprint
 
@@ -47,7 +47,7 @@ def choose_cpu_config(kernel: str, causal: bool, order: int, dtype: str, H: int,
         try:
             return validate_cpu_config(rec["config"], H, D), "record"
         except ScheduleError as exc:
-            tuned.warn_once(f"{rec['fingerprint']}:{rec['kernel']}:{rec['workload']}",
+            warn_once(f"{rec['fingerprint']}:{rec['kernel']}:{rec['workload']}",
                             f"ea-ops: skipping a tuned TVM record for {rec['kernel']}: {exc}")
     return default_cpu_config(kernel, H, D), "default"
 
@@ -72,7 +72,7 @@ def kernel_for(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int
     if kernel == "step":
         causal = True
     stamp = records_stamp(tuned.BACKEND, cpu_fingerprint()) if config is None else None
-    fast_key = (kernel, causal, order, dtype, H, D, tuned.t_bucket(T), stamp,
+    fast_key = (kernel, causal, order, dtype, H, D, t_bucket(T), stamp,
                 None if config is None else _freeze(config))
     hit = _fast.get(fast_key)
     if hit is not None:

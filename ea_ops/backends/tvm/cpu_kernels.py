@@ -10,15 +10,11 @@ vectorise over ``d`` (FINDINGS.md). The price: TVM does not know that ``t`` must
 schedule must keep the time loop serial and ascending (``schedule.check_time_loops`` enforces it and the
 tests check every schedule the tuner can produce).
 
-Kernels and their arguments (``r = sqrt(scale)``; state buffers are updated in place: the caller passes
-a copy of the initial state and receives the final one):
-
-- ``forward`` causal:     ``q, k, v, o, S, Z, M, r``
-- ``forward`` non-causal: ``q, k, v, o, S, Z, M, r`` (``S, Z, M`` scratch holding the empty state)
-- ``backward`` causal:    ``q, k, v, g, S, Z, M, C, CO, MM, U, W, MN, dq, dk, dv, r``
-  (``C = g/den``, ``CO = C o``, ``MM`` the running minimum per position: ``[B, T, H, D]`` float32
-  scratch; ``U, W`` zeros and ``MN = -inf``: the reverse scan's state)
-- ``backward`` non-causal: ``q, k, v, g, S, Z, M, U, W, dq, dk, dv, r``
+Kernels and their arguments: ``args.py`` (one table, read here, by the tuner and by the exporter).
+``r = sqrt(scale)``; state buffers are updated in place: the caller passes a copy of the initial state and
+receives the final one. The non-causal forward's ``S, Z, M`` are scratch holding the empty state; the causal
+backward's ``C = g/den``, ``CO = C o`` and ``MM`` (the running minimum per position) are ``[B, T, H, D]``
+float32 scratch, ``U, W`` (zeros) and ``MN`` (``-inf``) the reverse scan's state.
 The recurrent step is the causal forward at ``T = 1``. bfloat16 tensors are passed as int16 views
 (``tir_math.storage_dtype``).
 """
@@ -31,6 +27,7 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
+from . import args
 from . import tir_math as tm
 from .tir_math import F32, StateRef, let
 
@@ -75,6 +72,17 @@ class _Sig:
         IRBuilder.name(name, buf)
         self.bufs[name] = buf
         return buf
+
+    def declare(self, kernel: str, causal: bool, dtype: str) -> dict:
+        """Every argument of ``kernel`` in the order of ``args.table`` (chunk states excepted): name -> buffer
+        or scalar."""
+        out = {}
+        for name, kind, _ in args.table(kernel, causal):
+            if kind == "scalar":
+                out[name] = self.scalar(name)
+            else:
+                out[name] = self.buffer(name, kind, dtype if name in args.DATA else F32)
+        return out
 
     def scalar(self, name: str):
         if self.r is not None:  # a tuning workload: the scale is a constant, every argument a tensor
@@ -148,10 +156,8 @@ def forward(order: int, dtype: str, causal: bool, H: int, D: int, static: dict |
             T.func_name("main")
             T.func_attr({"tirx.noalias": True})
             sig = _Sig(H, D, order, static)
-            q, k, v, o = (sig.buffer(n, "seq", dtype) for n in ("q", "k", "v", "o"))
-            S, Z = sig.buffer("S", "state"), sig.buffer("Z", "state")
-            M = sig.buffer("M", "m")
-            r = sig.scalar("r")
+            a = sig.declare("forward", causal, dtype)
+            q, k, v, o, S, Z, M, r = (a[n] for n in ("q", "k", "v", "o", "S", "Z", "M", "r"))
 
             def scan(b, h, t, d):
                 y = let("y", _load(k, b, t, h, d) * r)
@@ -183,16 +189,11 @@ def backward(order: int, dtype: str, causal: bool, H: int, D: int, static: dict 
             T.func_name("main")
             T.func_attr({"tirx.noalias": True})
             sig = _Sig(H, D, order, static)
-            q, k, v, g = (sig.buffer(n, "seq", dtype) for n in ("q", "k", "v", "g"))
-            S, Z = sig.buffer("S", "state"), sig.buffer("Z", "state")
-            M = sig.buffer("M", "m")
+            a = sig.declare("backward", causal, dtype)
+            q, k, v, g, S, Z, M, U, W, dq, dk, dv, r = (
+                a[n] for n in ("q", "k", "v", "g", "S", "Z", "M", "U", "W", "dq", "dk", "dv", "r"))
             if causal:
-                C, CO, MM = (sig.buffer(n, "seq") for n in ("C", "CO", "MM"))
-            U, W = sig.buffer("U", "state"), sig.buffer("W", "state")
-            if causal:
-                MN = sig.buffer("MN", "m")
-            dq, dk, dv = (sig.buffer(n, "seq", dtype) for n in ("dq", "dk", "dv"))
-            r = sig.scalar("r")
+                C, CO, MM, MN = (a[n] for n in ("C", "CO", "MM", "MN"))
             t1 = order + 1
 
             def uw_ref(b, h, d):

@@ -2,7 +2,7 @@
 
 Two forms (DESIGN.md: a scan over T has only B*H*D independent lanes):
 
-- ``channel``: one thread per channel ``(b, h, d)``; the time loop sits inside the block, with the
+- ``scan``: one thread per channel ``(b, h, d)``; the time loop sits inside the block, with the
   running state in per-thread ``local`` arrays indexed by constants, i.e. registers. No schedule can
   reorder a loop inside a block, so the scan keeps its order. State buffers that a block reads and
   writes back are declared as written only (an overlap of reads and writes makes TVM refuse to bind
@@ -27,11 +27,10 @@ from tvm import s_tir, tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
+from ..common import CHUNKED, LANES_TARGET, SCAN
 from . import tir_math as tm
 from .cpu_kernels import _load, _Sig, _store
 from .tir_math import F32, StateRef, let
-
-CHANNELS_FOR_CHANNEL_FORM = 1 << 17
 
 
 def _local_state(t1: int, prefix: str = ""):
@@ -90,9 +89,8 @@ def channel_forward(order: int, dtype: str, causal: bool, H: int, D: int, static
     t1 = order + 1
 
     def build(sig):
-        q, k, v, o = (sig.buffer(n, "seq", dtype) for n in ("q", "k", "v", "o"))
-        S, Z, M = sig.buffer("S", "state"), sig.buffer("Z", "state"), sig.buffer("M", "m")
-        r = sig.scalar("r")
+        a = sig.declare("forward", causal, dtype)
+        q, k, v, o, S, Z, M, r = (a[n] for n in ("q", "k", "v", "o", "S", "Z", "M", "r"))
 
         def body(b, h, d):
             Sl, Zl, Ml, ref = _local_state(t1)
@@ -240,18 +238,13 @@ def channel_backward(order: int, dtype: str, causal: bool, H: int, D: int, stati
     t1 = order + 1
 
     def build(sig):
-        q, k, v, g = (sig.buffer(n, "seq", dtype) for n in ("q", "k", "v", "g"))
-        S, Z, M = sig.buffer("S", "state"), sig.buffer("Z", "state"), sig.buffer("M", "m")
+        # U, W, MN: the CPU kernel's reverse-scan state, kept in registers here; declared (args.table) so
+        # that both forms take the same arguments.
+        a = sig.declare("backward", causal, dtype)
+        q, k, v, g, S, Z, M, dq, dk, dv, r = (
+            a[n] for n in ("q", "k", "v", "g", "S", "Z", "M", "dq", "dk", "dv", "r"))
         if causal:
-            C, CO, MM = (sig.buffer(n, "seq") for n in ("C", "CO", "MM"))
-        # U, W, MN: the CPU kernel's reverse-scan state, kept in registers here; declared so that both
-        # forms take the same arguments.
-        sig.buffer("U", "state")
-        sig.buffer("W", "state")
-        if causal:
-            sig.buffer("MN", "m")
-        dq, dk, dv = (sig.buffer(n, "seq", dtype) for n in ("dq", "dk", "dv"))
-        r = sig.scalar("r")
+            C, CO, MM = (a[n] for n in ("C", "CO", "MM"))
         seqs = [_seq(b, sig) for b in (q, k, v, g)]
         grads = [_seq(b, sig) for b in (dq, dk, dv)]
 
@@ -329,15 +322,15 @@ def channel_backward(order: int, dtype: str, causal: bool, H: int, D: int, stati
 # ------------------------------------------------------------------------------------------- schedules
 def default_config(kernel: str, causal: bool, channels: int | None = None) -> dict[str, Any]:
     """Chunked for the causal forward when there are fewer than 2^17 channels, else one per thread."""
-    chunked = kernel == "forward" and causal and (channels is None or channels < CHANNELS_FOR_CHANNEL_FORM)
-    return {"variant": "chunked" if chunked else "channel", "threads": 128, "chunk": 64}
+    chunked = kernel == "forward" and causal and (channels is None or channels < LANES_TARGET)
+    return {"variant": CHUNKED if chunked else SCAN, "threads": 128, "chunk": 64}
 
 
 def func_for(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, cfg: dict, static=None):
     if kernel == "backward":
         return channel_backward(order, dtype, causal, H, D, static)
     causal = causal or kernel == "step"
-    if cfg["variant"] == "chunked" and causal:
+    if cfg["variant"] == CHUNKED and causal:
         return chunked_forward(order, dtype, H, D, cfg["chunk"], static)
     return channel_forward(order, dtype, causal, H, D, static)
 

@@ -4,7 +4,7 @@ Tensors go to the compiled functions as they are (``tvm_ffi`` takes torch tensor
 copying); only non-contiguous inputs are made contiguous first (the kernels assume the compact layout of
 their buffer shapes), and outputs are always allocated contiguous. The kernels update the state buffers in
 place, so the caller's initial state is copied once. ``cu_seqlens`` runs the kernel once per sequence on
-views of the packed tensors (batch size 1, so every view is contiguous). ``poison_outputs()`` makes every
+views of the packed tensors (batch size 1, so every view is contiguous). ``common.poison_outputs()`` makes every
 output and scratch buffer start as NaN, so a test sees any element a kernel forgot to write.
 
 ``ea_ops_tvm::forward``, ``ea_ops_tvm::backward`` and ``ea_ops_tvm::step`` are custom ops with fake
@@ -15,15 +15,14 @@ no derivative of its own: its autograd formula refuses second derivatives with a
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import threading
-from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
+from ..common import float32_state, new_buffer, poisoning, refuse_double_backward, segments_of
 from . import build
 
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -34,32 +33,6 @@ def kernel_dtype(dtype: torch.dtype) -> str:
         return _DTYPES[dtype]
     except KeyError:
         raise TypeError(f"the TVM backend takes float32, bfloat16 or float16 tensors, got {dtype}") from None
-
-
-_POISON = False
-
-
-@contextlib.contextmanager
-def poison_outputs() -> Iterator[None]:
-    """Within the block, outputs and scratch buffers start filled with NaN (for tests)."""
-    global _POISON
-    old, _POISON = _POISON, True
-    try:
-        yield
-    finally:
-        _POISON = old
-
-
-def _new(shape, dtype: torch.dtype, device) -> Tensor:
-    """A contiguous output buffer (NaN under ``poison_outputs``)."""
-    if _POISON:
-        return torch.full(shape, math.nan, dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _state_copy(S0: Tensor, Z0: Tensor, M0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Contiguous float32 copies of a state (the kernels update them in place)."""
-    return tuple(t.to(torch.float32, memory_format=torch.contiguous_format, copy=True) for t in (S0, Z0, M0))
 
 
 def _arg(t: Tensor) -> Tensor:
@@ -88,13 +61,9 @@ def backward_scratch(B: int, T: int, H: int, D: int, device) -> list[Tensor]:
     if buf is None or buf.numel() < 3 * n:
         buf = torch.empty(3 * n, device=device, dtype=torch.float32)
         _scratch.bufs = {**getattr(_scratch, "bufs", {}), key: buf}
-    if _POISON:
+    if poisoning():
         buf.fill_(math.nan)
     return [buf[i * n:(i + 1) * n].view(B, T, H, D) for i in range(3)]
-
-
-def _segments(T: int, offsets: list[int]) -> list[tuple[int, int]]:
-    return list(zip(offsets[:-1], offsets[1:])) if offsets else [(0, T)]
 
 
 def _empty_state(n: int, H: int, t1: int, D: int, device) -> tuple[Tensor, Tensor, Tensor]:
@@ -106,7 +75,7 @@ def _views(offsets: list[int], T: int, B: int):
     """``(time slice, state slice)`` per sequence: the whole batch, or one sequence per segment."""
     if not offsets:
         return [(slice(0, T), slice(0, B))]
-    return [(slice(b, e), slice(i, i + 1)) for i, (b, e) in enumerate(_segments(T, offsets))]
+    return [(slice(b, e), slice(i, i + 1)) for i, (b, e) in enumerate(segments_of(offsets, T))]
 
 
 def forward_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
@@ -115,10 +84,10 @@ def forward_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Te
     set_threads_once()
     q, k, v = (t.contiguous() for t in (q, k, v))
     B, T, H, D = q.shape
-    o = _new(q.shape, q.dtype, q.device)
+    o = new_buffer(q.shape, q.dtype, q.device)
     r = math.sqrt(scale)
     if causal:
-        S, Z, M = _state_copy(S0, Z0, M0)
+        S, Z, M = float32_state(S0, Z0, M0, copy=True)
     else:  # no state: three distinct empty outputs (custom-op returns must not alias)
         S, Z, M = (q.new_empty(0, dtype=torch.float32) for _ in range(3))
     if o.numel() == 0:  # no token or no channel (the kernels cannot be built for H or D = 0)
@@ -143,14 +112,14 @@ def backward_impl(q: Tensor, k: Tensor, v: Tensor, g: Tensor, S0: Tensor, Z0: Te
     g = g.to(q.dtype).contiguous()
     B, T, H, D = q.shape
     t1 = order + 1
-    dq, dk, dv = (_new(q.shape, q.dtype, q.device) for _ in range(3))
+    dq, dk, dv = (new_buffer(q.shape, q.dtype, q.device) for _ in range(3))
     if dq.numel() == 0:
         return dq, dk, dv
     r = math.sqrt(scale)
     comp = build.kernel_for("backward", causal, order, kernel_dtype(q.dtype), H, D, T)
     f32 = dict(device=q.device, dtype=torch.float32)
     if causal:
-        S, Z, M = _state_copy(S0, Z0, M0)
+        S, Z, M = float32_state(S0, Z0, M0, copy=True)
         scratch = backward_scratch(B, T, H, D, q.device)  # C, CO, MM
     for ts, ss in _views(offsets, T, B):
         n = ss.stop - ss.start
@@ -174,8 +143,8 @@ def step_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tenso
     set_threads_once()
     q, k, v = (t.contiguous() for t in (q, k, v))
     B, H, D = q.shape
-    o = _new(q.shape, q.dtype, q.device)
-    S, Z, M = _state_copy(S0, Z0, M0)
+    o = new_buffer(q.shape, q.dtype, q.device)
+    S, Z, M = float32_state(S0, Z0, M0, copy=True)
     if o.numel() == 0:
         return o, S, Z, M
     comp = build.kernel_for("step", True, order, kernel_dtype(q.dtype), H, D, 1)
@@ -257,10 +226,4 @@ def _step_backward(ctx, go, *_state_grads):
 step_op.register_autograd(_step_backward, setup_context=_step_setup_context)
 
 
-def _refuse_double_backward(ctx, *grads):
-    raise RuntimeError("double backward is not supported by ea-ops backends (ea_ops_tvm::backward, the gradient "
-                       "of the TVM kernels, has no derivative); second derivatives (create_graph=True followed "
-                       "by a backward through the gradients, gradgradcheck) are not computed")
-
-
-backward_op.register_autograd(_refuse_double_backward)
+backward_op.register_autograd(refuse_double_backward("ea_ops_tvm::backward"))

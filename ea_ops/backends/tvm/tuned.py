@@ -9,31 +9,16 @@ The MetaSchedule database the tuner kept sits in the same folder; the runtime ne
 
 from __future__ import annotations
 
-import math
-import warnings
-
 from ... import records as _records
+from ...records import t_bucket
 from .target import cpu_fingerprint
 
 BACKEND = "tvm"
-_cache: dict[str, tuple[tuple, list[dict]]] = {}
-_warned: set[str] = set()
-
-
-def t_bucket(T: int) -> int:
-    """``T`` rounded up to a power of two (at least 1)."""
-    return 1 << max(0, math.ceil(math.log2(max(T, 1))))
 
 
 def load(fingerprint: str | None = None) -> list[dict]:
     """Valid records for this target (user cache first), re-read when a records file changes."""
-    fp = fingerprint or cpu_fingerprint()
-    stamp = _records.records_stamp(BACKEND, fp)
-    hit = _cache.get(fp)
-    if hit is None or hit[0] != stamp:
-        hit = (stamp, _records.load_records(BACKEND, fp))
-        _cache[fp] = hit
-    return hit[1]
+    return _records.cached_records(BACKEND, fingerprint or cpu_fingerprint())
 
 
 def _matches(rec: dict, kernel: str, causal: bool, order: int, dtype: str, H: int, D: int) -> bool:
@@ -46,20 +31,10 @@ def candidates(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int
                fingerprint: str | None = None) -> list[dict]:
     """Matching records, best first (nearest ``T_bucket``; the user cache wins ties)."""
     found = [r for r in load(fingerprint) if _matches(r, kernel, causal, order, dtype, H, D)]
-    want = math.log2(t_bucket(T))
-
-    def dist(rec):
-        tb = rec["workload"].get("T_bucket")
-        return abs(math.log2(tb) - want) if isinstance(tb, int) and tb > 0 else math.inf
-
-    return sorted(found, key=dist)  # stable: user cache records come first
+    want = t_bucket(T)
+    # stable sort: user cache records come first
+    return sorted(found, key=lambda rec: _records.log2_distance(rec["workload"].get("T_bucket"), want))
 
 
 def has_forward_record(order: int, dtype: str, H: int, D: int, fingerprint: str | None = None) -> bool:
     return any(_matches(r, "forward", r["kernel"]["causal"], order, dtype, H, D) for r in load(fingerprint))
-
-
-def warn_once(key: str, message: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)

@@ -11,7 +11,8 @@ import torch
 
 import ea_ops
 from ea_ops import dispatch, records
-from ea_ops.backends.triton import backend, configs, cuda_kernels, launch
+from ea_ops.backends import common
+from ea_ops.backends.triton import backend, configs, cuda_kernels
 from ea_ops.backends.triton.ops import forward_op
 from ea_ops.backends.triton.target import fingerprint
 from ea_ops.state import EAState
@@ -20,7 +21,7 @@ from tests.ea_ops.triton_interp.common import DTYPES, TOL, inputs, random_state,
 
 @pytest.fixture(autouse=True)
 def _poison():
-    with launch.poison_outputs():
+    with common.poison_outputs():
         yield
 
 

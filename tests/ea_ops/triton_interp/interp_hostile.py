@@ -8,14 +8,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ea_ops.backends.triton import configs, launch, ops
+from ea_ops.backends import common
+from ea_ops.backends.triton import configs, ops
 from tests.ea_ops import hostile as HX
 from tests.ea_ops.triton_interp import common as C  # fails collection without TRITON_INTERPRET=1
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _poison():
-    with launch.poison_outputs():
+    with common.poison_outputs():
         yield
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ea_ops.backends import common
 from ea_ops.backends.torch import backend as torch_backend
 from ea_ops.backends.triton import launch
 from ea_ops.state import EAState
@@ -17,7 +18,7 @@ from tests.ea_ops.triton_interp import common as C
 
 @pytest.fixture(autouse=True)
 def _poison():
-    with launch.poison_outputs():
+    with common.poison_outputs():
         yield
 
 

@@ -11,7 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ea_ops.backends.triton import configs, launch
+from ea_ops.backends import common
+from ea_ops.backends.triton import configs
 from tests.ea_ops import properties as P
 from tests.ea_ops.triton_interp.common import CONFIGS
 
@@ -23,7 +24,7 @@ SOME = ["scan", "chunk5w2"]
 
 @pytest.fixture(autouse=True)
 def _poison():
-    with launch.poison_outputs():
+    with common.poison_outputs():
         yield
 
 
