@@ -8,11 +8,11 @@ import sys
 
 # name -> (module with main(argv) -> int, one-line help, extra that provides it)
 SUBCOMMANDS: dict[str, tuple[str, str, str | None]] = {
-    "info": ("ea_ops.info", "backends found, the local target's fingerprint, applicable records", None),
+    "info": ("ea_ops.cli_info", "backends found, the local target's fingerprint, applicable records", None),
     "tune": ("schedules.cli_tune", "tune kernels for a backend and target (resumable, budgeted)", None),
     "compile": ("schedules.cli_compile", "build kernels for a target and export them with a manifest", None),
-    "bench": ("schedules.bench", "side-by-side speed ratios against eager, compiled, SDPA and a copy", None),
-    "report": ("analysis.report", "stability report: orders x dtypes x channel scales (md, json, png)",
+    "bench": ("schedules.cli_bench", "side-by-side speed ratios against eager, compiled, SDPA and a copy", None),
+    "report": ("analysis.cli_report", "stability report: orders x dtypes x channel scales (md, json, png)",
                "analysis"),
     "select-order": ("analysis.cli_select", "smallest even order meeting an error budget, with evidence",
                      "analysis"),

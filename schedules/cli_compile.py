@@ -10,7 +10,7 @@ from ea_ops.outdir import OutDirError
 
 from .cli_tune import parse_orders
 
-_RUNNERS = {"tvm": "schedules.tvm.compile_cli", "triton": "schedules.triton.compile_cli"}
+_RUNNERS = {"tvm": "schedules.tvm.cli_compile", "triton": "schedules.triton.cli_compile"}
 
 
 def build_parser() -> argparse.ArgumentParser:

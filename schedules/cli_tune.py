@@ -9,7 +9,7 @@ import sys
 from ea_ops import records
 from ea_ops.outdir import OutDirError, prepare_out_dir
 
-_RUNNERS = {"tvm": "schedules.tvm.tune_cli", "triton": "schedules.triton.tune_cli"}
+_RUNNERS = {"tvm": "schedules.tvm.cli_tune", "triton": "schedules.triton.cli_tune"}
 
 
 def build_parser() -> argparse.ArgumentParser:

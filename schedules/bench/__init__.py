@@ -6,6 +6,5 @@ callables), ``gate`` (correctness before speed), ``timing`` (one timer per devic
 one run), ``report`` (table, JSON, PNG), ``memory`` (peak memory in a fresh process), ``cli`` (the command line).
 """
 
-from .cli import main
 
 __all__ = ["main"]

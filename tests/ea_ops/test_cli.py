@@ -43,9 +43,9 @@ COMMANDS = {
                     "ea_ops.backends.tvm.build.build_cpu", "manifest.json", "tvm"),
     "compile-triton": (["compile", "--backend", "triton", "--target", "cuda:sm_90", "--orders", "2"],
                        "schedules.triton.aot.compile_build", "manifest.json", "triton"),
-    "report": (["report", "--preset", "tiny", "--no-progress"], "analysis.report.run_sweep", "report.json", "mpmath"),
+    "report": (["report", "--preset", "tiny", "--no-progress"], "analysis.sweep.run_sweep", "report.json", "mpmath"),
     # tune writes its records in <out>/<backend>/<fingerprint>/: no fixed file name in --out itself
-    "tune": (["tune", "--backend", "tvm", "--target", "cpu", "--orders", "2"], "schedules.tvm.tune_cli.run", "",
+    "tune": (["tune", "--backend", "tvm", "--target", "cpu", "--orders", "2"], "schedules.tvm.cli_tune.run", "",
              "tvm"),
 }
 KINDS = ("a-file", "under-a-file", "unwritable", "name-is-a-folder")

@@ -7,7 +7,7 @@ import json
 import torch
 
 from ea_ops.state import EAState
-from schedules import bench
+from schedules import cli_bench as bench
 
 from .bench_fakes import FAST, install, torch_backend
 

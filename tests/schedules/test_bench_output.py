@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ea_ops import cli
-from schedules import bench
+from schedules import cli_bench as bench
 
 from .bench_fakes import FAST
 

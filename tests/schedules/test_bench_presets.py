@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from schedules import bench
+from schedules import cli_bench as bench
 from schedules.bench.goals import Goal, judge
 
 from .bench_fakes import FAST

@@ -42,7 +42,7 @@ def test_defaults_are_curated_and_first_among_candidates(kernel, causal):
 
 
 def test_presets_and_slots():
-    from schedules.triton.tune_cli import slots
+    from schedules.triton.cli_tune import slots
 
     assert set(PRESETS) >= {"default", "small", "interp"}
     with pytest.raises(SystemExit, match="--workloads"):
@@ -53,7 +53,7 @@ def test_presets_and_slots():
 
 
 def test_tuning_needs_a_gpu_or_the_interpreter(monkeypatch):
-    from schedules.triton.tune_cli import local_device
+    from schedules.triton.cli_tune import local_device
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     if torch.cuda.is_available():
@@ -85,12 +85,12 @@ def test_compile_cli_exports_ptx_cubin_and_manifest(tmp_path):
 
 
 def test_compile_cli_refuses_non_cuda_targets_and_the_interpreter(tmp_path, monkeypatch):
-    from schedules.triton import compile_cli
+    from schedules.triton import cli_compile
 
     args = argparse.Namespace(target="cpu", out=str(tmp_path), orders=[6], dtypes=["float32"])
     with pytest.raises(SystemExit, match="CUDA"):
-        compile_cli.run(args)
+        cli_compile.run(args)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(SystemExit, match="TRITON_INTERPRET"):
-        compile_cli.run(argparse.Namespace(target="cuda:sm_90", out=str(tmp_path), orders=[6],
+        cli_compile.run(argparse.Namespace(target="cuda:sm_90", out=str(tmp_path), orders=[6],
                                            dtypes=["float32"]))

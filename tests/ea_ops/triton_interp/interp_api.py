@@ -151,12 +151,12 @@ def test_torch_compile_without_graph_breaks():
 
 
 def test_tuner_writes_records_the_runtime_applies(tmp_path, monkeypatch):
-    from schedules.triton import tune_cli
+    from schedules.triton import cli_tune
 
     monkeypatch.setenv("EA_OPS_CACHE_DIR", str(tmp_path))
     args = argparse.Namespace(target="cpu", orders=[2], trials=3, time_budget=None, workloads="interp",
                               out=None, json=True)
-    assert tune_cli.run(args) == 0
+    assert cli_tune.run(args) == 0
     fp = fingerprint("cpu")
     assert fp.startswith("interpreter-cpu-triton")
     recs = records.load_records("triton", fp)
@@ -170,7 +170,7 @@ def test_tuner_writes_records_the_runtime_applies(tmp_path, monkeypatch):
     got = configs.choose("forward", causal=True, order=2, dtype="float32", HD=32, n_seqs=1, rows=60, fp=fp)
     assert got == fwd["config"]
     # resumable: a second run measures nothing new
-    out = tune_cli.run(args)
+    out = cli_tune.run(args)
     assert out == 0
     assert len(records.load_records("triton", fp)) == len(recs)
     summary = json.loads(json.dumps(fwd))  # records are plain JSON data

@@ -16,10 +16,10 @@ from ea_ops.errors import BackendUnavailableError
 from ea_ops.outdir import prepare_out_dir
 from ea_ops.records import atomic_write_json, atomic_write_text
 
-from . import peers, report, timing
-from .goals import Goal
-from .runner import Options, Runner
-from .workloads import DTYPES, MODES, PRESETS, Preset, Workload, parse_shape, plan
+from .bench import peers, report, timing
+from .bench.goals import Goal
+from .bench.runner import Options, Runner
+from .bench.workloads import DTYPES, MODES, PRESETS, Preset, Workload, parse_shape, plan
 
 
 def build_parser() -> argparse.ArgumentParser:
