@@ -103,3 +103,80 @@ def refuse_double_backward(op: str) -> Callable:
             "kernels, has no derivative of its own); backend='torch' computes second derivatives")
 
     return refuse
+
+
+def no_state(q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Three distinct empty float32 tensors: a custom op's 'no state' (its outputs must not alias)."""
+    return tuple(q.new_empty(0, dtype=torch.float32) for _ in range(3))
+
+
+def define_ops(ns: str, forward_impl: Callable, backward_impl: Callable, step_impl: Callable):
+    """The three ``torch.library`` custom ops of a compiled backend, with fake implementations and autograd:
+
+    - ``ns::forward(q, k, v, S0, Z0, M0, order, causal, scale, offsets, want_state) -> (o, S, Z, M)``: the final
+      state when ``causal and want_state``, else three empty tensors. Its gradient is ``ns::backward``.
+    - ``ns::backward(q, k, v, g, S0, Z0, M0, order, causal, scale, offsets) -> (dq, dk, dv)``; it has no
+      derivative of its own (``refuse_double_backward``).
+    - ``ns::step(q_t, k_t, v_t, S0, Z0, M0, order, scale) -> (o_t, S, Z, M)``; its gradient is the causal
+      ``ns::backward`` at ``T = 1`` from the step's input state.
+
+    States are data: they get no gradient. Returns ``(forward_op, backward_op, step_op)``.
+    """
+
+    @torch.library.custom_op(f"{ns}::forward", mutates_args=())
+    def forward_op(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int, causal: bool,
+                   scale: float, offsets: list[int], want_state: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return forward_impl(q, k, v, S0, Z0, M0, order, causal, scale, offsets, want_state)
+
+    @forward_op.register_fake
+    def _(q, k, v, S0, Z0, M0, order, causal, scale, offsets, want_state):
+        o = torch.empty_like(q, memory_format=torch.contiguous_format)
+        if causal and want_state:
+            return (o, *(t.new_empty(t.shape, dtype=torch.float32) for t in (S0, Z0, M0)))
+        return (o, *no_state(q))
+
+    @torch.library.custom_op(f"{ns}::backward", mutates_args=())
+    def backward_op(q: Tensor, k: Tensor, v: Tensor, g: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
+                    causal: bool, scale: float, offsets: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+        return backward_impl(q, k, v, g, S0, Z0, M0, order, causal, scale, offsets)
+
+    @backward_op.register_fake
+    def _(q, k, v, g, S0, Z0, M0, order, causal, scale, offsets):
+        return tuple(torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(3))
+
+    @torch.library.custom_op(f"{ns}::step", mutates_args=())
+    def step_op(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
+                scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return step_impl(q, k, v, S0, Z0, M0, order, scale)
+
+    @step_op.register_fake
+    def _(q, k, v, S0, Z0, M0, order, scale):
+        return (torch.empty_like(q, memory_format=torch.contiguous_format),
+                *(t.new_empty(t.shape, dtype=torch.float32) for t in (S0, Z0, M0)))
+
+    def forward_setup(ctx, inputs, output):
+        q, k, v, S0, Z0, M0, order, causal, scale, offsets, _want = inputs
+        ctx.save_for_backward(q, k, v, S0, Z0, M0)
+        ctx.meta = (order, causal, scale, offsets)
+        ctx.mark_non_differentiable(*output[1:])
+
+    def forward_backward(ctx, go, *_state_grads):
+        q, k, v, S0, Z0, M0 = ctx.saved_tensors
+        return (*backward_op(q, k, v, go, S0, Z0, M0, *ctx.meta), *(None,) * 8)
+
+    def step_setup(ctx, inputs, output):
+        q, k, v, S0, Z0, M0, order, scale = inputs
+        ctx.save_for_backward(q, k, v, S0, Z0, M0)
+        ctx.meta = (order, scale)
+        ctx.mark_non_differentiable(*output[1:])
+
+    def step_backward(ctx, go, *_state_grads):
+        q, k, v, S0, Z0, M0 = ctx.saved_tensors
+        order, scale = ctx.meta
+        grads = backward_op(*(t.unsqueeze(1) for t in (q, k, v, go)), S0, Z0, M0, order, True, scale, [])
+        return (*(t.squeeze(1) for t in grads), *(None,) * 5)
+
+    forward_op.register_autograd(forward_backward, setup_context=forward_setup)
+    step_op.register_autograd(step_backward, setup_context=step_setup)
+    backward_op.register_autograd(refuse_double_backward(f"{ns}::backward"))
+    return forward_op, backward_op, step_op

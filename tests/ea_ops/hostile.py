@@ -161,7 +161,7 @@ ZERO_SHAPES = [(0, 3, 2, 4), (2, 3, 0, 4), (2, 3, 2, 0), (0, 0, 0, 0), (2, 0, 2,
 def check_zero_size_ops(ops, shape, causal: bool, *, want_state: bool | None = None) -> None:
     """The ops module's forward, backward and step (impl and custom op) called directly on a shape with no
     element: outputs of the input's shape, and (causal) the initial state handed through as a copy. ``ops`` is
-    ``ea_ops.backends.tvm.ops`` or ``ea_ops.backends.triton.ops`` (whose forward takes ``want_state`` too)."""
+    ``ea_ops.backends.tvm.ops`` or ``ea_ops.backends.triton.ops`` (``common.define_ops``: same signatures)."""
     B, T, H, D = shape
     order = 2
     gen = torch.Generator().manual_seed(2)

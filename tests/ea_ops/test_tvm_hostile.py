@@ -48,10 +48,11 @@ def test_step_custom_op_passes_opcheck():
     torch.library.opcheck(ops.step_op, (q.requires_grad_(), k.requires_grad_(), v, st.S, st.Z, st.m, 2, 0.8))
 
 
+@pytest.mark.parametrize("want", [True, False])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("shape", HX.ZERO_SHAPES)
-def test_zero_size_batch_heads_channels_or_length(shape, causal):
-    HX.check_zero_size_ops(ops, shape, causal)
+def test_zero_size_batch_heads_channels_or_length(shape, causal, want):
+    HX.check_zero_size_ops(ops, shape, causal, want_state=want)
 
 
 def test_a_step_state_over_int32_indexing_is_refused(monkeypatch):

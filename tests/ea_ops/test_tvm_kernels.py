@@ -192,7 +192,7 @@ def test_compiled_modules_are_cached_across_shapes_and_calls():
 def test_custom_ops_pass_opcheck():
     q, k, v = qkv((1, 6, 2, 4), dtype=torch.float32, seed=14, requires_grad=True)
     S, Z, M = ops._empty_state(1, 2, 3, 4, "cpu")
-    torch.library.opcheck(ops.forward_op, (q, k, v, S, Z, M, 2, True, 1.0, []))
+    torch.library.opcheck(ops.forward_op, (q, k, v, S, Z, M, 2, True, 1.0, [], True))
     g = torch.randn(1, 6, 2, 4, generator=torch.Generator().manual_seed(3))
     torch.library.opcheck(ops.backward_op, (q.detach(), k.detach(), v.detach(), g, S, Z, M, 2, True, 1.0, []))
 

@@ -17,7 +17,7 @@ import contextlib
 import torch
 from torch import Tensor
 
-from ..common import float32_state, refuse_double_backward, segments_of
+from ..common import define_ops, float32_state, no_state, segments_of
 from . import configs, launch
 from .target import fingerprint, interpreting
 
@@ -35,10 +35,6 @@ def _on_device(t: Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-def _empty3(q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(q.new_empty(0, dtype=torch.float32) for _ in range(3))
-
-
 def forward_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int, causal: bool,
                  scale: float, offsets: list[int], want_state: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     q, k, v = (t.contiguous() for t in (q, k, v))
@@ -49,13 +45,13 @@ def forward_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Te
         o = torch.empty_like(q)
         if causal and want_state:
             return (o, *(t.to(torch.float32).clone() for t in (S0, Z0, M0)))
-        return (o, *_empty3(q))
+        return (o, *no_state(q))
     cfg = _config("forward", q, causal=causal, order=order, n_seqs=n_seqs, rows=B * T)
     state = float32_state(S0, Z0, M0, copy=False) if causal else None
     with _on_device(q):
         o, final = launch.forward(q, k, v, state, order=order, causal=causal, scale=scale, segments=segments,
                                   want_state=causal and want_state, config=cfg)
-    return (o, *(final if final is not None else _empty3(q)))
+    return (o, *(final if final is not None else no_state(q)))
 
 
 def backward_impl(q: Tensor, k: Tensor, v: Tensor, g: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
@@ -88,75 +84,4 @@ def step_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tenso
 
 
 # ------------------------------------------------------------------------------------------ custom ops
-@torch.library.custom_op("ea_ops_triton::forward", mutates_args=())
-def forward_op(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int, causal: bool,
-               scale: float, offsets: list[int], want_state: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return forward_impl(q, k, v, S0, Z0, M0, order, causal, scale, offsets, want_state)
-
-
-@forward_op.register_fake
-def _forward_fake(q, k, v, S0, Z0, M0, order, causal, scale, offsets, want_state):
-    o = torch.empty_like(q, memory_format=torch.contiguous_format)
-    if causal and want_state:
-        return (o, *(t.new_empty(t.shape, dtype=torch.float32) for t in (S0, Z0, M0)))
-    return (o, *(q.new_empty(0, dtype=torch.float32) for _ in range(3)))
-
-
-@torch.library.custom_op("ea_ops_triton::backward", mutates_args=())
-def backward_op(q: Tensor, k: Tensor, v: Tensor, g: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
-                causal: bool, scale: float, offsets: list[int]) -> tuple[Tensor, Tensor, Tensor]:
-    return backward_impl(q, k, v, g, S0, Z0, M0, order, causal, scale, offsets)
-
-
-@backward_op.register_fake
-def _backward_fake(q, k, v, g, S0, Z0, M0, order, causal, scale, offsets):
-    return tuple(torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(3))
-
-
-@torch.library.custom_op("ea_ops_triton::step", mutates_args=())
-def step_op(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
-            scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return step_impl(q, k, v, S0, Z0, M0, order, scale)
-
-
-@step_op.register_fake
-def _step_fake(q, k, v, S0, Z0, M0, order, scale):
-    return (torch.empty_like(q, memory_format=torch.contiguous_format),
-            *(t.new_empty(t.shape, dtype=torch.float32) for t in (S0, Z0, M0)))
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, S0, Z0, M0, order, causal, scale, offsets, _want = inputs
-    ctx.save_for_backward(q, k, v, S0, Z0, M0)
-    ctx.meta = (order, causal, scale, offsets)
-    ctx.mark_non_differentiable(*output[1:])
-
-
-def _backward(ctx, go, *_state_grads):
-    q, k, v, S0, Z0, M0 = ctx.saved_tensors
-    dq, dk, dv = backward_op(q, k, v, go, S0, Z0, M0, *ctx.meta)
-    return dq, dk, dv, None, None, None, None, None, None, None, None
-
-
-forward_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _step_setup_context(ctx, inputs, output):
-    q, k, v, S0, Z0, M0, order, scale = inputs
-    ctx.save_for_backward(q, k, v, S0, Z0, M0)
-    ctx.meta = (order, scale)
-    ctx.mark_non_differentiable(*output[1:])
-
-
-def _step_backward(ctx, go, *_state_grads):
-    """The causal backward at ``T = 1`` from the step's input state (which gets no gradient)."""
-    q, k, v, S0, Z0, M0 = ctx.saved_tensors
-    order, scale = ctx.meta
-    grads = backward_op(*(t.unsqueeze(1) for t in (q, k, v, go)), S0, Z0, M0, order, True, scale, [])
-    return (*(t.squeeze(1) for t in grads), None, None, None, None, None)
-
-
-step_op.register_autograd(_step_backward, setup_context=_step_setup_context)
-
-
-backward_op.register_autograd(refuse_double_backward("ea_ops_triton::backward"))
+forward_op, backward_op, step_op = define_ops("ea_ops_triton", forward_impl, backward_impl, step_impl)

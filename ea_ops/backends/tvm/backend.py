@@ -67,10 +67,9 @@ def attention(q, k, v, *, order, causal, scale, initial_state, output_final_stat
     from .ops import forward_op
 
     offsets, S0, Z0, M0 = op_state_inputs(q, order, causal, initial_state, cu_seqlens)
-    o, S, Z, M = forward_op(q, k, v, S0, Z0, M0, order, causal, float(scale), offsets)
-    if not output_final_state:
-        return o, None
-    return o, EAState(S, Z, M)
+    want = bool(causal and output_final_state)
+    o, S, Z, M = forward_op(q, k, v, S0, Z0, M0, order, causal, float(scale), offsets, want)
+    return (o, EAState(S, Z, M)) if want else (o, None)
 
 
 def recurrent_step(q, k, v, state, *, order, scale):

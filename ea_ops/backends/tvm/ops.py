@@ -7,10 +7,8 @@ place, so the caller's initial state is copied once. ``cu_seqlens`` runs the ker
 views of the packed tensors (batch size 1, so every view is contiguous). ``common.poison_outputs()`` makes every
 output and scratch buffer start as NaN, so a test sees any element a kernel forgot to write.
 
-``ea_ops_tvm::forward``, ``ea_ops_tvm::backward`` and ``ea_ops_tvm::step`` are custom ops with fake
-implementations and registered autograd formulas, so ``torch.compile`` can hold them without graph breaks
-(the step's gradient is the causal backward at ``T = 1``). The backward op has
-no derivative of its own: its autograd formula refuses second derivatives with a clear error.
+``ea_ops_tvm::forward``, ``ea_ops_tvm::backward`` and ``ea_ops_tvm::step`` are the custom ops of
+``common.define_ops`` (fake implementations and autograd), so ``torch.compile`` holds them without graph breaks.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ import threading
 import torch
 from torch import Tensor
 
-from ..common import float32_state, new_buffer, poisoning, refuse_double_backward, segments_of
+from ..common import define_ops, float32_state, new_buffer, no_state, poisoning, segments_of
 from . import build
 
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -79,8 +77,11 @@ def _views(offsets: list[int], T: int, B: int):
 
 
 def forward_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
-                 causal: bool, scale: float, offsets: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``o`` and the final state (causal; empty tensors otherwise). ``q, k, v [B, T, H, D]``."""
+                 causal: bool, scale: float, offsets: list[int],
+                 want_state: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``o`` and the final state (``causal and want_state``; empty tensors otherwise). ``q, k, v [B, T, H, D]``.
+
+    The causal kernel updates a state in any case (a copy of the initial one)."""
     set_threads_once()
     q, k, v = (t.contiguous() for t in (q, k, v))
     B, T, H, D = q.shape
@@ -88,10 +89,10 @@ def forward_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Te
     r = math.sqrt(scale)
     if causal:
         S, Z, M = float32_state(S0, Z0, M0, copy=True)
-    else:  # no state: three distinct empty outputs (custom-op returns must not alias)
-        S, Z, M = (q.new_empty(0, dtype=torch.float32) for _ in range(3))
+    else:
+        S, Z, M = no_state(q)
     if o.numel() == 0:  # no token or no channel (the kernels cannot be built for H or D = 0)
-        return o, S, Z, M
+        return (o, S, Z, M) if causal and want_state else (o, *no_state(q))
     comp = build.kernel_for("forward", causal, order, kernel_dtype(q.dtype), H, D, T)
     for ts, ss in _views(offsets, T, B):
         if ts.stop == ts.start:
@@ -101,7 +102,7 @@ def forward_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Te
         else:
             st = _empty_state(ss.stop - ss.start, H, order + 1, D, q.device)
         comp.fn(*(_arg(t[:, ts]) for t in (q, k, v, o)), *st, r)
-    return o, S, Z, M
+    return (o, S, Z, M) if causal and want_state else (o, *no_state(q))
 
 
 def backward_impl(q: Tensor, k: Tensor, v: Tensor, g: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
@@ -153,77 +154,4 @@ def step_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tenso
 
 
 # ------------------------------------------------------------------------------------------ custom ops
-@torch.library.custom_op("ea_ops_tvm::forward", mutates_args=())
-def forward_op(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int, causal: bool,
-               scale: float, offsets: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return forward_impl(q, k, v, S0, Z0, M0, order, causal, scale, offsets)
-
-
-@forward_op.register_fake
-def _forward_fake(q, k, v, S0, Z0, M0, order, causal, scale, offsets):
-    if causal:
-        st = (S0.new_empty(S0.shape, dtype=torch.float32), Z0.new_empty(Z0.shape, dtype=torch.float32),
-              M0.new_empty(M0.shape, dtype=torch.float32))
-    else:
-        st = tuple(q.new_empty(0, dtype=torch.float32) for _ in range(3))
-    return (torch.empty_like(q, memory_format=torch.contiguous_format), *st)
-
-
-@torch.library.custom_op("ea_ops_tvm::backward", mutates_args=())
-def backward_op(q: Tensor, k: Tensor, v: Tensor, g: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
-                causal: bool, scale: float, offsets: list[int]) -> tuple[Tensor, Tensor, Tensor]:
-    return backward_impl(q, k, v, g, S0, Z0, M0, order, causal, scale, offsets)
-
-
-@backward_op.register_fake
-def _backward_fake(q, k, v, g, S0, Z0, M0, order, causal, scale, offsets):
-    return tuple(torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(3))
-
-
-@torch.library.custom_op("ea_ops_tvm::step", mutates_args=())
-def step_op(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
-            scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return step_impl(q, k, v, S0, Z0, M0, order, scale)
-
-
-@step_op.register_fake
-def _step_fake(q, k, v, S0, Z0, M0, order, scale):
-    return (torch.empty_like(q, memory_format=torch.contiguous_format),
-            *(t.new_empty(t.shape, dtype=torch.float32) for t in (S0, Z0, M0)))
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, S0, Z0, M0, order, causal, scale, offsets = inputs
-    ctx.save_for_backward(q, k, v, S0, Z0, M0)
-    ctx.meta = (order, causal, scale, offsets)
-    ctx.mark_non_differentiable(*output[1:])
-
-
-def _backward(ctx, go, *_state_grads):
-    q, k, v, S0, Z0, M0 = ctx.saved_tensors
-    dq, dk, dv = backward_op(q, k, v, go, S0, Z0, M0, *ctx.meta)
-    return dq, dk, dv, None, None, None, None, None, None, None
-
-
-forward_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _step_setup_context(ctx, inputs, output):
-    q, k, v, S0, Z0, M0, order, scale = inputs
-    ctx.save_for_backward(q, k, v, S0, Z0, M0)
-    ctx.meta = (order, scale)
-    ctx.mark_non_differentiable(*output[1:])
-
-
-def _step_backward(ctx, go, *_state_grads):
-    """The causal backward at ``T = 1`` from the step's input state (which gets no gradient)."""
-    q, k, v, S0, Z0, M0 = ctx.saved_tensors
-    order, scale = ctx.meta
-    grads = backward_op(*(t.unsqueeze(1) for t in (q, k, v, go)), S0, Z0, M0, order, True, scale, [])
-    return (*(t.squeeze(1) for t in grads), None, None, None, None, None)
-
-
-step_op.register_autograd(_step_backward, setup_context=_step_setup_context)
-
-
-backward_op.register_autograd(refuse_double_backward("ea_ops_tvm::backward"))
+forward_op, backward_op, step_op = define_ops("ea_ops_tvm", forward_impl, backward_impl, step_impl)
