@@ -59,6 +59,23 @@ def op_state_inputs(q: Tensor, order: int, causal: bool, initial_state: EAState 
     return offsets, st.S, st.Z, st.m
 
 
+def run_attention(forward_op, q: Tensor, k: Tensor, v: Tensor, *, order: int, causal: bool, scale: float,
+                  initial_state: EAState | None, output_final_state: bool,
+                  cu_seqlens: list[tuple[int, int]] | None) -> tuple[Tensor, EAState | None]:
+    """A backend's ``attention`` (the dispatch protocol) through its ``forward_op`` (``define_ops``)."""
+    offsets, S0, Z0, M0 = op_state_inputs(q, order, causal, initial_state, cu_seqlens)
+    want = bool(causal and output_final_state)
+    o, S, Z, M = forward_op(q, k, v, S0, Z0, M0, order, causal, float(scale), offsets, want)
+    return (o, EAState(S, Z, M)) if want else (o, None)
+
+
+def run_step(step_op, q: Tensor, k: Tensor, v: Tensor, state: EAState, *, order: int,
+             scale: float) -> tuple[Tensor, EAState]:
+    """A backend's ``recurrent_step`` through its ``step_op``."""
+    o, S, Z, M = step_op(q, k, v, state.S, state.Z, state.m, order, float(scale))
+    return o, EAState(S, Z, M)
+
+
 def float32_state(S0: Tensor, Z0: Tensor, M0: Tensor, *, copy: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Contiguous float32 state tensors; ``copy`` (never the caller's memory) for kernels that update them
     in place. (``Tensor.to(memory_format=...)`` without a copy returns a strided float32 tensor as it is.)"""

@@ -11,8 +11,7 @@ import importlib.util
 
 import torch
 
-from ...state import EAState
-from ..common import op_state_inputs
+from ..common import run_attention, run_step
 from .target import interpreting
 
 NAME = "triton"
@@ -73,20 +72,16 @@ def prefers(q: torch.Tensor, order: int) -> bool:
     return q.device.type == "cuda" and q.dtype in _FLOATS and order <= MAX_ORDER
 
 
-def attention(q, k, v, *, order, causal, scale, initial_state, output_final_state, cu_seqlens):
-    from .ops import forward_op
+def attention(q, k, v, **kw):
+    from .ops import forward_op  # imports the backend's library: only when a call runs
 
-    offsets, S0, Z0, M0 = op_state_inputs(q, order, causal, initial_state, cu_seqlens)
-    want = bool(causal and output_final_state)
-    o, S, Z, M = forward_op(q, k, v, S0, Z0, M0, order, causal, float(scale), offsets, want)
-    return (o, EAState(S, Z, M)) if want else (o, None)
+    return run_attention(forward_op, q, k, v, **kw)
 
 
-def recurrent_step(q, k, v, state, *, order, scale):
+def recurrent_step(q, k, v, state, **kw):
     from .ops import step_op
 
-    o, S, Z, M = step_op(q, k, v, state.S, state.Z, state.m, order, float(scale))
-    return o, EAState(S, Z, M)
+    return run_step(step_op, q, k, v, state, **kw)
 
 
 def describe() -> dict:
