@@ -200,7 +200,8 @@ def check_zero_size_ops(ops, shape, causal: bool, *, want_state: bool | None = N
 
 def _grads(out: torch.Tensor, inputs: tuple, g: torch.Tensor) -> tuple:
     assert out.requires_grad, "the output lost its autograd graph"
-    return torch.autograd.grad(out, inputs, g)
+    # an input the output does not depend on (q at order 0 on the torch backend) has gradient zero
+    return torch.autograd.grad(out, inputs, g, allow_unused=True, materialize_grads=True)
 
 
 def entry_points(backend: str, case: dict, q, k, v, g, state: EAState, q_t, k_t, v_t, g_t, st_t: EAState):
