@@ -1,4 +1,4 @@
-"""Error bounds of EA-t against exact EA, and the realised error (SPEC section 2).
+"""Error bounds of EA-t against exact EA, and the realised error (docs/math.md section 6).
 
 EA-t multiplies the exact weight of key ``j`` at query ``i`` by ``r_t(2 x_i y_j)``, ``r_t(z) = P_t(z) e^{-z}``.
 If every factor lies in ``[c_lo, c_hi]`` (``c_lo > 0``) with ``rho = c_hi / c_lo``, a weighted mean of values

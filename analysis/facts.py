@@ -1,7 +1,7 @@
-"""Re-derive the "numerical facts" of SPEC section 2 from scratch, each with a verdict.
+"""Re-derive the "numerical facts" of docs/math.md section 6 from scratch, each with a verdict.
 
 Every check computes the number here (float64 torch, scipy for the incomplete gamma function, torch in the
-dtype for the floating-point thresholds) and compares it with what the SPEC states; a fact that does not
+dtype for the floating-point thresholds) and compares it with what the docs/math.md states; a fact that does not
 hold is reported as such, with the measured value.
 """
 
@@ -174,7 +174,7 @@ def float_thresholds() -> list[dict[str, Any]]:
     facts.append(_fact("naive (2x)^n / n! overflows fp16 for |x| > 3.25 at t = 6",
                        f"(2x)^6 in float16 is inf from |x| = {first:.4f} on (65504^(1/6) / 2 = "
                        f"{65504 ** (1 / 6) / 2:.4f})", abs(first - 3.25) < 0.02,
-                       "the SPEC's 3.25 is slightly high: (2 * 3.25)^6 = 75419 > 65504"))
+                       "the docs/math.md's 3.25 is slightly high: (2 * 3.25)^6 = 75419 > 65504"))
     stall = {}
     for name, dt in (("float16", torch.float16), ("bfloat16", torch.bfloat16)):
         s = torch.zeros((), dtype=dt)

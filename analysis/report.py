@@ -2,7 +2,7 @@
 
 Sweeps even orders x dtypes (float32, bfloat16, float16) x channel scales x every available backend (see
 :mod:`analysis.sweep`), keeps rounding (kernel vs EA-t in float64) apart from approximation (EA-t vs exact
-EA), counts NaN/Inf, compares with the unstabilised variants, re-derives SPEC section 2's facts
+EA), counts NaN/Inf, compares with the unstabilised variants, re-derives the facts of docs/math.md section 6
 (:mod:`analysis.facts`) and measures how peaked the attention distributions are (:mod:`analysis.spikiness`).
 Writes ``report.md``, ``report.json``, ``heatmap_<dtype>.png``, ``spikiness.png``, ``spikiness_scales.png``
 and ``worst_case.png`` into ``DIR``.
@@ -275,7 +275,7 @@ def write_markdown(path: Path, meta: dict[str, Any], cfg: SweepConfig, cells, ba
     for png in (SPIKY_PNG, SPIKY_SCALES_PNG):
         if png in pngs:
             L += ["", f"![{png}]({png})"]
-    L += ["", "## SPEC section 2 facts, re-derived", "", "| verdict | claim | measured here |", "|---|---|---|"]
+    L += ["", "## docs/math.md section 6 facts, re-derived", "", "| verdict | claim | measured here |", "|---|---|---|"]
     for f in facts["facts"]:
         det = f" ({f['detail']})" if f["detail"] else ""
         cells_ = (f["verdict"], f["claim"], f["measured"] + det)

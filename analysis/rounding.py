@@ -1,7 +1,7 @@
 """Floating-point facts per dtype, and the rounding-error estimate used by worst-case order selection.
 
 Kernels accumulate in float32 for float32/bfloat16/float16 inputs (float64 for float64) and round the output
-to the input dtype (SPEC section 3). Evaluating ``sum_n f_n(x) S_n`` adds Taylor terms of ``exp(2xy)``
+to the input dtype (docs/math.md section 7). Evaluating ``sum_n f_n(x) S_n`` adds Taylor terms of ``exp(2xy)``
 that alternate in sign when ``xy < 0``; the relative loss is at most ``K_t(Z)``
 (:func:`analysis.taylor.cancellation`), so the estimate is
 

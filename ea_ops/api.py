@@ -1,4 +1,4 @@
-"""The public operators (SPEC section 3): validate, then dispatch to a backend."""
+"""The public operators (docs/math.md section 7): validate, then dispatch to a backend."""
 
 from __future__ import annotations
 

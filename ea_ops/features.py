@@ -1,4 +1,4 @@
-"""The Taylor feature maps shared by every backend (SPEC section 1, symmetric form).
+"""The Taylor feature maps shared by every backend (docs/math.md, symmetric form).
 
 ``f_n(x) = (sqrt(2) x)^n / sqrt(n!)`` so that ``f_n(x) f_n(y) = (2xy)^n / n!``: sum over ``n <= t`` is the
 Taylor polynomial ``P_t(2xy)``. Built by the recurrence ``f_n = f_{n-1} * sqrt(2) x / sqrt(n)`` so no

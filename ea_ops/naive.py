@@ -1,4 +1,4 @@
-"""Naive O(T^2) float64 references, written as literally as SPEC section 1 states them.
+"""Naive O(T^2) float64 references, written as literally as docs/math.md states them.
 
 No stabilisation, no chunking: for tests and the analysis suite, on inputs where the literal formula is
 representable in float64. Both are differentiable through plain autograd (the gradient reference).

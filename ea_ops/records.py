@@ -1,4 +1,4 @@
-"""Tuned records: JSON data that tuners write and the runtime reads (DESIGN.md "Records").
+"""Tuned records: JSON data that tuners write and the runtime reads (docs/design.md section 5).
 
 Layout: ``<root>/<backend>/<fingerprint>/records.json`` holding ``{"schema_version": 1, "records": [...]}``;
 a backend may keep more files in the same folder (TVM: its MetaSchedule JSON database). Roots, searched in

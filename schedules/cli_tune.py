@@ -1,4 +1,4 @@
-"""``ea-ops tune``: tune kernels for one backend and target, writing records (DESIGN.md "Records")."""
+"""``ea-ops tune``: tune kernels for one backend and target, writing records (docs/design.md section 5)."""
 
 from __future__ import annotations
 

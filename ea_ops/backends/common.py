@@ -22,7 +22,7 @@ from ..state import EAState
 # combined by a prefix over chunk states ("chunked"). Records and configs name them so.
 SCAN, CHUNKED = "scan", "chunked"
 VARIANTS = (SCAN, CHUNKED)
-# Independent (channel, chunk) scans a GPU needs in flight to hide memory latency (DESIGN.md "Measuring
+# Independent (channel, chunk) scans a GPU needs in flight to hide memory latency (docs/design.md section 8 "Measuring
 # speed"): below it the untuned default splits T into chunks.
 LANES_TARGET = 1 << 17
 

@@ -1,6 +1,6 @@
 """What gets timed: the backend under test and its peers, each as a zero-argument callable.
 
-Peers (DESIGN.md "Measuring speed"): the same backend untuned (``default``), the same math in eager PyTorch
+Peers (docs/design.md section 8): the same backend untuned (``default``), the same math in eager PyTorch
 (the torch backend), under ``torch.compile``, and as the straightforward unstabilised cumsum form; exact
 causal softmax attention (``scaled_dot_product_attention``, and FlashAttention where installed); and a copy
 of as many bytes as EA must move (the memory roofline). A peer that cannot run here raises ``Unavailable``.

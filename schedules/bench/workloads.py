@@ -19,7 +19,7 @@ DTYPES = {
     "float16": torch.float16,
     "float64": torch.float64,
 }
-STATE_BYTES = 4  # EA states are float32 (SPEC section 3)
+STATE_BYTES = 4  # EA states are float32 (docs/math.md section 7)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 ``triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
 options={"num_warps": w})`` gives PTX and a cubin; register use and spills come from the cubin through the
-``cuobjdump`` bundled with Triton (the compiled metadata lacks them without a driver, FINDINGS.md).
+``cuobjdump`` bundled with Triton (the compiled metadata lacks them without a driver, docs/findings.md).
 
 ASTSource's interface, Triton 3.3 to 3.9 (3.6 is what the GPU machine carries): ``ASTSource(fn, signature,
 constexprs=None, attrs=None)``; ``signature`` maps every argument name, constexprs included, to a type

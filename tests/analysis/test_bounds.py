@@ -1,4 +1,4 @@
-"""Property tests of the bounds (SPEC section 2): the realised error never exceeds either bound, the two-key
+"""Property tests of the bounds (docs/math.md section 6): the realised error never exceeds either bound, the two-key
 construction reaches the worst-case bound, even orders keep weights positive, odd orders do not.
 
 Rounding slack: the realised error is computed in float64, where the Taylor sum for ``z < 0`` loses a factor

@@ -1,4 +1,4 @@
-"""SPEC section 2's facts, re-derived (the report prints the same checks with their verdicts)."""
+"""the facts of docs/math.md section 6, re-derived (the report prints the same checks with their verdicts)."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ from analysis.bounds import worst_case_error
 
 
 def test_smallest_orders_of_the_worst_case_bound():
-    # SPEC: a=0.5 -> 4 (1e-2), 6 (1e-4); a=1 -> 8 (1e-2), 10 (1e-3); a=2 -> 30 (1e-2)
+    # docs/math.md: a=0.5 -> 4 (1e-2), 6 (1e-4); a=1 -> 8 (1e-2), 10 (1e-3); a=2 -> 30 (1e-2)
     for (a, eps), t in facts.SPEC_ORDERS.items():
         assert facts.smallest_order(a, eps) == t
         assert worst_case_error(t, a, a) <= eps < worst_case_error(t - 2, a, a)

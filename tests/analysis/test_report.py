@@ -16,7 +16,7 @@ def test_report_end_to_end(tmp_path):
     assert ea_ops_main(["report", "--out", str(out), "--preset", "tiny", "--no-progress"]) == 0
     cfg = PRESETS["tiny"]
     md = (out / "report.md").read_text()
-    for section in ("## Conclusions", "## Approximation error", "## Spikiness", "## SPEC section 2 facts",
+    for section in ("## Conclusions", "## Approximation error", "## Spikiness", "## docs/math.md section 6 facts",
                     "## Bounds", "## float32, backend torch: total error"):
         assert section in md
     rep = json.loads((out / "report.json").read_text())

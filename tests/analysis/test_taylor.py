@@ -61,7 +61,7 @@ def test_min_of_p_is_global_and_equals_last_term(order):
 
 
 def test_spec_minima():
-    # SPEC section 2 states these to 3-4 digits
+    # docs/math.md section 6 states these to 3-4 digits
     for t, (zs, ps) in {2: (-1.0, 0.5), 4: (-1.596, 0.2704), 6: (-2.181, 0.1493), 8: (-2.759, 0.0833)}.items():
         z, p = min_taylor_even(t)
         assert abs(z - zs) < 1e-3 and abs(p - ps) < 1e-4

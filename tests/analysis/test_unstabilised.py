@@ -1,4 +1,4 @@
-"""The unstabilised variant: right where it is representable, broken exactly where the SPEC says."""
+"""The unstabilised variant: right where it is representable, broken exactly where the docs/math.md says."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""EA's properties (SPEC section 1) as plain checks on one backend, shared by the Hypothesis tests of every
+"""EA's properties (docs/math.md) as plain checks on one backend, shared by the Hypothesis tests of every
 backend: in this process (torch, tvm: tests/ea_ops/test_properties.py) and under the Triton interpreter
 (tests/ea_ops/triton_interp/interp_properties.py). Each check compares against the independent float64
 formulas of ``ea_ops.naive`` or against the same backend on clean inputs, never a backend against itself alone.

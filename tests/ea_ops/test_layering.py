@@ -1,4 +1,4 @@
-"""DESIGN.md layering: ``import ea_ops`` needs only torch and never pulls in schedules or analysis."""
+"""docs/design.md layering: ``import ea_ops`` needs only torch and never pulls in schedules or analysis."""
 
 import subprocess
 import sys
@@ -89,3 +89,17 @@ def test_no_import_cycles():
         if m not in state:
             visit(m, [])
     assert cycles == []
+
+
+def test_sources_cite_only_documents_in_the_repo():
+    import re
+
+    cited, outside = set(), []
+    for pkg in ("ea_ops", "schedules", "analysis", "tests", "scripts", "examples"):
+        for path in (ROOT / pkg).rglob("*.py"):
+            text = path.read_text()
+            cited |= set(re.findall(r"\bdocs/[\w-]+\.md\b", text))
+            outside += [f"{path.relative_to(ROOT)}: {m}" for m in
+                        re.findall(r"\.\./shared\b|\b(?:SPEC|DESIGN|FINDINGS)\.md\b", text)]
+    assert outside == []
+    assert cited and all((ROOT / c).is_file() for c in cited), sorted(c for c in cited if not (ROOT / c).is_file())

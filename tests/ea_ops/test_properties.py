@@ -1,4 +1,4 @@
-"""Hypothesis property tests of the EA contract (SPEC section 1) on every backend that runs in this process.
+"""Hypothesis property tests of the EA contract (docs/math.md) on every backend that runs in this process.
 
 The torch backend runs in float64 with its chunk length forced small (1 to 8), so sequences of up to 60
 positions cross many chunk boundaries, where the state and the stabilising offset are carried. The TVM

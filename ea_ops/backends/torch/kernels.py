@@ -199,7 +199,7 @@ def causal_forward(x, y, v, S, Z, m, order: int, chunk: int, max_spread: float |
 
 
 def causal_backward(x, y, v, o, den, g, S, Z, m, order: int, chunk: int, max_spread: float | None = None):
-    """Gradients ``dx, dy, dv [N, T]`` of causal EA-t (SPEC section 1), from the saved ``o`` and ``den``.
+    """Gradients ``dx, dy, dv [N, T]`` of causal EA-t (docs/math.md), from the saved ``o`` and ``den``.
 
     One forward re-scan (for ``dx``, needs the prefix state) and one reverse scan (for ``dv, dy``, with
     the suffix sums ``U = sum_i c_i f(x_i)``, ``W = sum_i c_i o_i f(x_i)``, ``c = g / den``).

@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterator
 
 from ... import records as _records
+from ..common import CHUNKED, LANES_TARGET, SCAN, VARIANTS
 
 BACKEND = "triton"
 KERNELS = ("forward", "backward", "step")
@@ -26,7 +27,6 @@ WARPS = (1, 2, 4, 8)
 CHUNKS = (32, 64, 128, 256)  # the chunk lengths the defaults and the curated lists use
 # Longest chunk per block size: narrow blocks serve small H*D, where lanes are scarce and short chunks pay.
 MAX_CHUNK = {1: 64, 2: 128, 4: 256, 8: 256}
-LANES_TARGET = 1 << 17  # independent (channel, chunk) scans a GPU needs in flight (DESIGN.md)
 _MAX_DISTANCE = 2.0
 _forced: list[tuple[str | None, dict]] = []
 
@@ -49,12 +49,12 @@ def validate(kernel: str, cfg: object, *, strict: bool = True) -> dict:
             raise ValueError(f"step config takes only num_warps, got keys {sorted(cfg)}")
         return {"num_warps": w}
     variant = cfg.get("variant")
-    if variant not in ("scan", "chunked"):
+    if variant not in VARIANTS:
         raise ValueError(f"config variant must be 'scan' or 'chunked', got {variant!r}")
-    if variant == "scan":
+    if variant == SCAN:
         if set(cfg) != {"variant", "num_warps"}:
             raise ValueError(f"scan config takes variant and num_warps, got keys {sorted(cfg)}")
-        return {"variant": "scan", "num_warps": w}
+        return {"variant": SCAN, "num_warps": w}
     chunk = cfg.get("chunk")
     if set(cfg) != {"variant", "num_warps", "chunk"}:
         raise ValueError(f"chunked config takes variant, num_warps and chunk, got keys {sorted(cfg)}")
@@ -62,7 +62,7 @@ def validate(kernel: str, cfg: object, *, strict: bool = True) -> dict:
         raise ValueError(f"config chunk must be an int in [1, 65536], got {chunk!r}")
     if strict and chunk not in CHUNKS:
         raise ValueError(f"config chunk must be one of {CHUNKS}, got {chunk}")
-    return {"variant": "chunked", "num_warps": w, "chunk": chunk}
+    return {"variant": CHUNKED, "num_warps": w, "chunk": chunk}
 
 
 # ------------------------------------------------------------------------------------------- buckets
@@ -94,15 +94,15 @@ def default_chunk(n_seqs: int, HD: int, rows: int) -> int:
 
 
 def default(kernel: str, *, causal: bool, HD: int, n_seqs: int, rows: int) -> dict:
-    """The untuned choice: split T into chunks when ``seqs * H * D`` is below ``LANES_TARGET`` (DESIGN.md)."""
+    """The untuned choice: split T into chunks when ``seqs * H * D`` is below ``LANES_TARGET`` (docs/design.md)."""
     w = default_warps(HD)
     if kernel == "step":
         return {"num_warps": w}
     mean = rows / max(1, n_seqs)
     chunk = min(default_chunk(n_seqs, HD, rows), MAX_CHUNK[w])
     if causal and (n_seqs * HD >= LANES_TARGET or mean <= min(CHUNKS)):
-        return {"variant": "scan", "num_warps": w}
-    return {"variant": "chunked", "num_warps": w, "chunk": chunk}
+        return {"variant": SCAN, "num_warps": w}
+    return {"variant": CHUNKED, "num_warps": w, "chunk": chunk}
 
 
 # ------------------------------------------------------------------------------------------- records
@@ -156,7 +156,7 @@ def choose(kernel: str, *, causal: bool, order: int, dtype: str, HD: int, n_seqs
         if k is None or k == kernel:
             if kernel == "step":
                 return {"num_warps": cfg["num_warps"]}
-            if not causal and cfg.get("variant") == "scan":  # non-causal runs chunked; keep the warps
+            if not causal and cfg.get("variant") == SCAN:  # non-causal runs chunked; keep the warps
                 cfg = {**default(kernel, causal=False, HD=HD, n_seqs=n_seqs, rows=rows),
                        "num_warps": cfg["num_warps"]}
             return validate(kernel, cfg, strict=False)

@@ -1,4 +1,4 @@
-"""Triton kernels of EA-t (SPEC section 1), in the state convention of ``ea_ops.state.EAState``.
+"""Triton kernels of EA-t (docs/math.md), in the state convention of ``ea_ops.state.EAState``.
 
 Data layout. ``q, k, v, o`` (and gradients) are contiguous ``[B, T, H, D]`` seen as rows ``[R, HD]``
 (``R = B*T`` positions, ``HD = H*D`` channels): element ``(row, c)`` sits at ``row*HD + c``. A *work item*
@@ -104,7 +104,7 @@ def _absorb(S, Z, m, y, v, valid, a, b):
 @triton.jit
 def _query_grad(x, g, S, Z, a, b, da, db, dkeep):
     """For query ``x`` with upstream gradient ``g`` against state ``S, Z``: ``(dx, c, o, G)`` with
-    ``c = g / den`` and ``G`` the query's features (SPEC gradients, before the ``r`` factor)."""
+    ``c = g / den`` and ``G`` the query's features (docs/math.md section 5 gradients, before the ``r`` factor)."""
     G = _feats(x, a, b)
     dG = _dfeats(x, da, db, dkeep)
     den = tl.sum(G * Z, axis=0)

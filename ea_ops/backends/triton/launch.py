@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..common import new_buffer
+from ..common import CHUNKED, new_buffer
 from . import cuda_kernels as K
 from .plan import Plan, make_plan, sequences
 
@@ -70,7 +70,7 @@ def _state_bufs(n: int, H: int, t1: int, D: int, device) -> tuple[Tensor, Tensor
 
 
 def _plan(B: int, T: int, segments, config: dict, device, *, force_chunk: bool = False) -> Plan:
-    chunked = force_chunk or config.get("variant") == "chunked"
+    chunked = force_chunk or config.get("variant") == CHUNKED
     # a "scan" configuration given to the (always chunked) non-causal kernels: the longest curated chunk
     return make_plan(sequences(B, T, segments), int(config.get("chunk", 256)) if chunked else None, device)
 

@@ -1,7 +1,7 @@
 """The target a Triton record is valid for: GPU name, compute capability, Triton version, kernel source hash.
 
 Triton's own autotune cache keys by target architecture but not by GPU name (an H100 and an H200 share
-entries, FINDINGS.md), and not by our launch code; records here carry all four in their fingerprint, so
+entries, docs/findings.md), and not by our launch code; records here carry all four in their fingerprint, so
 a record tuned on another GPU, Triton or kernel version is never applied. No Triton import here.
 """
 

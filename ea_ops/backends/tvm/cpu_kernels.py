@@ -6,7 +6,7 @@ static; state tensors ``S, Z [B, H, t+1, D]`` and ``m [B, H, D]`` follow ``ea_op
 Form ("channel vector"): every block iterates over ``(b, h, t, d)`` with all four axes declared spatial.
 The running state lives in the state buffers and is deliberately left out of the block's reads and
 writes: declared honestly, TVM sees the scan dependence and refuses to parallelise over channels or
-vectorise over ``d`` (FINDINGS.md). The price: TVM does not know that ``t`` must run in order, so every
+vectorise over ``d`` (docs/findings.md). The price: TVM does not know that ``t`` must run in order, so every
 schedule must keep the time loop serial and ascending (``schedule.check_time_loops`` enforces it and the
 tests check every schedule the tuner can produce).
 
@@ -183,7 +183,7 @@ def forward(order: int, dtype: str, causal: bool, H: int, D: int, static: dict |
 
 
 def backward(order: int, dtype: str, causal: bool, H: int, D: int, static: dict | None = None) -> tirx.PrimFunc:
-    """The backward kernel: a forward re-scan (``dq``) and a reverse scan (``dk, dv``), SPEC gradients."""
+    """The backward kernel: a forward re-scan (``dq``), a reverse scan (``dk, dv``); docs/math.md section 5."""
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
             T.func_name("main")

@@ -1,6 +1,6 @@
 """The EA-t kernels for CUDA GPUs: the same math (``tir_math``) and arguments as the CPU kernels.
 
-Two forms (DESIGN.md: a scan over T has only B*H*D independent lanes):
+Two forms (docs/design.md: a scan over T has only B*H*D independent lanes):
 
 - ``scan``: one thread per channel ``(b, h, d)``; the time loop sits inside the block, with the
   running state in per-thread ``local`` arrays indexed by constants, i.e. registers. No schedule can

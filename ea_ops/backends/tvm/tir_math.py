@@ -2,7 +2,7 @@
 
 Every helper runs inside an ``IRBuilder`` frame and emits ``Bind`` statements (TVMScript's ``T.let``):
 scalars bound that way are widened correctly when the enclosing loop is vectorised, whereas a
-one-element buffer would silently share one value across all lanes (FINDINGS.md).
+one-element buffer would silently share one value across all lanes (docs/findings.md).
 
 Features are the symmetric ones of ``ea_ops.features``: ``f_n(x) = (sqrt2 x)^n / sqrt(n!)``, built by
 the recurrence ``f_n = f_{n-1} * g_n(x)`` with ``g_n(x) = x sqrt(2/n)``, so no power or factorial is formed.
@@ -195,7 +195,7 @@ def output(x, S: Sequence, Z: Sequence, order: int):
 
 
 def grad_x(gx, S, Z, o, c):
-    """``dL/dx = c (N' - o D')`` with ``c = g / den`` (SPEC gradients; the exp(m) scaling cancels)."""
+    """``dL/dx = c (N' - o D')`` with ``c = g / den`` (docs/math.md section 5 gradients; the exp(m) scaling cancels)."""
     return c * (horner_deriv(gx, S) - o * horner_deriv(gx, Z))
 
 
