@@ -69,9 +69,9 @@ def attention(q, k, v, **kw):
 
 
 def recurrent_step(q, k, v, state, **kw):
-    from .ops import step_op
+    from . import ops
 
-    return run_step(step_op, q, k, v, state, **kw)
+    return run_step(ops, q, k, v, state, **kw)
 
 
 def describe() -> dict:
