@@ -25,6 +25,8 @@ VARIANTS = (SCAN, CHUNKED)
 # Independent (channel, chunk) scans a GPU needs in flight to hide memory latency (docs/design.md section 8 "Measuring
 # speed"): below it the untuned default splits T into chunks.
 LANES_TARGET = 1 << 17
+# The input dtypes the compiled kernels take, and their names in records and kernel builds (states: float32).
+KERNEL_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 _POISON = False
 

@@ -11,13 +11,13 @@ import importlib.util
 
 import torch
 
-from ..common import run_attention, run_step
+from ..common import KERNEL_DTYPES, run_attention, run_step
 from .target import interpreting
 
 NAME = "triton"
 EXTRA = "triton"
 MAX_ORDER = 14  # T1P = 16 Taylor terms per lane; every shipped configuration builds without spills to here
-_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+_FLOATS = tuple(KERNEL_DTYPES)
 _MAX_ROWS = 2**31 - 1  # work tables are int32 rows (element offsets are int64 in the kernels)
 # The channel blocks are the launch grid's second dimension, at most 65535 programs on CUDA, of at least 32
 # channels each (BLOCK_C = 32 * num_warps, num_warps >= 1).

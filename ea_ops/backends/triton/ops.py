@@ -17,17 +17,15 @@ import contextlib
 import torch
 from torch import Tensor
 
-from ..common import define_ops, float32_state, no_state, segments_of
+from ..common import KERNEL_DTYPES, define_ops, float32_state, no_state, segments_of
 from . import configs, launch
 from .target import fingerprint, interpreting
-
-_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 def _config(kernel: str, q: Tensor, *, causal: bool, order: int, n_seqs: int, rows: int) -> dict:
     HD = q.shape[-1] * q.shape[-2]
     fp = fingerprint(q.device) if q.device.type == "cuda" or interpreting() else None
-    return configs.choose(kernel, causal=causal, order=order, dtype=_DTYPES[q.dtype], HD=HD, n_seqs=n_seqs,
+    return configs.choose(kernel, causal=causal, order=order, dtype=KERNEL_DTYPES[q.dtype], HD=HD, n_seqs=n_seqs,
                           rows=rows, fp=fp)
 
 
@@ -44,7 +42,7 @@ def forward_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Te
     if q.numel() == 0 or n_seqs == 0:
         o = torch.empty_like(q)
         if causal and want_state:
-            return (o, *(t.to(torch.float32).clone() for t in (S0, Z0, M0)))
+            return (o, *float32_state(S0, Z0, M0, copy=True))
         return (o, *no_state(q))
     cfg = _config("forward", q, causal=causal, order=order, n_seqs=n_seqs, rows=B * T)
     state = float32_state(S0, Z0, M0, copy=False) if causal else None
@@ -76,7 +74,7 @@ def step_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tenso
     q, k, v = (t.contiguous() for t in (q, k, v))
     B, H, D = q.shape
     if q.numel() == 0:
-        return (torch.empty_like(q), *(t.to(torch.float32).clone() for t in (S0, Z0, M0)))
+        return (torch.empty_like(q), *float32_state(S0, Z0, M0, copy=True))
     cfg = _config("step", q, causal=True, order=order, n_seqs=B, rows=B)
     with _on_device(q):
         o, new = launch.step(q, k, v, float32_state(S0, Z0, M0, copy=False), order=order, scale=scale, config=cfg)

@@ -11,13 +11,13 @@ import importlib.util
 import torch
 
 from ... import records
-from ..common import run_attention, run_step
+from ..common import KERNEL_DTYPES, run_attention, run_step
 from . import tuned
 from .target import cpu_fingerprint
 
 NAME = "tvm"
 EXTRA = "tvm"
-_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+_FLOATS = tuple(KERNEL_DTYPES)
 _MAX_ELEMS = 2**31 - 1  # the kernels index with int32
 
 

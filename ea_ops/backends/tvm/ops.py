@@ -20,15 +20,13 @@ import threading
 import torch
 from torch import Tensor
 
-from ..common import define_ops, float32_state, new_buffer, no_state, poisoning, segments_of
+from ..common import KERNEL_DTYPES, define_ops, float32_state, new_buffer, no_state, poisoning, segments_of
 from . import build
-
-_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 def kernel_dtype(dtype: torch.dtype) -> str:
     try:
-        return _DTYPES[dtype]
+        return KERNEL_DTYPES[dtype]
     except KeyError:
         raise TypeError(f"the TVM backend takes float32, bfloat16 or float16 tensors, got {dtype}") from None
 
