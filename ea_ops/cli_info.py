@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 
 import torch
 
@@ -32,10 +33,47 @@ def collect() -> dict:
     return info
 
 
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be B,T,H,D (attention) or B,H,D (a step), got {text!r}") from None
+    if len(dims) not in (3, 4) or any(d < 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"must be 4 (B,T,H,D) or 3 (B,H,D) non-negative ints, got {text!r}")
+    return dims
+
+
+def explain(args: argparse.Namespace) -> int:
+    from .errors import BackendUnavailableError
+    from .explain import explain_backend
+
+    dtype = getattr(torch, args.dtype)
+    q = torch.zeros((), dtype=dtype).expand(args.shape)  # no memory: only shape, dtype and device are read
+    try:
+        ex = explain_backend(q, order=args.order, causal=not args.non_causal, needs_grad=args.grad,
+                             backend=args.backend)
+    except (ValueError, TypeError, BackendUnavailableError) as exc:
+        print(f"ea-ops info --explain: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(ex.as_dict(), indent=1, sort_keys=True) if args.json else ex)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="ea-ops info", description="Backends, target fingerprints, records.")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--explain", action="store_true",
+                    help="say which backend and schedule a call of --shape gets, and why")
+    ap.add_argument("--shape", type=_shape, default=(1, 4096, 8, 64),
+                    help="with --explain: B,T,H,D of q (attention) or B,H,D (a step); default 1,4096,8,64")
+    ap.add_argument("--order", type=int, default=6, help="with --explain: the Taylor order (default 6)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "float64"), default="float32")
+    ap.add_argument("--non-causal", action="store_true", help="with --explain: a non-causal call")
+    ap.add_argument("--grad", action="store_true", help="with --explain: the call needs gradients")
+    ap.add_argument("--backend", default="auto", help="with --explain: the backend= argument (default auto)")
     args = ap.parse_args(argv)
+    if args.explain:
+        return explain(args)
     info = collect()
     if args.json:
         print(json.dumps(info, indent=1, sort_keys=True))

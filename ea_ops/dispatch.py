@@ -1,4 +1,5 @@
-"""Backend registry. Backends are modules imported lazily, so ``import ea_ops`` needs only torch.
+"""Backend registry and the choice ``backend="auto"`` makes. Backends are imported lazily, so ``import ea_ops``
+needs only torch.
 
 A backend module defines:
     NAME, EXTRA                                   its name and the pip extra that provides it (or None)
@@ -7,12 +8,23 @@ A backend module defines:
     prefers(q, order) -> bool                     whether "auto" should pick it for such tensors
     attention(q, k, v, *, order, causal, scale, initial_state, output_final_state, cu_seqlens)
     recurrent_step(q, k, v, state, *, order, scale)
+    explain(q, *, order, causal, needs_grad) -> dict   (optional) the schedule a call would get, and why
 Inputs reach a backend validated; ``cu_seqlens`` arrives as a list of ``(begin, end)`` pairs.
+
+``auto`` takes the first of ``AUTO_ORDER`` that is installed, prefers the tensors and supports the call: Triton
+on CUDA, TVM on any CPU (tuned record, transferred record or default schedule: ``ea_ops.explain_backend``
+says which), torch where neither can run the call. ``EA_OPS_BACKEND`` (one of ``BACKENDS``) replaces
+``auto`` for every call that asks for it; an explicit ``backend=`` argument is never overridden.
+
+Under ``torch.compile`` the choice is made once per traced call outside the graph
+(``torch._dynamo.assume_constant_result``): it imports modules and reads files, which Dynamo cannot trace.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+from dataclasses import dataclass, field
 from types import ModuleType
 
 import torch
@@ -25,6 +37,7 @@ BACKEND_MODULES = {
     "triton": "ea_ops.backends.triton.backend",
 }
 AUTO_ORDER = ("triton", "tvm", "torch")
+ENV_BACKEND = "EA_OPS_BACKEND"
 
 
 _LOADED: dict[str, ModuleType] = {}
@@ -33,8 +46,7 @@ _LOADED: dict[str, ModuleType] = {}
 def load(name: str) -> ModuleType:
     """The backend module; raises BackendUnavailableError naming the extra when it cannot run.
 
-    A usable module is cached, so repeated calls (and torch.compile, which cannot trace importlib) skip the
-    import machinery.
+    A usable module is cached, so repeated calls skip the import machinery.
     """
     if name in _LOADED:
         return _LOADED[name]
@@ -64,21 +76,94 @@ def available() -> dict[str, str | None]:
     return out
 
 
-def resolve(backend: str, q: torch.Tensor, *, causal: bool, order: int, needs_grad: bool) -> ModuleType:
+def env_backend() -> str | None:
+    """``EA_OPS_BACKEND`` when set (and not ``auto``); ValueError naming the variable for an unknown value."""
+    value = os.environ.get(ENV_BACKEND)
+    if not value or value == "auto":
+        return None
+    if value not in BACKEND_MODULES:
+        raise ValueError(f"{ENV_BACKEND} must be one of {('auto', *BACKEND_MODULES)}, got {value!r}")
+    return value
+
+
+@dataclass
+class Choice:
+    """What dispatch decided for one call: the backend, how it was asked for, and why each other was passed."""
+
+    backend: str
+    requested: str  # the backend= argument
+    via: str  # "argument", "EA_OPS_BACKEND" or "auto"
+    passed: dict[str, str] = field(default_factory=dict)  # backend -> why auto did not take it
+
+
+def choose(backend: str, q: torch.Tensor, *, causal: bool, order: int, needs_grad: bool) -> Choice:
+    """The backend a call runs on (see the module docstring); BackendUnavailableError when the named one cannot."""
+    requested = backend
+    via = "argument"
+    if backend == "auto":
+        env = env_backend()
+        if env is not None:
+            backend, via = env, ENV_BACKEND
     if backend != "auto":
-        mod = load(backend)
+        where = f"backend={backend!r}" if via == "argument" else f"{ENV_BACKEND}={backend!r}"
+        try:
+            mod = load(backend)
+        except BackendUnavailableError as exc:
+            if via == "argument":
+                raise
+            raise BackendUnavailableError(f"{where}: {exc}") from exc
         why = mod.supports(q, causal=causal, order=order, needs_grad=needs_grad)
         if why is not None:
-            raise BackendUnavailableError(f"backend={backend!r} cannot run this call: {why}")
-        return mod
+            raise BackendUnavailableError(f"{where} cannot run this call: {why}")
+        return Choice(backend, requested, via)
+    passed: dict[str, str] = {}
     for name in AUTO_ORDER:
         try:
             mod = load(name)
-        except BackendUnavailableError:
+        except BackendUnavailableError as exc:
+            passed[name] = str(exc)
             continue
-        if name == "torch" or (
-            mod.prefers(q, order)
-            and mod.supports(q, causal=causal, order=order, needs_grad=needs_grad) is None
-        ):
-            return mod
+        if name == "torch":
+            return Choice(name, requested, "auto", passed)
+        why = mod.supports(q, causal=causal, order=order, needs_grad=needs_grad)
+        if why is not None:
+            passed[name] = f"cannot run this call: {why}"
+            continue
+        if not mod.prefers(q, order):
+            passed[name] = f"not used by auto for {q.device.type} {str(q.dtype).removeprefix('torch.')} tensors"
+            continue
+        return Choice(name, requested, "auto", passed)
     raise AssertionError("unreachable: the torch backend is always available")
+
+
+class _Probe:
+    """What dispatch reads of ``q`` (device, dtype, shape), as plain values: the argument of the choice made
+    outside a traced graph."""
+
+    def __init__(self, device_type: str, dtype: torch.dtype, shape: tuple[int, ...]):
+        self.device = torch.device(device_type)
+        self.dtype = dtype
+        self.shape = torch.Size(shape)
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+
+@torch._dynamo.assume_constant_result
+def _choose_traced(backend: str, device_type: str, dtype: torch.dtype, shape: tuple[int, ...], causal: bool,
+                   order: int, needs_grad: bool) -> str:
+    return choose(backend, _Probe(device_type, dtype, shape), causal=causal, order=order,
+                  needs_grad=needs_grad).backend
+
+
+def resolve(backend: str, q: torch.Tensor, *, causal: bool, order: int, needs_grad: bool) -> ModuleType:
+    """The backend module for this call (``choose``), also from inside ``torch.compile``."""
+    if torch.compiler.is_compiling():
+        # Sizes may be symbolic in a graph, and only constants cross into the choice: it sees every size as 1,
+        # so the backends' size limits (int32 indexing, launch grids) are not checked for traced calls.
+        name = _choose_traced(backend, q.device.type, q.dtype, (1,) * q.dim(), causal, order, needs_grad)
+        return _LOADED[name]
+    return load(choose(backend, q, causal=causal, order=order, needs_grad=needs_grad).backend)

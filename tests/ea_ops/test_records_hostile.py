@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import ea_ops
 from ea_ops import records
 from ea_ops.backends.tvm import backend, tuned
 from ea_ops.backends.tvm.target import cpu_fingerprint
@@ -106,16 +107,21 @@ def test_hostile_records_file_gives_one_warning_and_nothing_breaks(record_roots,
     assert res["rc"] == 0 and res["info_records"] in (0, None)
 
 
-def test_prefers_warns_once_when_records_cannot_be_read(monkeypatch):
+def test_a_records_lookup_that_raises_falls_back_to_the_default_schedule_with_one_warning(monkeypatch):
+    from ea_ops.backends.tvm import build
+
     def broken(*args, **kwargs):
         raise RecursionError("nested too deeply")
 
-    monkeypatch.setattr(tuned, "has_forward_record", broken)
+    monkeypatch.setattr(tuned, "candidates", broken)
     records._warned.clear()
     q = torch.zeros(1, 4, 2, 8)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert backend.prefers(q, 2) is False
-        assert backend.prefers(q, 2) is False
+        for _ in range(2):
+            assert backend.prefers(q, 2) is True  # reads no file
+            assert build.choose_cpu_config("forward", True, 2, "float32", 2, 8, 4)[1] == "default"
+            o, _ = ea_ops.ea_attention(q, q, q, order=2, backend="auto")
+            assert torch.isfinite(o).all()
     msgs = [str(w.message) for w in caught]
-    assert len(msgs) == 1 and "RecursionError" in msgs[0] and "auto" in msgs[0]
+    assert len(msgs) == 1 and "RecursionError" in msgs[0] and "default schedule" in msgs[0]

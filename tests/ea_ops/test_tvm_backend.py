@@ -49,14 +49,17 @@ def shipped(cache, record_roots):
     return record_roots / "shipped" / "tvm" / cpu_fingerprint()
 
 
-def test_a_record_for_this_target_is_applied_and_auto_prefers_tvm(cache):
+def test_auto_runs_tvm_on_any_cpu_and_a_record_for_this_target_is_applied(cache):
     q, k, v = qkv((1, 20, 2, 8), dtype=torch.float32, seed=1)
-    assert not backend.prefers(q, 2)
-    assert ea_ops.dispatch.resolve("auto", q, causal=True, order=2, needs_grad=False).NAME == "torch"
-    records.add_records(cache, [record()])
-    assert backend.prefers(q, 2)
-    assert not backend.prefers(q, 4) and not backend.prefers(q.double(), 2)
+    # No record: auto still takes TVM, with the default schedule.
+    assert backend.prefers(q, 2) and backend.prefers(q, 4) and not backend.prefers(q.double(), 2)
     assert ea_ops.dispatch.resolve("auto", q, causal=True, order=2, needs_grad=False).NAME == "tvm"
+    assert ea_ops.explain_backend(q, order=2).schedule["kernels"]["forward"]["source"] == "default"
+    records.add_records(cache, [record()])
+    assert ea_ops.dispatch.resolve("auto", q, causal=True, order=2, needs_grad=False).NAME == "tvm"
+    assert ea_ops.dispatch.resolve("auto", q.double(), causal=True, order=2, needs_grad=False).NAME == "torch"
+    fwd = ea_ops.explain_backend(q, order=2).schedule["kernels"]["forward"]
+    assert fwd["source"] == "record" and fwd["record"]["fingerprint"] == cpu_fingerprint()
     comp = build.kernel_for("forward", True, 2, "float32", 2, 8, 20)
     assert comp.source == "record" and comp.config == record()["config"]
     o, _ = ea_ops.ea_attention(q, k, v, order=2, backend="auto")
@@ -130,3 +133,54 @@ def test_importing_the_backend_does_not_import_tvm():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------------------------ records transfer
+def _variant(**change) -> str:
+    """This CPU's fingerprint with some fields changed (``vendor``, ``family_model``, ``isa``, ``cores``)."""
+    parts = tuned.parse_fingerprint(cpu_fingerprint())
+    assert parts is not None, cpu_fingerprint()
+    parts.update(change)
+    return f"{parts['arch']}-{parts['vendor']}-{parts['family_model']}-{parts['isa']}-{parts['cores']}c"
+
+
+def test_fingerprint_distance_orders_transferable_records_and_refuses_other_isas():
+    here = "x86_64-amd-f25m17-avx512-2c"
+    assert tuned.fingerprint_distance(here, here) == 0.0
+    cores = tuned.fingerprint_distance("x86_64-amd-f25m17-avx512-4c", here)
+    model = tuned.fingerprint_distance("x86_64-amd-f26m2-avx512-2c", here)
+    vendor = tuned.fingerprint_distance("x86_64-intel-f6m167-avx512-2c", here)
+    assert 0 < cores < model < vendor
+    assert tuned.fingerprint_distance("x86_64-amd-f25m17-avx2-2c", here) is None  # other vector ISA
+    assert tuned.fingerprint_distance("aarch64-arm-f8m3337-neon-2c", here) is None  # other architecture
+    assert tuned.fingerprint_distance("not-a-fingerprint", here) is None
+    assert tuned.fingerprint_distance("cuda-sm_90", here) is None
+
+
+def test_a_record_of_a_related_cpu_is_transferred_and_this_cpus_own_record_wins(record_roots):
+    shipped = record_roots / "shipped" / "tvm"
+    near = _variant(cores=str(int(tuned.parse_fingerprint(cpu_fingerprint())["cores"]) * 2))
+    far = _variant(vendor="othervendor", family_model="f1m1")
+    other_isa = _variant(isa="sse4" if "sse4" not in cpu_fingerprint() else "avx2")
+    cfgs = {
+        near: {"loop": "t_d", "d_tile": 4, "h_tile": 2, "t_unroll": 2, "parallel": False},
+        far: {"loop": "d_t", "d_tile": 2, "h_tile": 1, "t_unroll": 8, "parallel": False},
+        other_isa: {"loop": "d_t", "d_tile": 8, "h_tile": 1, "t_unroll": 4, "parallel": True},
+    }
+    for fp in (far, other_isa):
+        records.add_records(shipped / fp, [record(fingerprint=fp, config=cfgs[fp])])
+    q, k, v = qkv((1, 20, 2, 8), dtype=torch.float32, seed=4)
+    fwd = ea_ops.explain_backend(q, order=2).schedule["kernels"]["forward"]
+    assert fwd["source"] == "transferred" and fwd["record"]["fingerprint"] == far and fwd["config"] == cfgs[far]
+    records.add_records(shipped / near, [record(fingerprint=near, config=cfgs[near])])
+    fwd = ea_ops.explain_backend(q, order=2).schedule["kernels"]["forward"]
+    assert fwd["record"]["fingerprint"] == near and fwd["config"] == cfgs[near]  # the nearest fingerprint
+    comp = build.kernel_for("forward", True, 2, "float32", 2, 8, 20)
+    assert comp.config == cfgs[near]
+    o, _ = ea_ops.ea_attention(q, k, v, order=2)
+    assert rel_err(o, ea_ops.ea_attention(q, k, v, order=2, backend="torch")[0]) < 2e-5
+    own = {"loop": "d_t", "d_tile": 4, "h_tile": 1, "t_unroll": 1, "parallel": False}
+    records.add_records(record_roots / "user" / "tvm" / cpu_fingerprint(), [record(config=own)])
+    fwd = ea_ops.explain_backend(q, order=2).schedule["kernels"]["forward"]
+    assert fwd["source"] == "record" and fwd["config"] == own
+    assert other_isa not in tuned.related_fingerprints() and far in tuned.related_fingerprints()

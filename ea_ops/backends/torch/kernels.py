@@ -125,7 +125,23 @@ def _reference(mi: torch.Tensor) -> torch.Tensor:
 
 
 def _rows(bad: torch.Tensor) -> torch.Tensor | None:
+    """Indices of the rows ``bad [N]`` marks, None when there is none. Under ``torch.compile`` every row
+    (``_ALL``): a data-dependent branch breaks a graph, so the explicit weights are computed for all rows and
+    selected per row with ``torch.where`` (``_take``); more work, the same values."""
+    if torch.compiler.is_compiling():
+        return _ALL
     return bad.nonzero().squeeze(1) if bool(bad.any()) else None
+
+
+_ALL = slice(None)
+
+
+def _take(out: torch.Tensor, rows, bad: torch.Tensor, value: torch.Tensor) -> None:
+    """``out[rows] = value`` for the rows of ``_rows(bad)`` (all rows where ``bad`` under compile)."""
+    if rows is _ALL:
+        out.copy_(torch.where(bad[:, None], value, out))
+    else:
+        out[rows] = value
 
 
 def _intra_sums(xc, yc, vc, mi, order: int, deriv: str | None, max_spread: float):
@@ -144,11 +160,12 @@ def _intra_sums(xc, yc, vc, mi, order: int, deriv: str | None, max_spread: float
     lift = torch.exp(mi - c[:, None])
     num = lift * (qf * torch.cumsum(kf * vc[..., None], dim=1)).sum(-1)
     den = lift * (qf * torch.cumsum(kf, dim=1)).sum(-1)
-    rows = _rows(mi[:, 0] - c > max_spread)
+    bad = mi[:, 0] - c > max_spread
+    rows = _rows(bad)
     if rows is not None:
         A = _intra(xc[rows], yc[rows], mi[rows], order, deriv=deriv)
-        num[rows] = _masked_matvec(A, vc[rows])
-        den[rows] = A.sum(-1)
+        _take(num, rows, bad, _masked_matvec(A, vc[rows]))
+        _take(den, rows, bad, A.sum(-1))
     return num, den
 
 
@@ -164,13 +181,14 @@ def _intra_reverse(xc, yc, vc, mi, cc, oc, order: int, max_spread: float):
     dkf = (features_grad(kf) - 2 * yc[..., None] * kf) * damp
     dv = ((kf * damp) * Uc).sum(-1)
     dy = vc * (dkf * Uc).sum(-1) - (dkf * Wc).sum(-1)
-    rows = _rows(r - mi[:, -1] > max_spread)
+    bad = r - mi[:, -1] > max_spread
+    rows = _rows(bad)
     if rows is not None:
         x_, y_, v_, m_, c_, o_ = xc[rows], yc[rows], vc[rows], mi[rows], cc[rows], oc[rows]
         A = _intra(x_, y_, m_, order).transpose(1, 2)
         G = _intra(x_, y_, m_, order, deriv="y").transpose(1, 2)
-        dv[rows] = _masked_matvec(A, c_, upper=True)
-        dy[rows] = v_ * _masked_matvec(G, c_, upper=True) - _masked_matvec(G, c_ * o_, upper=True)
+        _take(dv, rows, bad, _masked_matvec(A, c_, upper=True))
+        _take(dy, rows, bad, v_ * _masked_matvec(G, c_, upper=True) - _masked_matvec(G, c_ * o_, upper=True))
     return dv, dy
 
 

@@ -72,6 +72,29 @@ def prefers(q: torch.Tensor, order: int) -> bool:
     return q.device.type == "cuda" and q.dtype in _FLOATS and order <= MAX_ORDER
 
 
+def explain(q: torch.Tensor, *, order: int, causal: bool, needs_grad: bool) -> dict:
+    """The configuration of every kernel this call runs (a tuned record for this device, else the default)."""
+    from . import configs
+    from .target import fingerprint
+
+    fp = fingerprint(q.device)
+    HD = q.shape[-2] * q.shape[-1]
+    if q.dim() == 3:
+        n_seqs, rows, kernels = q.shape[0], q.shape[0], ["step"]
+    else:
+        n_seqs, rows = q.shape[0], q.shape[0] * q.shape[1]
+        kernels = ["forward"] + (["backward"] if needs_grad else [])
+    dtype = str(q.dtype).removeprefix("torch.")
+    out: dict = {"fingerprint": fp, "kernels": {}}
+    for kernel in kernels:
+        cfg = configs.choose(kernel, causal=causal or kernel == "step", order=order, dtype=dtype, HD=HD,
+                             n_seqs=n_seqs, rows=rows, fp=fp)
+        hit = configs.from_records(kernel, causal=causal or kernel == "step", order=order, dtype=dtype, HD=HD,
+                                   n_seqs=n_seqs, rows=rows, fp=fp)
+        out["kernels"][kernel] = {"config": cfg, "source": "record" if hit == cfg else "default"}
+    return out
+
+
 def attention(q, k, v, **kw):
     from .ops import forward_op  # imports the backend's library: only when a call runs
 

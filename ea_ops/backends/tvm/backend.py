@@ -1,7 +1,8 @@
 """``backend="tvm"``: the dispatch interface of ``ea_ops.dispatch`` over the TVM kernels.
 
 Importing this module does not import TVM (``backend="auto"`` asks ``prefers`` on every call): TVM is
-imported when a kernel is first built. CPU tensors run on LLVM code for this CPU.
+imported when a kernel is first built. CPU tensors run on LLVM code for this CPU; ``auto`` takes this backend
+for every CPU call it supports.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import importlib.util
 
 import torch
 
-from ... import records
 from ..common import KERNEL_DTYPES, run_attention, run_step
 from . import tuned
 from .target import cpu_fingerprint
@@ -49,17 +49,30 @@ def supports(q: torch.Tensor, *, causal: bool, order: int, needs_grad: bool) -> 
 
 
 def prefers(q: torch.Tensor, order: int) -> bool:
-    """On CPU, only when a tuned forward record exists for this target, order, dtype, H and D."""
-    if q.device.type != "cpu" or q.dtype not in _FLOATS or q.dim() not in (3, 4):
-        return False
+    """On any CPU: the compiled kernels run every supported call, with a tuned record where one applies
+    (``tuned.candidates``) and the default schedule otherwise. No file is read here."""
+    return q.device.type == "cpu" and q.dtype in _FLOATS and q.dim() in (3, 4)
+
+
+def explain(q: torch.Tensor, *, order: int, causal: bool, needs_grad: bool) -> dict:
+    """The schedule of every kernel this call runs (forward and, with ``needs_grad``, backward; a step for
+    ``q_t [B, H, D]``): its knobs and where they come from (a record of this CPU, a transferred record of
+    another fingerprint, or the default). Reads the records; imports TVM only to validate knobs."""
+    from .build import choose_cpu_record
+
     H, D = q.shape[-2], q.shape[-1]
+    T = 1 if q.dim() == 3 else q.shape[1]
     dtype = str(q.dtype).removeprefix("torch.")
-    try:
-        return tuned.has_forward_record(order, dtype, H, D)
-    except Exception as exc:  # a broken cache must never break "auto", but it must not go unseen either
-        records.warn_once(f"prefers:{type(exc).__name__}:{exc}",
-                        f"ea-ops: TVM records not usable, backend='auto' ignores them ({type(exc).__name__}: {exc})")
-        return False
+    kernels = ["step"] if q.dim() == 3 else ["forward"] + (["backward"] if needs_grad else [])
+    out: dict = {"fingerprint": cpu_fingerprint(), "kernels": {}}
+    for kernel in kernels:
+        cfg, source, rec = choose_cpu_record(kernel, True if kernel == "step" else causal, order, dtype, H, D, T)
+        entry: dict = {"config": cfg, "source": source}
+        if rec is not None:
+            entry["record"] = {"fingerprint": rec["fingerprint"], "T_bucket": rec["workload"].get("T_bucket"),
+                               "latency_us": rec["latency_us"]}
+        out["kernels"][kernel] = entry
+    return out
 
 
 def attention(q, k, v, **kw):
@@ -72,6 +85,13 @@ def recurrent_step(q, k, v, state, **kw):
     from . import ops
 
     return run_step(ops, q, k, v, state, **kw)
+
+
+def stepper(state, *, order: int, scale: float, dtype: torch.dtype):
+    """``step(q, k, v) -> o`` updating ``state`` (contiguous float32) in place: ``ea_ops.EADecoder``'s fast path."""
+    from . import ops
+
+    return ops.stepper(state.S, state.Z, state.m, order=order, scale=scale, dtype=dtype)
 
 
 def describe() -> dict:

@@ -3,11 +3,18 @@
 Records (``ea_ops.records`` schema v1) live in ``<root>/tvm/<fingerprint>/records.json``; for a CPU record
 ``config`` holds the knobs of ``ea_ops.backends.tvm.schedule`` and ``workload`` the tuned shape
 ``{"B", "T", "H", "D", "T_bucket"}``. A record applies to a call with the same kernel, causality, order,
-dtype, ``H`` and ``D``; among several, the one whose ``T_bucket`` is nearest (in log2) to the call's.
+dtype, ``H`` and ``D``. Records of this CPU's fingerprint come first; after them, records of other
+fingerprints of the same architecture and vector ISA (another vendor, model or core count: the knobs are
+loop orders, vector widths and unrolls, which carry over), nearest fingerprint first (``fingerprint_distance``).
+Within one fingerprint the record whose ``T_bucket`` is nearest (in log2) to the call's wins.
 The MetaSchedule database the tuner kept sits in the same folder; the runtime needs only the knobs.
 """
 
 from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
 
 from ... import records as _records
 from ...records import t_bucket
@@ -16,8 +23,85 @@ from .target import cpu_fingerprint
 BACKEND = "tvm"
 
 
+def parse_fingerprint(fp: str) -> dict[str, str] | None:
+    """``x86_64-amd-f25m17-avx512-2c`` -> ``{arch, vendor, family_model, isa, cores}``; None if not of that form."""
+    parts = fp.split("-")
+    if len(parts) != 5 or not parts[4].endswith("c") or not parts[4][:-1].isdigit():
+        return None
+    arch, vendor, fam, isa, cores = parts
+    return {"arch": arch, "vendor": vendor, "family_model": fam, "isa": isa, "cores": cores[:-1]}
+
+
+def fingerprint_distance(fp: str, here: str) -> float | None:
+    """How far the records of ``fp`` are from this CPU ``here``: 0 for the same fingerprint, None when they do
+    not transfer (another architecture or vector ISA: other instructions, other vector widths).
+
+    Otherwise the sum of: 4 for another vendor, 2 for another family/model, and the log2 ratio of the core
+    counts (the thread pool's split of channels is what the core count changes).
+    """
+    if fp == here:
+        return 0.0
+    a, b = parse_fingerprint(fp), parse_fingerprint(here)
+    if a is None or b is None or a["arch"] != b["arch"] or a["isa"] != b["isa"]:
+        return None
+    d = 4.0 * (a["vendor"] != b["vendor"]) + 2.0 * (a["family_model"] != b["family_model"])
+    return d + abs(math.log2(max(1, int(a["cores"]))) - math.log2(max(1, int(b["cores"]))))
+
+
+def _roots() -> list[Path]:
+    return [root / BACKEND for root in (_records.user_cache_dir(), _records.shipped_dir())]
+
+
+def _listing_stamp() -> tuple:
+    """Modification times of the ``<root>/tvm`` folders: they change when a fingerprint folder appears."""
+    out = []
+    for d in _roots():
+        try:
+            out.append(os.stat(d).st_mtime_ns)
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+_related_cache: dict[tuple, list[str]] = {}
+
+
+def related_fingerprints(here: str | None = None) -> list[str]:
+    """Fingerprints with a records folder that transfer to ``here`` (this CPU), nearest first, ``here``
+    included first whether or not it has records. Re-listed when a ``<root>/tvm`` folder changes."""
+    here = here or cpu_fingerprint()
+    key = (here, tuple(str(r) for r in _roots()), _listing_stamp())
+    hit = _related_cache.get(key)
+    if hit is not None:
+        return hit
+    found: dict[str, float] = {here: 0.0}
+    for root in _roots():
+        try:
+            names = [e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            continue
+        for name in names:
+            try:
+                _records.check_name(name, "fingerprint")
+            except _records.RecordError:
+                continue
+            d = fingerprint_distance(name, here)
+            if d is not None:
+                found[name] = d
+    ranked = sorted(found, key=lambda fp: (found[fp], fp))
+    _related_cache.clear()  # one listing per environment is enough
+    _related_cache[key] = ranked
+    return ranked
+
+
+def stamp() -> tuple:
+    """A cache key that changes whenever a records file this CPU may use changes (or a folder appears)."""
+    fps = related_fingerprints()
+    return (_listing_stamp(), *(_records.records_stamp(BACKEND, fp) for fp in fps))
+
+
 def load(fingerprint: str | None = None) -> list[dict]:
-    """Valid records for this target (user cache first), re-read when a records file changes."""
+    """Valid records of one fingerprint (default: this CPU's), user cache first, re-read when a file changes."""
     return _records.cached_records(BACKEND, fingerprint or cpu_fingerprint())
 
 
@@ -29,12 +113,13 @@ def _matches(rec: dict, kernel: str, causal: bool, order: int, dtype: str, H: in
 
 def candidates(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, T: int,
                fingerprint: str | None = None) -> list[dict]:
-    """Matching records, best first (nearest ``T_bucket``; the user cache wins ties)."""
-    found = [r for r in load(fingerprint) if _matches(r, kernel, causal, order, dtype, H, D)]
+    """Matching records, best first: this CPU's fingerprint (or ``fingerprint``), then the transferable ones,
+    nearest fingerprint first; within one, the nearest ``T_bucket`` (the user cache wins ties)."""
     want = t_bucket(T)
-    # stable sort: user cache records come first
-    return sorted(found, key=lambda rec: _records.log2_distance(rec["workload"].get("T_bucket"), want))
-
-
-def has_forward_record(order: int, dtype: str, H: int, D: int, fingerprint: str | None = None) -> bool:
-    return any(_matches(r, "forward", r["kernel"]["causal"], order, dtype, H, D) for r in load(fingerprint))
+    fps = [fingerprint] if fingerprint is not None else related_fingerprints()
+    out: list[dict] = []
+    for fp in fps:
+        found = [r for r in load(fp) if _matches(r, kernel, causal, order, dtype, H, D)]
+        # stable sort: user cache records come first
+        out.extend(sorted(found, key=lambda rec: _records.log2_distance(rec["workload"].get("T_bucket"), want)))
+    return out
