@@ -118,6 +118,12 @@ PRESETS: dict[str, Preset] = {
                Goal("forward+backward faster than SDPA from T=2048", "fwdbwd", "sdpa", "speedup", ">", 1.0, 2048),
                Goal("decode step flat in the context (slowest / fastest < 1.25)", "step", "kernel", "spread",
                     "<", 1.25))),
+    "fast-default": Preset(
+        "what backend='auto' gives a CPU user: B=1 H=8 D=64 order 6 float32 forward at T=512..4096, an untuned "
+        "shape (B=1 T=2048 H=12 D=48 order 4), and forward+backward at T=4096, against the torch backend and SDPA",
+        "cpu",
+        goals=(Goal("auto >= 20x the torch backend", "fwd", "eager", "speedup", ">=", 20.0),
+               Goal("auto faster than SDPA from T=512", "fwd", "sdpa", "speedup", ">", 1.0, 512))),
     "tvm-speed": Preset(
         "the TVM issue's CPU goals: B=1 T=4096 H=8 D=64 float32 order 6, forward and forward+backward, "
         "against the default schedule and the unstabilised cumsum form",
@@ -139,6 +145,11 @@ def plan(name: str, device: str) -> list[tuple[Workload, tuple[str, ...] | None]
                 *((replace(fwd, T=t, mode="fwdbwd"), ("sdpa", "flash_attn", "copy")) for t in (2048, 4096, 8192)),
                 *((replace(fwd, T=t, mode="step"), ("sdpa", "copy")) for t in (1024, 8192, 32768)),
                 (fwd, ("compiled", "copy"))]
+    if name == "fast-default":
+        fwd, peers = Workload(*TVM_SHAPE, 6, "float32", "fwd", device), ("eager", "sdpa", "copy")
+        return [*((replace(fwd, T=t), peers) for t in (512, 1024, 2048, 4096)),
+                (Workload(1, 2048, 12, 48, 4, "float32", "fwd", device), peers),
+                (replace(fwd, mode="fwdbwd"), ("eager", "sdpa"))]
     if name == "tvm-speed":
         fwd, peers = Workload(*TVM_SHAPE, 6, "float32", "fwd", device), ("default", "eager", "cumsum", "copy")
         return [(fwd, peers), (replace(fwd, mode="fwdbwd"), peers)]
