@@ -17,7 +17,7 @@ says which), torch where neither can run the call. ``EA_OPS_BACKEND`` (one of ``
 ``auto`` for every call that asks for it; an explicit ``backend=`` argument is never overridden.
 
 Under ``torch.compile`` the choice is made once per traced call outside the graph
-(``torch._dynamo.assume_constant_result``): it imports modules and reads files, which Dynamo cannot trace.
+(as ``torch.compiler.assume_constant_result`` marks a function): it imports modules and reads files, which Dynamo cannot trace.
 """
 
 from __future__ import annotations
@@ -152,11 +152,15 @@ class _Probe:
         return self.shape.numel()
 
 
-@torch._dynamo.assume_constant_result
 def _choose_traced(backend: str, device_type: str, dtype: torch.dtype, shape: tuple[int, ...], causal: bool,
                    order: int, needs_grad: bool) -> str:
     return choose(backend, _Probe(device_type, dtype, shape), causal=causal, order=order,
                   needs_grad=needs_grad).backend
+
+
+# What ``torch.compiler.assume_constant_result`` does, without importing ``torch._dynamo`` (and sympy) on
+# ``import ea_ops``; tests/ea_ops/test_compile.py fails if Dynamo stops honouring it.
+_choose_traced._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def resolve(backend: str, q: torch.Tensor, *, causal: bool, order: int, needs_grad: bool) -> ModuleType:
