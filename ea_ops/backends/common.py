@@ -121,15 +121,45 @@ def new_buffer(shape, dtype: torch.dtype, device) -> Tensor:
 
 
 def refuse_double_backward(op: str) -> Callable:
-    """An autograd formula for the backward custom op ``op``, which has no derivative of its own: asking for
-    one (``create_graph=True``, then a backward through the gradients; ``gradgradcheck``) raises."""
+    """An autograd formula for the backward custom op ``op``, which has no derivative of its own. It is reached
+    only when the backward op itself was put on a graph (``torch.compile``'s joint graph under a double
+    backward): ``create_graph=True`` in eager mode differentiates ``graphed_grads`` instead."""
 
     def refuse(ctx, *grads):
         raise RuntimeError(
-            f"double backward is not supported by the compiled ea-ops backends ({op}, the gradient of their "
+            f"double backward is not supported by the compiled ea-ops backends here ({op}, the gradient of their "
             "kernels, has no derivative of its own); backend='torch' computes second derivatives")
 
     return refuse
+
+
+def wants_graphed_grads() -> bool:
+    """A backward asked for gradients that are themselves differentiable (``create_graph=True``), outside a
+    traced graph."""
+    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
+def graphed_grads(q: Tensor, k: Tensor, v: Tensor, go: Tensor, state: EAState | None, *, order: int,
+                  causal: bool, scale: float, offsets: list[int], step: bool = False):
+    """``dq, dk, dv`` of ``sum(go * o)`` as differentiable functions of ``q, k, v`` (for second derivatives).
+
+    The compiled kernels' backward has no derivative of its own, so under ``create_graph=True`` the gradient is
+    the torch backend's, whose second derivatives are tested against ``gradgradcheck`` in float64: slower, but
+    ``backend="auto"`` (which takes a compiled backend) computes gradient penalties and Hessian products as the
+    torch backend does. ``step``: ``q, k, v [B, H, D]`` of one recurrent step from ``state``.
+    """
+    from .torch import ops as torch_ops
+
+    wrt = [t for t in (q, k, v) if t.requires_grad]
+    if not wrt:
+        return None, None, None
+    if step:
+        o, _ = torch_ops.recurrent_step(q, k, v, state, order=order, scale=scale)
+    else:
+        o, _ = torch_ops.attention(q, k, v, order=order, causal=causal, scale=scale, initial_state=state,
+                                   output_final_state=False, cu_seqlens=segments_of(offsets))
+    found = iter(torch.autograd.grad(o, wrt, go.to(o.dtype), create_graph=True, allow_unused=True))
+    return tuple(next(found) if t.requires_grad else None for t in (q, k, v))
 
 
 def no_state(q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -141,7 +171,8 @@ def define_ops(ns: str, forward_impl: Callable, backward_impl: Callable, step_im
     """The three ``torch.library`` custom ops of a compiled backend, with fake implementations and autograd:
 
     - ``ns::forward(q, k, v, S0, Z0, M0, order, causal, scale, offsets, want_state) -> (o, S, Z, M)``: the final
-      state when ``causal and want_state``, else three empty tensors. Its gradient is ``ns::backward``.
+      state when ``causal and want_state``, else three empty tensors. Its gradient is ``ns::backward``, or
+      ``graphed_grads`` (the torch backend's, differentiable) under ``create_graph=True``.
     - ``ns::backward(q, k, v, g, S0, Z0, M0, order, causal, scale, offsets) -> (dq, dk, dv)``; it has no
       derivative of its own (``refuse_double_backward``).
     - ``ns::step(q_t, k_t, v_t, S0, Z0, M0, order, scale) -> (o_t, S, Z, M)``; its gradient is the causal
@@ -189,6 +220,11 @@ def define_ops(ns: str, forward_impl: Callable, backward_impl: Callable, step_im
 
     def forward_backward(ctx, go, *_state_grads):
         q, k, v, S0, Z0, M0 = ctx.saved_tensors
+        if wants_graphed_grads():
+            order, causal, scale, offsets = ctx.meta
+            state = EAState(S0, Z0, M0) if causal else None
+            return (*graphed_grads(q, k, v, go, state, order=order, causal=causal, scale=scale, offsets=offsets),
+                    *(None,) * 8)
         return (*backward_op(q, k, v, go, S0, Z0, M0, *ctx.meta), *(None,) * 8)
 
     def step_setup(ctx, inputs, output):
@@ -200,6 +236,9 @@ def define_ops(ns: str, forward_impl: Callable, backward_impl: Callable, step_im
     def step_backward(ctx, go, *_state_grads):
         q, k, v, S0, Z0, M0 = ctx.saved_tensors
         order, scale = ctx.meta
+        if wants_graphed_grads():
+            return (*graphed_grads(q, k, v, go, EAState(S0, Z0, M0), order=order, causal=True, scale=scale,
+                                   offsets=[], step=True), *(None,) * 5)
         grads = backward_op(*(t.unsqueeze(1) for t in (q, k, v, go)), S0, Z0, M0, order, True, scale, [])
         return (*(t.squeeze(1) for t in grads), *(None,) * 5)
 
