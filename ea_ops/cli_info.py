@@ -30,6 +30,8 @@ def collect() -> dict:
             if describe is not None:
                 entry.update(describe())
         info["backends"][name] = entry
+    cpu = torch.zeros((), dtype=torch.float32).expand(1, 4096, 8, 64)
+    info["auto_on_cpu"] = dispatch.choose("auto", cpu, causal=True, order=6, needs_grad=True).backend
     return info
 
 
@@ -87,4 +89,6 @@ def main(argv: list[str]) -> int:
         extra = {k: v for k, v in entry.items() if k != "available"}
         details = "  ".join(f"{k}={v}" for k, v in extra.items())
         print(f"  {name:<7} available  {details}".rstrip())
+    print(f"  backend='auto' runs CPU float32 calls on: {info['auto_on_cpu']}"
+          "  (ea-ops info --explain --shape B,T,H,D says why, and with which schedule)")
     return 0

@@ -16,8 +16,9 @@ on CUDA, TVM on any CPU (tuned record, transferred record or default schedule: `
 says which), torch where neither can run the call. ``EA_OPS_BACKEND`` (one of ``BACKENDS``) replaces
 ``auto`` for every call that asks for it; an explicit ``backend=`` argument is never overridden.
 
-Under ``torch.compile`` the choice is made once per traced call outside the graph
-(as ``torch.compiler.assume_constant_result`` marks a function): it imports modules and reads files, which Dynamo cannot trace.
+Under ``torch.compile`` the choice is made once per traced call outside the graph (as
+``torch.compiler.assume_constant_result`` marks a function): it imports modules and reads files, which Dynamo
+cannot trace.
 """
 
 from __future__ import annotations

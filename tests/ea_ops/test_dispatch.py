@@ -87,3 +87,10 @@ def test_info_explain_prints_the_choice_as_text_and_json(capsys, record_roots):
     assert "float64" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["info", "--explain", "--shape", "1,2"])
+
+
+def test_info_says_what_auto_runs_on_the_cpu_and_which_records_transfer(capsys):
+    assert cli.main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["auto_on_cpu"] == "tvm"
+    assert isinstance(info["backends"]["tvm"]["transferable_records"], dict)

@@ -95,7 +95,8 @@ def stepper(state, *, order: int, scale: float, dtype: torch.dtype):
 
 
 def describe() -> dict:
-    """Target fingerprint, records found for it, and kernels built in this process."""
+    """Target fingerprint, records found for it and for related CPUs (``tuned.related_fingerprints``), and
+    kernels built in this process."""
     from . import build
     from .target import describe_cpu
 
@@ -105,5 +106,7 @@ def describe() -> dict:
     out["tuned"] = sorted({f"{r['kernel']['name']}/{'causal' if r['kernel']['causal'] else 'full'}"
                            f"/t{r['kernel']['order']}/{r['kernel']['dtype']}/H{r['workload'].get('H')}"
                            f"xD{r['workload'].get('D')}" for r in recs})
+    others = [fp for fp in tuned.related_fingerprints() if fp != cpu_fingerprint()]
+    out["transferable_records"] = {fp: len(tuned.load(fp)) for fp in others}
     out["built_in_process"] = build.cached_count()
     return out
