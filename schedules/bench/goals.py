@@ -10,14 +10,14 @@ import operator
 from dataclasses import asdict, dataclass
 
 METRICS = ("roofline", "speedup", "spread")
-_OPS = {">=": operator.ge, ">": operator.gt, "<": operator.lt}
+_OPS = {">=": operator.ge, ">": operator.gt, "<": operator.lt, "<=": operator.le}
 
 
 @dataclass(frozen=True)
 class Goal:
     """``metric`` of row ``peer`` must be ``op bound``: per workload for ``roofline`` (the row's GB/s over the
-    copy's) and ``speedup`` (the row's median over the kernel's), across the workloads for ``spread`` (the
-    row's largest median over its smallest)."""
+    copy's) and ``speedup`` (the row's median over the median of row ``of``, the kernel's by default), across
+    the workloads for ``spread`` (the row's largest median over its smallest)."""
 
     text: str
     mode: str
@@ -26,6 +26,7 @@ class Goal:
     op: str
     bound: float
     T_from: int = 0
+    of: str = "kernel"
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -41,9 +42,14 @@ def judge(goal: Goal, workloads: list[dict]) -> dict:
         w = wr["workload"]
         if w["mode"] != goal.mode or w["T"] < goal.T_from:
             continue
-        row = next((r for r in wr.get("results", []) if r["peer"] == goal.peer), None)
+        rows = {r["peer"]: r for r in wr.get("results", [])}
+        row = rows.get(goal.peer)
         key = "median_s" if goal.metric == "spread" else goal.metric
-        values.append({"label": wr["label"], "value": None if row is None else row.get(key)})
+        value = None if row is None else row.get(key)
+        if goal.metric == "speedup" and goal.of != "kernel":
+            num, den = (None if r is None else r.get("median_s") for r in (row, rows.get(goal.of)))
+            value = None if num is None or den is None else num / den
+        values.append({"label": wr["label"], "value": value})
     measured = [v["value"] for v in values]
     out = {**asdict(goal), "values": values, "measured": None, "met": None}
     if not measured or any(v is None for v in measured):
@@ -51,6 +57,6 @@ def judge(goal: Goal, workloads: list[dict]) -> dict:
         return out
     if goal.metric == "spread":
         measured = [max(measured) / min(measured)]
-    out["measured"] = (max if goal.op == "<" else min)(measured)  # the worst value decides
+    out["measured"] = (max if goal.op in ("<", "<=") else min)(measured)  # the worst value decides
     out["met"] = _OPS[goal.op](out["measured"], goal.bound)
     return out

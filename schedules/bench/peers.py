@@ -3,7 +3,9 @@
 Peers (docs/design.md section 8): the same backend untuned (``default``), the same math in eager PyTorch
 (the torch backend), under ``torch.compile``, and as the straightforward unstabilised cumsum form; exact
 causal softmax attention (``scaled_dot_product_attention``, and FlashAttention where installed); and a copy
-of as many bytes as EA must move (the memory roofline). A peer that cannot run here raises ``Unavailable``.
+of as many bytes as EA must move (the memory roofline). For the step also the same backend through
+``ea_ops.EADecoder`` (``inplace``) and its compiled kernel alone on preallocated buffers (``kernel_only``).
+A peer that cannot run here raises ``Unavailable``.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from .timing import Scoped
 from .workloads import Workload
 
 TORCH = dispatch.load("torch")  # the reference backend's module (the dispatch protocol), always present
-PEERS = ("kernel", "default", "eager", "compiled", "cumsum", "sdpa", "flash_attn", "copy")
+PEERS = ("kernel", "default", "inplace", "kernel_only", "eager", "compiled", "cumsum", "sdpa", "flash_attn", "copy")
 STANDARD = ("eager", "compiled", "sdpa", "copy")  # without --peers and a preset's own
 COMPILE_BLOCK = 2048  # tokens per compiled block: bounds the compiled form's O(block * t) temporaries
 LABELS = {
     "default": "same backend, untuned default",
+    "inplace": "EADecoder.step (state in place)",
+    "kernel_only": "compiled kernel alone (preallocated)",
     "eager": "eager PyTorch (torch backend)",
     "compiled": "torch.compile (blocked cumsum form)",
     "cumsum": "eager cumsum form (unstabilised)",
@@ -108,6 +112,39 @@ def ea_call(w: Workload, x: Inputs, backend: str) -> Callable[[], tuple]:
         o, _ = ea_ops.ea_attention(x.q, x.k, x.v, order=w.order, backend=backend)
         return (o.detach(), *torch.autograd.grad(o, (x.q, x.k, x.v), x.g))
     return fwdbwd
+
+
+def inplace_call(w: Workload, x: Inputs, backend: str) -> Callable[[], tuple]:
+    """The step through ``ea_ops.EADecoder`` on a copy of the state, which every call updates in place: its
+    first call is one step from ``x.state``, as the kernel's."""
+    if w.mode != "step":
+        raise Unavailable("an in-place decoder runs the recurrent step only")
+    dec = ea_ops.EADecoder(x.state.clone(), order=w.order, backend=backend)
+
+    def step():
+        o = dec.step(x.q, x.k, x.v)
+        return o, dec.state.S, dec.state.Z, dec.state.m
+    return step
+
+
+def kernel_only_call(w: Workload, x: Inputs, backend: str) -> Callable[[], tuple]:
+    """The step's compiled function alone, on preallocated inputs, output and a copy of the state (updated
+    in place): what a call through the API costs at the least."""
+    if w.mode != "step":
+        raise Unavailable("the kernel alone is timed for the recurrent step only")
+    if backend != "tvm":
+        raise Unavailable(f"the kernel alone is timed for the TVM backend only, not {backend}")
+    from ea_ops.backends.tvm import build, ops
+
+    st = x.state.clone()
+    o = torch.empty_like(x.q)
+    fn = build.kernel_for("step", True, w.order, w.dtype, w.H, w.D, 1).fn
+    args = ops.step_args(*(t.contiguous() for t in (x.q, x.k, x.v)), o, st.S, st.Z, st.m, 1.0)
+
+    def kernel():
+        fn(*args)
+        return o, st.S, st.Z, st.m
+    return kernel
 
 
 def reference_call(w: Workload, x: Inputs, dtype: torch.dtype) -> Callable[[], tuple]:

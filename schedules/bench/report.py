@@ -107,7 +107,8 @@ def _goal_lines(doc: dict) -> list[str]:
     for g in doc["goals"]:
         verdict = {True: "met", False: "NOT MET", None: "not measured"}[g["met"]]
         got = "" if g["measured"] is None else f": {g['measured']:.3g}"
-        lines.append(f"  [{verdict}] {g['text']} ({g['metric']} of {g['peer']} {g['op']} {g['bound']:g}){got}")
+        over = "" if g.get("of", "kernel") == "kernel" else f" over {g['of']}"
+        lines.append(f"  [{verdict}] {g['text']} ({g['metric']} of {g['peer']}{over} {g['op']} {g['bound']:g}){got}")
     return lines
 
 
@@ -143,9 +144,12 @@ def table(doc: dict) -> str:
     where = (f"{m['cpu']} ({m['cpu_count']} CPUs), {m['threads']} threads (torch.set_num_threads)"
              if m["device"] == "cpu"
              else f"{m.get('gpu', m['device'])}")
+    # the step's time over its compiled kernel's alone, where that row was timed (the decode preset)
+    alone = any(r.get("x_kernel_only") is not None for wr in doc["workloads"] for r in wr["results"])
     lines = [f"ea-ops bench: backend={doc['backend']}  device={where}  {doc['date']}",
              f"timer: {doc['timer']}; medians after warm-up",
-             "speedup = peer median / kernel median (> 1: the kernel is faster); roofline = GB/s / copy GB/s"]
+             "speedup = peer median / kernel median (> 1: the kernel is faster); roofline = GB/s / copy GB/s"
+             + ("; x kernel = median / the compiled kernel's alone" if alone else "")]
     if m["device"] == "cpu":
         lines.append("CPU times depend on load from other processes: compare the ratios, not the times.")
     lines += [f"WARNING: {w}" for w in doc.get("warnings", [])]
@@ -157,7 +161,8 @@ def table(doc: dict) -> str:
              f"{wr['label']} t{wr['workload']['order']} {wr['workload']['dtype']} {wr['workload']['mode']}"
              for wr in doc["workloads"]]
     nw = max([30, *map(len, names)])
-    head = f"{'workload':<{nw}} {'peer':<40} {'median':>10} {'speedup':>8} {'GB/s':>8} {'roofline':>8}  note"
+    head = (f"{'workload':<{nw}} {'peer':<40} {'median':>10} {'speedup':>8}" + (f" {'x kernel':>8}" if alone else "")
+            + f" {'GB/s':>8} {'roofline':>8}  note")
     lines += ["", head, "-" * len(head)]
     for name, wr in zip(names, doc["workloads"], strict=True):
         if not wr["gate"]["ok"]:
@@ -165,8 +170,9 @@ def table(doc: dict) -> str:
             continue
         for i, r in enumerate(wr["results"]):
             status = "" if r["status"] == "ok" else f"[{r['status']}] "
+            x_alone = f" {_fmt(r.get('x_kernel_only'), '.3g'):>8}" if alone else ""
             lines.append(f"{name if i == 0 else '':<{nw}} {r['label']:<40} {_fmt_time(r['median_s']):>10} "
-                         f"{_fmt(r['speedup'], '.3g'):>8} {_fmt(r['gbps'], '.3g'):>8} "
+                         f"{_fmt(r['speedup'], '.3g'):>8}{x_alone} {_fmt(r['gbps'], '.3g'):>8} "
                          f"{_fmt(r['roofline'], '.1%'):>8}  {status}{r['note']}".rstrip())
     if not doc.get("complete", True):
         lines.append("(incomplete: the run is still under way or was cut short)")

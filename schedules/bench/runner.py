@@ -58,25 +58,29 @@ class WorkloadResult:
         return next((r for r in self.results if r.peer == peer), None)
 
     def ratios(self) -> dict[str, dict]:
-        """Per peer: ``speedup`` = peer median / kernel median (> 1: the kernel is faster) and
-        ``roofline`` = the peer's GB/s over the GB/s of the copy of the same number of bytes."""
-        k = self.get("kernel")
+        """Per peer: ``speedup`` = peer median / kernel median (> 1: the kernel is faster),
+        ``roofline`` = the peer's GB/s over the GB/s of the copy of the same number of bytes, and
+        ``x_kernel_only`` = peer median / the ``kernel_only`` row's (None without that row)."""
+        k, alone = self.get("kernel"), self.get("kernel_only")
         copies = {r.bytes: r for r in self.results if r.peer.startswith("copy") and r.gbps is not None}
         out = {}
         for r in self.results:
-            sp = rf = None
-            if r.median_s is not None and k is not None and k.median_s is not None:
-                sp = r.median_s / k.median_s
+            out[r.peer] = {"speedup": _over(r, k), "roofline": None, "x_kernel_only": _over(r, alone)}
             c = copies.get(r.bytes)
             if r.gbps is not None and c is not None:
-                rf = r.gbps / c.gbps
-            out[r.peer] = {"speedup": sp, "roofline": rf}
+                out[r.peer]["roofline"] = r.gbps / c.gbps
         return out
 
     def to_json(self) -> dict:
         ratios = self.ratios()
         return {"workload": self.workload.to_json(), "label": self.workload.label, "gate": self.gate.to_json(),
                 "results": [{**r.to_json(), **ratios[r.peer]} for r in self.results]}
+
+
+def _over(r: PeerResult, base: PeerResult | None) -> float | None:
+    if r.median_s is None or base is None or base.median_s is None:
+        return None
+    return r.median_s / base.median_s
 
 
 def _exponent(peer: str, mode: str) -> int:
@@ -197,6 +201,9 @@ class Runner:
                     return [PeerResult(peer, label, "same", bytes=ea_bytes,
                                        note="the torch backend has no tuned configuration")]
                 return [self._checked(w, peer, label, lambda: peers.default_call(w, x, self.opts.backend), st)]
+            if peer in ("inplace", "kernel_only"):
+                make = peers.inplace_call if peer == "inplace" else peers.kernel_only_call
+                return [self._checked(w, peer, label, lambda: (make(w, x, self.opts.backend), ""), st)]
             if peer == "compiled":
                 if w.mode == "step":
                     label = "torch.compile (torch backend step)"

@@ -101,11 +101,21 @@ class Preset:
 
 GOAL_SHAPE = (8, 8192, 16, 128)  # the Triton issue's H200 size: B, T, H, D (bfloat16, order 6)
 TVM_SHAPE = (1, 4096, 8, 64)  # the TVM issue's CPU size (float32, order 6)
+DECODE_BATCHES, DECODE_CONTEXT = (1, 8, 64), 1024  # the decode issue's batches, and SDPA's KV-cache length
 
 PRESETS: dict[str, Preset] = {
     "cpu": Preset("B=1 H=8 D=64 order 6 float32 (the TVM issue's size at T=4096), T from 1k to 64k", "cpu"),
     "gpu": Preset("B=8 H=16 D=128 order 6 bfloat16 (the Triton issue's size at T=8192), T from 2k to 64k", "cuda"),
-    "decode": Preset("one recurrent step at contexts 1k, 16k, 128k against SDPA over a KV cache that long", None),
+    "decode": Preset(
+        "batched decode: one recurrent step at B = 1, 8, 64 (H=8 D=64 float32 on the CPU, H=16 D=128 bfloat16 on "
+        "CUDA; order 6) through ea_recurrent_step (the kernel row), through EADecoder (state in place) and as its "
+        "compiled kernel alone, against SDPA over a 1k KV cache", None,
+        goals=(Goal("the step through EADecoder at most 3x its compiled kernel alone", "step", "inplace", "speedup",
+                    "<=", 3.0, of="kernel_only"),
+               Goal("the step through EADecoder at least 4x faster than SDPA over a 1k KV cache", "step", "sdpa",
+                    "speedup", ">=", 4.0, of="inplace"),
+               Goal("the step through ea_recurrent_step (a new state each call) at least 4x faster than SDPA",
+                    "step", "sdpa", "speedup", ">=", 4.0))),
     "demo": Preset("B=1 H=8 D=64 order 6 float32 at T=512 and 1024: a quick look on this CPU", "cpu"),
     "smoke": Preset("tiny shapes for tests: B=1 H=2 D=16 at T=64 and 128", "cpu"),
     "gpu-goal": Preset(
@@ -150,6 +160,10 @@ def plan(name: str, device: str) -> list[tuple[Workload, tuple[str, ...] | None]
         return [*((replace(fwd, T=t), peers) for t in (512, 1024, 2048, 4096)),
                 (Workload(1, 2048, 12, 48, 4, "float32", "fwd", device), peers),
                 (replace(fwd, mode="fwdbwd"), ("eager", "sdpa"))]
+    if name == "decode":
+        base = (Workload(1, DECODE_CONTEXT, 16, 128, 6, "bfloat16", "step", device) if device == "cuda"
+                else Workload(1, DECODE_CONTEXT, 8, 64, 6, "float32", "step", device))
+        return [(replace(base, B=b), ("inplace", "kernel_only", "eager", "sdpa", "copy")) for b in DECODE_BATCHES]
     if name == "tvm-speed":
         fwd, peers = Workload(*TVM_SHAPE, 6, "float32", "fwd", device), ("default", "eager", "cumsum", "copy")
         return [(fwd, peers), (replace(fwd, mode="fwdbwd"), peers)]
@@ -166,10 +180,6 @@ def _sweep_preset(name: str, device: str) -> list[Workload]:
         return _sweep(Workload(*TVM_SHAPE, 6, "float32", "fwd", device), _pow2(1024, 65536))
     if name == "gpu":
         return _sweep(Workload(*GOAL_SHAPE, 6, "bfloat16", "fwd", device), _pow2(2048, 65536))
-    if name == "decode":
-        base = (Workload(8, 1024, 16, 128, 6, "bfloat16", "step", device) if device == "cuda"
-                else Workload(1, 1024, 8, 64, 6, "float32", "step", device))
-        return _sweep(base, [1024, 16384, 131072])
     if name == "demo":
         return _sweep(Workload(1, 1024, 8, 64, 6, "float32", "fwd", device), [512, 1024])
     if name == "smoke":

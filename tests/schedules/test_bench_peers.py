@@ -67,8 +67,12 @@ def test_presets_match_the_issues_sizes():
     gpu = preset("gpu", "cuda")
     assert gpu[0].T == 2048 and 8192 in [w.T for w in gpu]
     assert {(w.B, w.H, w.D, w.dtype) for w in gpu} == {(8, 16, 128, "bfloat16")}
-    assert [w.T for w in preset("decode", "cpu")] == [1024, 16384, 131072]
-    assert {w.mode for w in preset("decode", "cuda")} == {"step"}
+    decode = plan("decode", "cpu")
+    assert [(w.B, w.T, w.H, w.D, w.order, w.dtype, w.mode) for w, _ in decode] == [
+        (b, 1024, 8, 64, 6, "float32", "step") for b in (1, 8, 64)]
+    assert all(p == ("inplace", "kernel_only", "eager", "sdpa", "copy") for _, p in decode)
+    assert {(w.B, w.H, w.D, w.dtype, w.mode) for w in preset("decode", "cuda")} == {
+        (b, 16, 128, "bfloat16", "step") for b in (1, 8, 64)}
     assert set(PRESETS) == {"cpu", "gpu", "decode", "demo", "smoke", "gpu-goal", "tvm-speed"}
     with pytest.raises(ValueError, match="--workload must be one of"):
         preset("huge", "cpu")

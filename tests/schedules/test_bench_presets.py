@@ -186,3 +186,69 @@ def test_triton_default_peer_under_the_interpreter(tmp_path):
     assert r["default"]["status"] == "ok" and r["default"]["median_s"] > 0
     assert r["default"]["note"].startswith("forced: forward variant=")
     assert r["flash_attn"]["status"] == "unavailable"
+
+
+# the decode preset's rows on a fake clock (microseconds per call): in place 2x its kernel alone, SDPA 5x the
+# in-place step and 1.33x the step through ea_recurrent_step
+DECODE_US = {"kernel": 30.0, "inplace": 8.0, "kernel_only": 4.0, "eager": 300.0, "sdpa": 40.0, "copy": 1.0,
+             "copy_kv": 2.0}
+
+
+def test_decode_dry_run_plans_batched_steps_and_states_its_goals(capsys):
+    rc, doc, err = run_json(capsys, "--workload", "decode", "--device", "cpu", "--dry-run")
+    assert rc == 0, err
+    assert [(w["label"], w["workload"]["mode"]) for w in doc["workloads"]] == [
+        (f"B{b} ctx1024 H8 D64", "step") for b in (1, 8, 64)]
+    assert all(w["peers"] == ["kernel", "inplace", "kernel_only", "eager", "sdpa", "copy"] for w in doc["workloads"])
+    assert [(g["peer"], g["of"], g["op"], g["bound"], g["met"]) for g in doc["goals"]] == [
+        ("inplace", "kernel_only", "<=", 3.0, None), ("sdpa", "inplace", ">=", 4.0, None),
+        ("sdpa", "kernel", ">=", 4.0, None)]
+
+
+@pytest.mark.parametrize("backend", ["tvm", "torch"])
+def test_decode_preset_gates_every_step_and_judges_its_goals_on_a_fake_clock(backend, monkeypatch, capsys):
+    if backend == "tvm":
+        pytest.importorskip("tvm")
+    from schedules.bench import runner, timing, workloads
+
+    monkeypatch.setattr(workloads, "DECODE_CONTEXT", 64)  # small shapes: the timings are the fake clock's
+    monkeypatch.setattr(workloads, "DECODE_BATCHES", (1, 3))
+    real = runner.Runner._measure
+
+    def measure(self, w, rows_):
+        names = [r.result.peer for r in rows_ if isinstance(r, runner._Pending)]
+
+        def fake(fns, **kw):
+            for fn in fns:
+                fn()  # each still runs
+            return [timing.Timing(DECODE_US[n] * 1e-6, 3, "fake") for n in names]
+
+        monkeypatch.setattr(runner.timing, "measure", fake)
+        return real(self, w, rows_)
+
+    monkeypatch.setattr(runner.Runner, "_measure", measure)
+    rc, doc, err = run_json(capsys, "--workload", "decode", "--device", "cpu", "--backend", backend)
+    assert rc == 0, err
+    assert [w["label"] for w in doc["workloads"]] == ["B1 ctx64 H8 D64", "B3 ctx64 H8 D64"]
+    for w in doc["workloads"]:
+        assert w["gate"]["ok"]
+        r = rows_of(w)
+        assert r["inplace"]["status"] == "ok" and r["inplace"]["speedup"] == pytest.approx(8 / 30)
+        if backend == "tvm":
+            assert r["kernel_only"]["status"] == "ok"
+            assert r["inplace"]["x_kernel_only"] == pytest.approx(2.0)
+            assert r["kernel"]["x_kernel_only"] == pytest.approx(7.5)
+        else:
+            assert r["kernel_only"]["status"] == "unavailable"
+            assert r["kernel_only"]["note"] == "the kernel alone is timed for the TVM backend only, not torch"
+            assert all(row["x_kernel_only"] is None for row in r.values())
+    got = [(g["measured"], g["met"]) for g in doc["goals"]]
+    alone = (pytest.approx(2.0), True) if backend == "tvm" else (None, None)
+    assert got == [alone, (pytest.approx(5.0), True), (pytest.approx(40 / 30), False)]
+    table = bench.report.table(doc)
+    assert ("x kernel" in table) == (backend == "tvm")
+    assert "speedup of sdpa over inplace >= 4): 5" in table
+
+
+def rows_of(w: dict) -> dict:
+    return {r["peer"]: r for r in w["results"]}

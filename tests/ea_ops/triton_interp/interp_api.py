@@ -175,3 +175,19 @@ def test_tuner_writes_records_the_runtime_applies(tmp_path, monkeypatch):
     assert len(records.load_records("triton", fp)) == len(recs)
     summary = json.loads(json.dumps(fwd))  # records are plain JSON data
     assert summary["fingerprint"] == fp
+
+
+def test_decoder_steps_equal_ea_recurrent_step_and_update_the_state_in_place():
+    B, H, D, order = 2, 2, 3, 4
+    q, k, v = inputs((B, 4, H, D), torch.float32, seed=38)
+    state = random_state(B, H, D, order, seed=39)
+    ptrs = [t.data_ptr() for t in (state.S, state.Z, state.m)]
+    ref = state.clone()
+    dec = ea_ops.EADecoder(state, order=order, backend="triton")
+    for t in range(4):
+        q_t = q[:, t].clone().requires_grad_(t == 2)  # a step with grads runs on a copy of the state
+        o_ref, ref = ea_ops.ea_recurrent_step(q_t, k[:, t], v[:, t], ref, order=order, backend="triton")
+        o = dec.step(q_t, k[:, t], v[:, t])
+        assert torch.equal(o, o_ref) and o.requires_grad == (t == 2)
+        assert all(torch.equal(a, b) for a, b in ((state.S, ref.S), (state.Z, ref.Z), (state.m, ref.m)))
+    assert [t.data_ptr() for t in (state.S, state.Z, state.m)] == ptrs
