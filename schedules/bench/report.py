@@ -180,7 +180,8 @@ def table(doc: dict) -> str:
 
 
 def plot(doc: dict, path: Path) -> str | None:
-    """Log-log time against T per peer, with T and T^2 guides; returns why not, or None when written."""
+    """Log-log time against T per peer, with T and T^2 guides (against B, with a B guide, when only B varies, as
+    in the decode preset); returns why not, or None when written."""
     try:
         import matplotlib
 
@@ -192,12 +193,14 @@ def plot(doc: dict, path: Path) -> str | None:
     labels: dict[str, str] = {}
     modes = {wr["workload"]["mode"] for wr in doc["workloads"]}
     step = "step" in modes
+    shapes = [wr["workload"] for wr in doc["workloads"]]
+    x = "B" if len({w["T"] for w in shapes}) == 1 and len({w["B"] for w in shapes}) > 1 else "T"
     for wr in doc["workloads"]:
         mode = wr["workload"]["mode"]
         for r in wr["results"]:
             if r["median_s"] is not None and not r["note"].startswith("the kernel itself"):
                 key = r["peer"] if len(modes) == 1 else f"{r['peer']} {mode}"  # one line per peer and mode
-                series.setdefault(key, []).append((wr["workload"]["T"], r["median_s"]))
+                series.setdefault(key, []).append((wr["workload"][x], r["median_s"]))
                 labels[key] = r["label"] if len(modes) == 1 else f"{r['label']}, {mode}"
     if not series:
         return "no timings to plot"
@@ -209,14 +212,17 @@ def plot(doc: dict, path: Path) -> str | None:
     if len(ts) > 1:
         # Guides start at the kernel's (T^1) and at SDPA's (T^2) first point, where present.
         firsts = {peer: pts[0] for peer, pts in series.items()}
-        for power, style, peer in ((1, ":", "kernel"), (2, "--", "sdpa")):
+        for power, style, peer in ((1, ":", "kernel"), (2, "--", "sdpa"))[:1 if x == "B" else 2]:
             t0, s0 = firsts.get(peer) or firsts.get("kernel") or next(iter(firsts.values()))
             ax.plot(ts, [s0 * (t / t0) ** power for t in ts], style, color="grey", linewidth=1,
-                    label=f"grows as T^{power}")
+                    label=f"grows as {x}^{power}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel(("context length (KV cache)" if len(modes) == 1 else "T (the step: context length)") if step
-                  else "sequence length T")
+    if x == "B":
+        ax.set_xlabel(f"batch size B ({'context' if step else 'T'} {shapes[0]['T']})")
+    else:
+        ax.set_xlabel(("context length (KV cache)" if len(modes) == 1 else "T (the step: context length)") if step
+                      else "sequence length T")
     ax.set_ylabel("median time per call (s)")
     ax.set_title(f"ea-ops bench ({doc['backend']} backend, {doc['machine']['device']})")
     ax.grid(True, which="both", alpha=0.3)

@@ -206,7 +206,7 @@ def test_decode_dry_run_plans_batched_steps_and_states_its_goals(capsys):
 
 
 @pytest.mark.parametrize("backend", ["tvm", "torch"])
-def test_decode_preset_gates_every_step_and_judges_its_goals_on_a_fake_clock(backend, monkeypatch, capsys):
+def test_decode_preset_gates_every_step_and_judges_its_goals_on_a_fake_clock(backend, monkeypatch, capsys, tmp_path):
     if backend == "tvm":
         pytest.importorskip("tvm")
     from schedules.bench import runner, timing, workloads
@@ -227,8 +227,10 @@ def test_decode_preset_gates_every_step_and_judges_its_goals_on_a_fake_clock(bac
         return real(self, w, rows_)
 
     monkeypatch.setattr(runner.Runner, "_measure", measure)
-    rc, doc, err = run_json(capsys, "--workload", "decode", "--device", "cpu", "--backend", backend)
+    rc, doc, err = run_json(capsys, "--workload", "decode", "--device", "cpu", "--backend", backend,
+                            "--out", str(tmp_path))
     assert rc == 0, err
+    assert (tmp_path / "bench-decode.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # plotted against B
     assert [w["label"] for w in doc["workloads"]] == ["B1 ctx64 H8 D64", "B3 ctx64 H8 D64"]
     for w in doc["workloads"]:
         assert w["gate"]["ok"]
