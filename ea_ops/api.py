@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import checks, dispatch
+from . import call_log, checks, dispatch
 from .exact import exact_attention
 from .state import EAState
 
@@ -56,6 +56,7 @@ def ea_attention(
     if q.dtype == torch.float64 and backend not in ("auto", "torch"):
         raise TypeError(f"float64 inputs run on the torch backend only, got backend={backend!r}")
     needs_grad = _needs_grad(q, k, v)
+    call_log.note("forward", q, order=order, causal=causal, needs_grad=needs_grad, segments=segments)
     mod = dispatch.resolve(backend, q, causal=causal, order=order, needs_grad=needs_grad)
     if B * H * D == 0:  # no channel to compute: nothing reaches a kernel
         n_state = B if segments is None else len(segments)
@@ -89,6 +90,7 @@ def ea_recurrent_step(
         checks.check_state(state, "state", batch=B, heads=H, dim=D, order=order, q=q_t, q_name="q_t")
     if q_t.dtype == torch.float64 and backend not in ("auto", "torch"):
         raise TypeError(f"float64 inputs run on the torch backend only, got backend={backend!r}")
+    call_log.note("step", q_t, order=order, causal=True, needs_grad=False)  # a step runs the step kernel only
     mod = dispatch.resolve(backend, q_t, causal=True, order=order, needs_grad=_needs_grad(q_t, k_t, v_t))
     if B * H * D == 0:
         return _empty_output(q_t, k_t, v_t), _final_state(state, B, H, D, order, q_t)

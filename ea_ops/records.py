@@ -135,8 +135,8 @@ def _warn_once(path: Path, why: str) -> None:
     warn_once(f"{path}:{why}", f"ea-ops: skipping tuned records in {path}: {why}")
 
 
-def _read_regular(path: Path) -> bytes:
-    """The bytes of ``path`` if it is a regular file of at most ``MAX_RECORDS_BYTES``, else OSError.
+def read_regular(path: Path, *, limit: int = MAX_RECORDS_BYTES) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else OSError.
 
     A FIFO, a device (a link to /dev/zero) or a folder in a cache someone else can write would block or
     never end: the type is checked before opening, and again on the open descriptor (the name may have been
@@ -149,18 +149,18 @@ def _read_regular(path: Path) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError("not a regular file")
-        if st.st_size > MAX_RECORDS_BYTES:
-            raise OSError(f"{st.st_size} bytes, above the {MAX_RECORDS_BYTES}-byte limit")
-        data = fh.read(MAX_RECORDS_BYTES + 1)  # the file may have grown since fstat
-    if len(data) > MAX_RECORDS_BYTES:
-        raise OSError(f"above the {MAX_RECORDS_BYTES}-byte limit")
+        if st.st_size > limit:
+            raise OSError(f"{st.st_size} bytes, above the {limit}-byte limit")
+        data = fh.read(limit + 1)  # the file may have grown since fstat
+    if len(data) > limit:
+        raise OSError(f"above the {limit}-byte limit")
     return data
 
 
 def read_records_file(path: Path, *, backend: str, fingerprint: str) -> list[dict]:
     """Valid records of one file; a malformed file or record is skipped with one warning."""
     try:
-        data = json.loads(_read_regular(path).decode("utf-8"))
+        data = json.loads(read_regular(path).decode("utf-8"))
     except FileNotFoundError:
         return []
     # Anything a hostile file can make the parser raise: bad syntax or UTF-8 (ValueError), nesting beyond the
@@ -338,9 +338,15 @@ def _same_slot(a: dict, b: dict) -> bool:
     return a["kernel"] == b["kernel"] and a["workload"] == b["workload"]
 
 
-def add_records(folder: Path, new: list[dict]) -> Path:
-    """Validate ``new`` and merge it into ``folder/records.json`` (a newer record replaces the same slot)."""
+def add_records(folder: Path, new: list[dict], *, same_slot=None) -> Path:
+    """Validate ``new`` and merge it into ``folder/records.json`` (a newer record replaces the same slot).
+
+    ``same_slot(old, new) -> bool`` says which old records a new one replaces; by default those with the same
+    kernel and workload. A backend whose lookup ignores part of the workload passes its own key (TVM: a
+    record at another T of the same ``T_bucket`` is the same slot to the runtime).
+    """
     folder = Path(folder)
+    same_slot = same_slot or _same_slot
     for rec in new:
         validate_record(rec)
     with locked(folder):
@@ -348,6 +354,6 @@ def add_records(folder: Path, new: list[dict]) -> Path:
         old: list[dict] = []
         if path.exists() and new:
             old = read_records_file(path, backend=new[0]["backend"], fingerprint=new[0]["fingerprint"])
-        kept = [r for r in old if not any(_same_slot(r, n) for n in new)]
+        kept = [r for r in old if not any(same_slot(r, n) for n in new)]
         atomic_write_json(path, {"schema_version": SCHEMA_VERSION, "records": kept + new})
     return path

@@ -8,7 +8,7 @@ import sys
 
 from ea_ops.outdir import OutDirError
 
-from .cli_tune import parse_orders
+from .cli_tune import parse_dtypes, parse_orders
 
 _RUNNERS = {"tvm": "schedules.tvm.cli_compile", "triton": "schedules.triton.cli_compile"}
 
@@ -31,10 +31,7 @@ def main(argv: list[str]) -> int:
     for name in ("heads", "dim"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be >= 1")
-    args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    bad = [d for d in args.dtypes if d not in ("float32", "bfloat16", "float16")]
-    if bad or not args.dtypes:
-        raise SystemExit(f"--dtypes must be among float32,bfloat16,float16, got {args.dtypes}")
+    args.dtypes = parse_dtypes(args.dtypes)
     try:
         return int(importlib.import_module(_RUNNERS[args.backend]).run(args) or 0)
     except OutDirError as exc:  # raised before any build

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ea_ops.backends.tvm import args
+# No ea_ops import at module level: MetaSchedule's worker processes import this module to run build_kernel
+# and local_alloc, and ea_ops would bring torch in (a second or more per worker on 2 cores).
 
 BUILD_TIMEOUT_S = 120.0
 # Where the arguments sit modulo 4 KiB moves the time of the CPU kernels by 20% or more, and not equally for
@@ -118,10 +119,28 @@ def rpc_alloc(roles: list[str], session, device, args_info, alloc_repeat: int):
     return local_alloc(roles, device, args_info, alloc_repeat)
 
 
-def builder(workers: int = 1):
+@functools.cache
+def _builder_class():
+    """LocalBuilder without its start-up check.
+
+    The check starts a worker process only to look ``f_build`` up in it (seconds: the worker imports TVM,
+    then this module), and ``build`` starts a fresh worker anyway, where a missing ``f_build`` fails the
+    build with its error. Without the check each tuning round and each ``select`` pass starts one worker
+    fewer.
+    """
+    from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.builder.LocalBuilder(max_workers=workers, timeout_sec=BUILD_TIMEOUT_S, f_build=build_kernel)
+    @derived_object
+    class Builder(ms.builder.LocalBuilder._cls):
+        def _sanity_check(self) -> None:
+            pass
+
+    return Builder
+
+
+def builder(workers: int = 1):
+    return _builder_class()(max_workers=workers, timeout_sec=BUILD_TIMEOUT_S, f_build=build_kernel)
 
 
 def runner(kernel: str, causal: bool, *, rpc: tuple[str, int, str] | None = None, repeat: int = 5,
@@ -131,6 +150,8 @@ def runner(kernel: str, causal: bool, *, rpc: tuple[str, int, str] | None = None
     ``placed`` (local only): time every candidate under each of the ``PLACEMENTS``, ``repeat`` times each.
     """
     from tvm.s_tir import meta_schedule as ms
+
+    from ea_ops.backends.tvm import args
 
     roles = args.roles(kernel, causal)
     evaluator = ms.runner.EvaluatorConfig(number=1, repeat=repeat, min_repeat_ms=min_repeat_ms,
@@ -146,6 +167,14 @@ def runner(kernel: str, causal: bool, *, rpc: tuple[str, int, str] | None = None
                                f_alloc_argument=functools.partial(rpc_alloc, roles))
 
 
+@functools.lru_cache(maxsize=16)
+def shared_runner(kernel: str, causal: bool, *, rpc: tuple[str, int, str] | None = None, repeat: int = 5,
+                  placed: bool = False):
+    """``runner(...)``, one per set of arguments in this process: its worker process stays up between tuning
+    rounds, ``select`` passes and workloads (each new worker costs seconds: it imports TVM)."""
+    return runner(kernel, causal, rpc=rpc, repeat=repeat, placed=placed)
+
+
 def measure(mods: list, target, kernel: str, causal: bool, *, rpc=None, verbose: bool = True,
             placed: bool = False, repeat: int = 5) -> list[float | None]:
     """Median seconds of each scheduled IRModule (``None`` where the build or the run failed).
@@ -156,7 +185,7 @@ def measure(mods: list, target, kernel: str, causal: bool, *, rpc=None, verbose:
 
     placed = placed and rpc is None
     bld = builder()
-    run = runner(kernel, causal, rpc=rpc, repeat=repeat, placed=placed)
+    run = shared_runner(kernel, causal, rpc=rpc, repeat=repeat, placed=placed)
     built = bld.build([ms.builder.BuilderInput(m, target) for m in mods])
     inputs, slots, errors = [], [], []
     for i, (m, b) in enumerate(zip(mods, built)):
