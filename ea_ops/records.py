@@ -288,15 +288,22 @@ def _remove_stale_temps(path: Path) -> None:
                 continue
 
 
+def temp_file_beside(path: Path) -> tuple[int, str]:
+    """``(fd, name)`` of a new empty temporary file in ``path``'s folder, named for this process
+    (``.<name>.<pid>.<random>.tmp``), after removing the temps of ``path`` that killed writers left."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path)
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename: readers see old or new, never half.
 
     Temps that killed writers left beside ``path`` are removed first.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -320,14 +327,15 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 @contextlib.contextmanager
-def locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``folder`` (a ``.lock`` file), so concurrent tuners merge rather than clobber."""
+def locked(folder: Path, *, shared: bool = False) -> Iterator[None]:
+    """An exclusive lock on ``folder`` (a ``.lock`` file), so concurrent tuners merge rather than clobber;
+    ``shared=True`` takes a shared one (readers that must not see a writer's half-done change)."""
     import fcntl
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        fcntl.flock(fh.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:

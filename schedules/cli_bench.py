@@ -123,6 +123,10 @@ def resolve_backend(name: str, w: Workload) -> str:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     log = lambda msg: print(f"ea-ops bench: {msg}", file=sys.stderr)
+    if args.workload == "coldstart":  # pairs of fresh processes, not a workload timed in this one
+        from .bench import coldstart
+
+        return coldstart.main(args, argv, log)
     try:
         name, cases = workloads_from(args)
         given = parse_peers(args.peers) if args.peers is not None else None

@@ -1,12 +1,26 @@
-"""Shared test set-up: Hypothesis profiles (HYPOTHESIS_PROFILE=ci in CI) and the gpu marker."""
+"""Shared test set-up: Hypothesis profiles (HYPOTHESIS_PROFILE=ci in CI), the gpu marker, and a user cache
+folder of the session's own."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+
+# Tests never write into the real ~/.cache/ea-ops (records, compiled kernels): the whole session, and every
+# child process it starts (they inherit os.environ), uses one temporary user cache. A child pytest keeps its
+# parent's (the marker says it is a test session's folder).
+_SESSION_CACHE_MARK = "EA_OPS_TEST_SESSION_CACHE"
+if os.environ.get(_SESSION_CACHE_MARK) != "1" or not os.environ.get("EA_OPS_CACHE_DIR"):
+    _session_cache = tempfile.mkdtemp(prefix="ea-ops-test-cache-")
+    atexit.register(shutil.rmtree, _session_cache, True)
+    os.environ["EA_OPS_CACHE_DIR"] = _session_cache
+    os.environ[_SESSION_CACHE_MARK] = "1"
 
 settings.register_profile(
     "ci", max_examples=20, deadline=None, derandomize=True, print_blob=True,

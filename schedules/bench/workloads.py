@@ -134,6 +134,10 @@ PRESETS: dict[str, Preset] = {
         "cpu",
         goals=(Goal("auto >= 20x the torch backend", "fwd", "eager", "speedup", ">=", 20.0),
                Goal("auto faster than SDPA from T=512", "fwd", "sdpa", "speedup", ">", 1.0, 512))),
+    "coldstart": Preset(
+        "a fresh process's first call (B=1 T=4096 H=8 D=64 float32 order 6, forward+backward) with an empty "
+        "compiled-kernel cache against a second process's with the cache filled (schedules/bench/coldstart.py)",
+        "cpu", backend="tvm"),
     "tvm-speed": Preset(
         "the TVM issue's CPU goals: B=1 T=4096 H=8 D=64 float32 order 6, forward and forward+backward, "
         "against the default schedule and the unstabilised cumsum form",

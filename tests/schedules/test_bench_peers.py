@@ -73,7 +73,7 @@ def test_presets_match_the_issues_sizes():
     assert all(p == ("inplace", "kernel_only", "eager", "sdpa", "copy") for _, p in decode)
     assert {(w.B, w.H, w.D, w.dtype, w.mode) for w in preset("decode", "cuda")} == {
         (b, 16, 128, "bfloat16", "step") for b in (1, 8, 64)}
-    assert set(PRESETS) == {"cpu", "gpu", "decode", "demo", "smoke", "gpu-goal", "tvm-speed"}
+    assert set(PRESETS) == {"cpu", "gpu", "decode", "demo", "smoke", "gpu-goal", "tvm-speed", "coldstart"}
     with pytest.raises(ValueError, match="--workload must be one of"):
         preset("huge", "cpu")
 

@@ -95,9 +95,9 @@ def stepper(state, *, order: int, scale: float, dtype: torch.dtype):
 
 
 def describe() -> dict:
-    """Target fingerprint, records found for it and for related CPUs (``tuned.related_fingerprints``), and
-    kernels built in this process."""
-    from . import build
+    """Target fingerprint, records found for it and for related CPUs (``tuned.related_fingerprints``), the
+    compiled-kernel cache on disk, and kernels built or loaded in this process."""
+    from . import build, disk_cache
     from .target import describe_cpu
 
     out = describe_cpu()
@@ -108,5 +108,7 @@ def describe() -> dict:
                            f"xD{r['workload'].get('D')}" for r in recs})
     others = [fp for fp in tuned.related_fingerprints() if fp != cpu_fingerprint()]
     out["transferable_records"] = {fp: len(tuned.load(fp)) for fp in others}
-    out["built_in_process"] = build.cached_count()
+    out["built_in_process"] = len(build.BUILD_LOG)
+    out["loaded_from_disk_in_process"] = len(build.LOAD_LOG)
+    out.update(disk_cache.describe())
     return out

@@ -1,9 +1,9 @@
 """Compiled kernels, built once per process and configuration (symbolic ``B`` and ``T``).
 
 ``kernel_for(...)`` picks the configuration (a tuned record for this target and workload, else the
-default schedule), builds the module with LLVM for this CPU on first use and keeps it in a
-process-wide cache; later calls with any ``B`` and ``T`` reuse it. Compiled code is never written to or
-loaded from disk here (records are data only).
+default schedule) and finds the module: in a process-wide cache, else in the compiled-kernel cache on disk
+(``disk_cache``: loaded only from the user's own folder, checked against its manifest), else it builds it with
+LLVM for this CPU and stores it there. Later calls with any ``B`` and ``T`` reuse it.
 """
 
 from __future__ import annotations
@@ -19,20 +19,23 @@ from .target import cpu_fingerprint
 
 @dataclass(frozen=True)
 class Compiled:
-    """A built kernel: ``fn(*tensors, r)`` plus where its schedule came from."""
+    """A kernel ready to run: ``fn(*tensors, r)``, where its schedule came from and where its code came from."""
 
     fn: Any = field(repr=False)
     lib: Any = field(repr=False)
     kernel: str
     config: dict
-    source: str  # "record" or "default"
-    build_s: float
+    source: str  # the schedule's: "record", "transferred", "default" or "given"
+    build_s: float  # seconds this process spent building it (0.0 when loaded)
+    origin: str = "built"  # "built" in this process, or "disk" (loaded from the compiled-kernel cache)
+    load_s: float = 0.0  # seconds spent loading it from disk
 
 
 _modules: dict[tuple, Compiled] = {}
 _fast: dict[tuple, Compiled] = {}
 _lock = threading.Lock()
 BUILD_LOG: list[tuple] = []  # (key, seconds) of every build in this process, for tests and `describe`
+LOAD_LOG: list[tuple] = []  # (key, seconds) of every kernel this process loaded from the disk cache
 
 
 def _freeze(cfg: dict) -> tuple:
@@ -66,9 +69,7 @@ def build_cpu(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int,
 
 def kernel_for(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, T: int,
                config: dict | None = None) -> Compiled:
-    """The compiled CPU kernel for this call (built on first use, then cached in the process)."""
-    import time
-
+    """The compiled CPU kernel for this call (loaded from disk or built on first use, then kept in the process)."""
     if kernel == "step":
         causal = True
     stamp = records_stamp(tuned.BACKEND, cpu_fingerprint()) if config is None else None
@@ -87,14 +88,32 @@ def kernel_for(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int
     with _lock:
         comp = _modules.get(key)
         if comp is None:
-            t0 = time.perf_counter()
-            lib = build_cpu(kernel, causal, order, dtype, H, D, cfg)
-            dt = time.perf_counter() - t0
-            comp = Compiled(lib["main"], lib, kernel, cfg, source, dt)
+            comp = _load_or_build(key, source)
             _modules[key] = comp
-            BUILD_LOG.append((key, dt))
         _fast[fast_key] = comp
     return comp
+
+
+def _load_or_build(key: tuple, source: str) -> Compiled:
+    """The disk cache's entry for ``key``, else a fresh build, which is then stored there."""
+    import time
+
+    from . import disk_cache
+
+    kernel, causal, order, dtype, H, D, frozen = key
+    cfg = dict(frozen)
+    t0 = time.perf_counter()
+    lib = disk_cache.load(kernel, causal, order, dtype, H, D, cfg)
+    if lib is not None:
+        dt = time.perf_counter() - t0
+        LOAD_LOG.append((key, dt))
+        return Compiled(lib["main"], lib, kernel, cfg, source, 0.0, "disk", dt)
+    t0 = time.perf_counter()
+    lib = build_cpu(kernel, causal, order, dtype, H, D, cfg)
+    dt = time.perf_counter() - t0
+    BUILD_LOG.append((key, dt))
+    disk_cache.save(lib, kernel, causal, order, dtype, H, D, cfg)
+    return Compiled(lib["main"], lib, kernel, cfg, source, dt)
 
 
 def cached_count() -> int:

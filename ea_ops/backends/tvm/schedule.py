@@ -18,12 +18,14 @@ way ``check_time_loops`` then verifies that no time loop was parallelised, vecto
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import tvm
-from tvm import s_tir, tirx
+if TYPE_CHECKING:
+    import tvm
+    from tvm import s_tir, tirx
 
-from .cpu_kernels import SCAN_BLOCKS, TAIL
+# TVM is imported inside the functions that schedule: choosing and validating a config must not import it
+# (about 1 s), so that a kernel loaded from the disk cache runs without the TVM compiler (docs/findings.md).
 
 LOOPS = ("d_t", "t_d")
 T_UNROLLS = (1, 2, 4, 8)
@@ -80,6 +82,8 @@ def apply_cpu(sch: s_tir.Schedule, kernel: str, causal: bool, *, loop: str, d_fa
     """
     if loop not in LOOPS:
         raise ScheduleError(f"loop must be one of {LOOPS}, got {loop!r}")
+    from .cpu_kernels import SCAN_BLOCKS
+
     blocks = SCAN_BLOCKS[("forward", True) if kernel == "step" else (kernel, causal)]
     for name in blocks:
         block = sch.get_sblock(name)
@@ -93,6 +97,10 @@ def apply_cpu(sch: s_tir.Schedule, kernel: str, causal: bool, *, loop: str, d_fa
 
 
 def _tail_block(sch: s_tir.Schedule, name: str):
+    from tvm import s_tir
+
+    from .cpu_kernels import TAIL
+
     try:
         return sch.get_sblock(name + TAIL)
     except s_tir.schedule.ScheduleError:  # a static T divisible by TIME_ALIGN has none (tuning workloads)
@@ -119,6 +127,8 @@ def _apply_block(sch: s_tir.Schedule, block, loop: str, d_factors, h_factors, t_
 
 def schedule_cpu(func: tirx.PrimFunc, kernel: str, causal: bool, cfg: dict[str, Any]) -> tvm.IRModule:
     """``func`` scheduled with the (validated) CPU config ``cfg``; the time loops are checked."""
+    from tvm import s_tir
+
     sch = s_tir.Schedule(func)
     apply_cpu(sch, kernel, causal, loop=cfg["loop"], d_factors=[None, cfg["d_tile"]],
               h_factors=[None, cfg["h_tile"]], t_unroll=cfg["t_unroll"], parallel=cfg["parallel"])
@@ -142,8 +152,11 @@ def check_time_loops(mod: tvm.IRModule | tirx.PrimFunc, blocks: tuple[str, ...] 
     binding uses must be serial or unrolled and the binding must equal those loops fused outer to inner
     (``t_o * extent(t_i) + t_i``). Returns the number of blocks checked.
     """
-    func = mod["main"] if isinstance(mod, tvm.IRModule) else mod
+    import tvm
+    from tvm import tirx
     from tvm.s_tir.stmt import SBlockRealize
+
+    func = mod["main"] if isinstance(mod, tvm.IRModule) else mod
     from tvm.sym.analyzer import Analyzer
 
     analyzer = Analyzer()
@@ -177,6 +190,8 @@ def check_time_loops(mod: tvm.IRModule | tirx.PrimFunc, blocks: tuple[str, ...] 
 
 
 def _check_block(name, binding, loops, analyzer, allowed) -> None:
+    from tvm import tirx
+
     used = _vars_in(binding)
     feeding = [lp for lp in loops if lp.loop_var in used]
     for lp in feeding:
