@@ -60,7 +60,7 @@ def test_mixed_rows_take_both_paths_and_agree():
     k = k.double().reshape(1, T, 1, 2)
     q, v, g = (torch.randn(k.shape, generator=gen, dtype=torch.float64) * s for s in (0.5, 1.0, 1.0))
     ins32 = [t.float().requires_grad_() for t in (q, k, v)]
-    o32, _ = ea_ops.ea_attention(*ins32, order=6)
+    o32, _ = ea_ops.ea_attention(*ins32, order=6, backend="torch")  # the torch backend's two paths
     ins64 = [t.float().double().requires_grad_() for t in (q, k, v)]
     ref = naive_attention(*ins64, order=6)
     assert rel_err(o32, ref) < 1e-5

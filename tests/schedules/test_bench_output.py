@@ -23,7 +23,7 @@ def run(capsys, *args):
 
 
 def test_json_document_and_its_arithmetic(capsys):
-    rc, out, err = run(capsys, *SMOKE, "--json")
+    rc, out, err = run(capsys, *SMOKE, "--json", "--backend", "torch")
     assert rc == 0, err
     doc = json.loads(out)
     assert doc["schema"] == "ea-ops-bench/1" and doc["backend"] == "torch"

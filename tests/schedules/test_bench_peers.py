@@ -73,7 +73,13 @@ def test_presets_match_the_issues_sizes():
     assert all(p == ("inplace", "kernel_only", "eager", "sdpa", "copy") for _, p in decode)
     assert {(w.B, w.H, w.D, w.dtype, w.mode) for w in preset("decode", "cuda")} == {
         (b, 16, 128, "bfloat16", "step") for b in (1, 8, 64)}
-    assert set(PRESETS) == {"cpu", "gpu", "decode", "demo", "smoke", "gpu-goal", "tvm-speed", "coldstart"}
+    assert set(PRESETS) == {"cpu", "gpu", "decode", "demo", "smoke", "gpu-goal", "tvm-speed", "coldstart",
+                            "fast-default"}
+    fast = plan("fast-default", "cpu")
+    assert (1, 4096, 8, 64, 6, "fwd") in {(w.B, w.T, w.H, w.D, w.order, w.mode) for w, _ in fast}
+    assert (1, 2048, 12, 48, 4, "fwd") in {(w.B, w.T, w.H, w.D, w.order, w.mode) for w, _ in fast}
+    assert min(w.T for w, _ in fast) == 512 and all("sdpa" in p and "eager" in p for _, p in fast)
+    assert PRESETS["fast-default"].backend is None  # auto
     with pytest.raises(ValueError, match="--workload must be one of"):
         preset("huge", "cpu")
 
