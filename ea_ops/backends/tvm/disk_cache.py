@@ -34,8 +34,9 @@ _HERE = Path(__file__).resolve().parent
 
 
 def enabled() -> bool:
-    """False when ``EA_OPS_KERNEL_CACHE`` is ``0``, ``false``, ``no`` or ``off``."""
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    """False when ``EA_OPS_KERNEL_CACHE`` is ``0``, ``false``, ``no`` or ``off``, and where files have no owner
+    uid to check (``os.getuid``)."""
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off") and hasattr(os, "getuid")
 
 
 def store() -> KernelStore:
