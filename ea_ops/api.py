@@ -79,7 +79,9 @@ def ea_recurrent_step(
 ) -> tuple[torch.Tensor, EAState]:
     """One decoding step of causal EA-t: ``q_t, k_t, v_t [B, H, D]`` -> ``(o_t [B, H, D], new_state)``.
 
-    ``state=None`` starts from the empty state. Cost O(t D) per token, whatever came before.
+    ``state=None`` starts from the empty state. Cost O(t D) per token, whatever came before. The input state is
+    never written: every call allocates the new one. ``ea_ops.EADecoder`` is the same step, bit for bit, with
+    the state updated in place and the backend and kernel chosen once (an opt-in, for serving).
     """
     checks.check_qkv(q_t, k_t, v_t, rank=3, names=("q_t", "k_t", "v_t"))
     order = checks.check_order(order)
