@@ -14,7 +14,6 @@ never evaluated; a bad line is skipped with its reason (docs/design.md section 5
 from __future__ import annotations
 
 import json
-import math
 import os
 import stat
 import threading
@@ -180,4 +179,4 @@ def kernels_of(line: dict) -> list[str]:
 
 def mean_length(line: dict) -> int:
     """The length each kernel launch of the call sees: ``T``, or the mean sequence length (rounded up)."""
-    return line["T"] if line["n_seqs"] is None else max(1, math.ceil(line["T"] / line["n_seqs"]))
+    return records.mean_length(line["T"], line["n_seqs"] or 1)

@@ -245,6 +245,12 @@ def t_bucket(rows: int, n_seqs: int = 1) -> int:
     return 1 << max(0, math.ceil(math.log2(mean) - 1e-12))
 
 
+def mean_length(rows: int, n_seqs: int = 1) -> int:
+    """The mean sequence length ``rows / n_seqs`` rounded up (at least 1): a length in the call's ``t_bucket``,
+    for lookups that take a length (TVM's ``kernel_for``), and what each kernel launch of a packed call sees."""
+    return max(1, -(-rows // max(1, n_seqs)))
+
+
 def log2_distance(got: object, want: int) -> float:
     """``|log2 got - log2 want|`` of two bucket values (``inf`` when ``got`` is not a positive int)."""
     if isinstance(got, bool) or not isinstance(got, int) or got < 1:

@@ -216,23 +216,26 @@ def tuned(tmp_path_factory):
                                                                        for r in _records(tmp / "out")})
 
 
-def test_a_tuned_shape_is_what_the_next_call_runs(tuned, monkeypatch):
+def test_a_tuned_shape_is_what_the_next_call_runs(tuned):
     assert "[1/2] forward-causal-t2-float32-B1T48H2D8" in tuned.res.stderr  # the progress bar names the workload
     rec = tuned.recs[2]
     assert rec["kernel"] == {"name": "forward", "causal": True, "order": 2, "dtype": "float32"}
     assert rec["workload"] == {"B": 1, "T": 48, "H": 2, "D": 8, "T_bucket": 64}
-    import torch
-
-    import ea_ops
-    from ea_ops.backends.tvm import build
-    from tests.helpers import qkv, rel_err
-
-    monkeypatch.setenv("EA_OPS_CACHE_DIR", str(tuned.root))
-    q, k, v = qkv((1, 64, 2, 8), dtype=torch.float32)
-    o = ea_ops.ea_attention(q, k, v, order=2, backend="tvm")[0]
-    assert rel_err(o, ea_ops.ea_attention(q.double(), k.double(), v.double(), order=2, backend="torch")[0]) < 1e-5
-    comp = build.kernel_for("forward", True, 2, "float32", 2, 8, 64)  # what that call got, from the cache
-    assert comp.source == "record" and comp.config == rec["config"]
+    # A fresh process, as a user's next run: this one's kernel caches may hold the same config built as the
+    # default, and then say "default" whatever the record says.
+    code = ("import json, torch, ea_ops\n"
+            "from ea_ops.backends.tvm import build\n"
+            "from tests.helpers import qkv, rel_err\n"
+            "q, k, v = qkv((1, 64, 2, 8), dtype=torch.float32)\n"
+            "o = ea_ops.ea_attention(q, k, v, order=2, backend='tvm')[0]\n"
+            "want = ea_ops.ea_attention(q.double(), k.double(), v.double(), order=2, backend='torch')[0]\n"
+            "comp = build.kernel_for('forward', True, 2, 'float32', 2, 8, 64)\n"  # what that call got, cached
+            "print(json.dumps({'source': comp.source, 'config': comp.config, 'err': rel_err(o, want)}))\n")
+    env = {**os.environ, "EA_OPS_CACHE_DIR": str(tuned.root), "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.splitlines()[-1])
+    assert got["source"] == "record" and got["config"] == rec["config"] and got["err"] < 1e-5
 
 
 def test_from_log_tunes_the_valid_lines_and_says_what_it_skipped(tuned):
@@ -245,3 +248,41 @@ def test_from_log_tunes_the_valid_lines_and_says_what_it_skipped(tuned):
     assert rec["kernel"] == {"name": "forward", "causal": True, "order": 2, "dtype": "float32"}
     assert rec["workload"] == {"B": 1, "T": 40, "H": 1, "D": 8, "T_bucket": 64}
     assert not (tuned.cwd / "pwned").exists()
+
+
+def test_a_packed_call_runs_the_record_of_its_mean_length(record_roots, monkeypatch):
+    # A logged call with cu_seqlens is tuned at its mean length (B = 1): the runtime must look records up by
+    # that length too, not by the packed T.
+    pytest.importorskip("tvm")
+    import torch
+
+    import ea_ops
+    from ea_ops.backends.tvm import build
+    from ea_ops.backends.tvm.target import cpu_fingerprint
+
+    fp = cpu_fingerprint()
+    mean_cfg = {"loop": "t_d", "d_tile": 4, "h_tile": 2, "t_unroll": 2, "parallel": False}
+    total_cfg = {"loop": "d_t", "d_tile": 8, "h_tile": 1, "t_unroll": 4, "parallel": True}
+
+    def rec(T, cfg):
+        return {"schema_version": 1, "backend": "tvm", "fingerprint": fp, "target": {},
+                "kernel": {"name": "forward", "causal": True, "order": 2, "dtype": "float32"},
+                "workload": {"B": 1, "T": T, "H": 2, "D": 8, "T_bucket": records.t_bucket(T)}, "config": cfg,
+                "latency_us": {"chosen": 1.0, "default": 2.0}, "versions": {}}
+
+    records.add_records(record_roots / "user" / "tvm" / fp, [rec(16, mean_cfg), rec(64, total_cfg)])
+    seen = []
+    real = build.kernel_for
+
+    def spy(*args, **kwargs):
+        comp = real(*args, **kwargs)
+        seen.append((args[-1], comp.source, comp.config))
+        return comp
+
+    monkeypatch.setattr(build, "kernel_for", spy)
+    q = torch.randn(1, 64, 2, 8)
+    ea_ops.ea_attention(q, q, q, order=2, backend="tvm", cu_seqlens=torch.tensor([0, 10, 30, 47, 64]))
+    assert seen == [(16, "record", mean_cfg)]  # four sequences, mean 16 rows
+    seen.clear()
+    ea_ops.ea_attention(q, q, q, order=2, backend="tvm")
+    assert seen == [(64, "record", total_cfg)]

@@ -20,6 +20,7 @@ import threading
 import torch
 from torch import Tensor
 
+from ...records import mean_length
 from ..common import KERNEL_DTYPES, define_ops, float32_state, new_buffer, no_state, poisoning, segments_of
 from . import build
 
@@ -74,6 +75,12 @@ def _views(offsets: list[int], T: int, B: int):
     return [(slice(b, e), slice(i, i + 1)) for i, (b, e) in enumerate(segments_of(offsets, T))]
 
 
+def _record_length(T: int, offsets: list[int]) -> int:
+    """The length records are looked up by: ``T``, or with ``cu_seqlens`` the mean sequence length (each
+    sequence runs as its own launch; ``records.t_bucket``, docs/design.md section 5)."""
+    return mean_length(T, len(offsets) - 1) if offsets else T
+
+
 def forward_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
                  causal: bool, scale: float, offsets: list[int],
                  want_state: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -91,7 +98,7 @@ def forward_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Te
         S, Z, M = no_state(q)
     if o.numel() == 0:  # no token or no channel (the kernels cannot be built for H or D = 0)
         return (o, S, Z, M) if causal and want_state else (o, *no_state(q))
-    comp = build.kernel_for("forward", causal, order, kernel_dtype(q.dtype), H, D, T)
+    comp = build.kernel_for("forward", causal, order, kernel_dtype(q.dtype), H, D, _record_length(T, offsets))
     for ts, ss in _views(offsets, T, B):
         if ts.stop == ts.start:
             continue
@@ -115,7 +122,7 @@ def backward_impl(q: Tensor, k: Tensor, v: Tensor, g: Tensor, S0: Tensor, Z0: Te
     if dq.numel() == 0:
         return dq, dk, dv
     r = math.sqrt(scale)
-    comp = build.kernel_for("backward", causal, order, kernel_dtype(q.dtype), H, D, T)
+    comp = build.kernel_for("backward", causal, order, kernel_dtype(q.dtype), H, D, _record_length(T, offsets))
     f32 = dict(device=q.device, dtype=torch.float32)
     if causal:
         S, Z, M = float32_state(S0, Z0, M0, copy=True)
