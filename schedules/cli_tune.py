@@ -94,15 +94,13 @@ _MAX_ELEMS = 2**31 - 1  # the TVM kernels index with int32
 
 
 def parse_shape(text: str) -> tuple[int, int, int, int]:
-    """``"1,4096,8,64"`` -> ``(B, T, H, D)``, each >= 1."""
-    parts = _items(text.replace("x", ","))
+    """``"1,4096,8,64"`` -> ``(B, T, H, D)``, each >= 1, with at most 2^31 - 1 elements."""
+    from .bench.workloads import parse_shape as parse_dims
+
     try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        shape = ()
-    if len(shape) != 4 or min(shape) < 1:
-        raise SystemExit(f"--shape must be four positive ints B,T,H,D (e.g. 1,4096,8,64), got {text!r}")
-    B, T, H, D = shape
+        B, T, H, D = parse_dims(text)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     if B * T * H * D > _MAX_ELEMS:
         raise SystemExit(f"--shape {text}: {B * T * H * D} elements, above 2^31 - 1 (the kernels index with int32)")
     return B, T, H, D
