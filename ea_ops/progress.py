@@ -12,13 +12,13 @@ T = TypeVar("T")
 class Bar:
     """``total`` steps under ``desc``: ``update(n)`` advances, ``note(text)`` shows what runs now."""
 
-    def __init__(self, total: int | None, desc: str = "", disable: bool = False) -> None:
+    def __init__(self, total: int | None, desc: str = "", disable: bool = False, unit: str = "it") -> None:
         try:
             from tqdm.auto import tqdm
         except ImportError:
             tqdm = None
         self._bar = None if tqdm is None else tqdm(total=total, desc=desc, disable=disable, file=sys.stderr,
-                                                   dynamic_ncols=True)
+                                                   dynamic_ncols=True, unit=unit)
         self.total, self.desc, self.disable, self.n, self._note = total, desc, disable, 0, ""
 
     def update(self, n: int = 1) -> None:

@@ -82,7 +82,7 @@ def tune_workload(w: Workload, tgt: targets.TuneTarget, folder: Path, trials: in
     done = trials_done(db, mod)
     per_trial, searched, search_s = None, 0, 0.0
     logs = tempfile.mkdtemp(prefix="ea-ops-tune-")
-    bar = Bar(max(trials, done), desc=f"{label}{w.name}")
+    bar = Bar(max(trials, done), desc=f"{label}{w.name}", unit="trial")
     bar.update(done)
     try:
         while done < trials:
