@@ -126,7 +126,7 @@ def main(argv: list[str]) -> int:
     if args.workload == "coldstart":  # pairs of fresh processes, not a workload timed in this one
         from .bench import coldstart
 
-        return coldstart.main(args, argv, log)
+        return coldstart.main(args, argv, log, output_names(coldstart.NAME))
     try:
         name, cases = workloads_from(args)
         given = parse_peers(args.peers) if args.peers is not None else None

@@ -138,10 +138,9 @@ def table(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace, argv: list[str], log) -> int:
-    """``ea-ops bench --workload coldstart`` (the options were parsed by ``schedules.cli_bench``)."""
-    from .. import cli_bench
-
+def main(args: argparse.Namespace, argv: list[str], log, files: dict[str, str]) -> int:
+    """``ea-ops bench --workload coldstart``: the options parsed by ``schedules.cli_bench``, which names the
+    output ``files`` by kind (json, txt)."""
     try:
         w = workload(args)
         if args.shape is not None or args.peers is not None:
@@ -151,7 +150,6 @@ def main(args: argparse.Namespace, argv: list[str], log) -> int:
         if args.threads < 1 or not args.budget_s > 0:
             raise ValueError("--threads must be >= 1 and --budget-s > 0")
         backend = args.backend or "tvm"
-        files = cli_bench.output_names(NAME)
         if args.out:
             prepare_out_dir(args.out, [files["json"], files["txt"]])
         if args.dry_run:

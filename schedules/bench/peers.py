@@ -173,10 +173,12 @@ def _fmt_config(cfg: dict) -> str:
 @contextlib.contextmanager
 def _records_hidden(folder: str) -> Iterator[None]:
     """Within the block the record folders (``EA_OPS_CACHE_DIR``, ``EA_OPS_SHIPPED_CACHE``) are an empty
-    ``folder``: what a machine without records runs. Compiled kernels stay cached per configuration."""
-    keys = ("EA_OPS_CACHE_DIR", "EA_OPS_SHIPPED_CACHE")
+    ``folder``: what a machine without records runs. Compiled kernels stay cached per configuration in the
+    process; the compiled-kernel cache on disk, which lives under ``EA_OPS_CACHE_DIR`` too, is off meanwhile
+    (it would fill ``folder``)."""
+    keys = ("EA_OPS_CACHE_DIR", "EA_OPS_SHIPPED_CACHE", "EA_OPS_KERNEL_CACHE")
     before = {k: os.environ.get(k) for k in keys}
-    os.environ.update(dict.fromkeys(keys, folder))
+    os.environ.update({**dict.fromkeys(keys[:2], folder), "EA_OPS_KERNEL_CACHE": "0"})
     try:
         yield
     finally:

@@ -53,13 +53,16 @@ def test_peers_that_cannot_take_a_step_say_why(capsys):
     assert "[unavailable] the cumsum form" in bench.report.table(doc)
 
 
-def test_tvm_default_peer_hides_the_records_the_kernel_runs_with(record_roots, capsys):
+def test_tvm_default_peer_hides_the_records_the_kernel_runs_with(record_roots, capsys, monkeypatch):
     pytest.importorskip("tvm")
     from ea_ops import records
     from ea_ops.backends.tvm import build
     from ea_ops.backends.tvm.schedule import default_cpu_config
     from ea_ops.backends.tvm.target import cpu_fingerprint
     from schedules.bench import peers
+
+    monkeypatch.setattr(build, "_modules", {})  # both kernels built here, so the disk cache stores them
+    monkeypatch.setattr(build, "_fast", {})
 
     tuned_cfg = {"loop": "d_t", "d_tile": 8, "h_tile": 1, "t_unroll": 2, "parallel": True}
     assert tuned_cfg != default_cpu_config("forward", 2, 8)
@@ -78,6 +81,7 @@ def test_tvm_default_peer_hides_the_records_the_kernel_runs_with(record_roots, c
     with peers._records_hidden(peers._empty_folder()):
         assert build.kernel_for("forward", True, 6, "float32", 2, 8, 64).source == "default"
     assert build.kernel_for("forward", True, 6, "float32", 2, 8, 64).config == tuned_cfg  # records back
+    assert os.listdir(peers._empty_folder()) == []  # no kernel stored in it: its removal at exit needs it empty
 
 
 def test_gpu_goal_dry_run_needs_no_gpu(capsys, tmp_path):

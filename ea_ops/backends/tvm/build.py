@@ -88,20 +88,19 @@ def kernel_for(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int
     with _lock:
         comp = _modules.get(key)
         if comp is None:
-            comp = _load_or_build(key, source)
+            comp = _load_or_build(key, cfg, source)
             _modules[key] = comp
         _fast[fast_key] = comp
     return comp
 
 
-def _load_or_build(key: tuple, source: str) -> Compiled:
-    """The disk cache's entry for ``key``, else a fresh build, which is then stored there."""
+def _load_or_build(key: tuple, cfg: dict, source: str) -> Compiled:
+    """The disk cache's entry for ``key`` (of config ``cfg``), else a fresh build, which is then stored there."""
     import time
 
     from . import disk_cache
 
-    kernel, causal, order, dtype, H, D, frozen = key
-    cfg = dict(frozen)
+    kernel, causal, order, dtype, H, D, _ = key
     t0 = time.perf_counter()
     lib = disk_cache.load(kernel, causal, order, dtype, H, D, cfg)
     if lib is not None:
