@@ -303,11 +303,17 @@ def temp_file_beside(path: Path) -> tuple[int, str]:
     return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
 
 
+# Bumped by every write in this process, so that lookups which re-check files only now and then
+# (``ea_ops.backends.tvm.tuned.stamp``) see this process's own writes at once.
+WRITES = [0]
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename: readers see old or new, never half.
 
     Temps that killed writers left beside ``path`` are removed first.
     """
+    WRITES[0] += 1
     path = Path(path)
     fd, tmp = temp_file_beside(path)
     try:

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...records import records_stamp, t_bucket, warn_once
+from ...records import t_bucket, warn_once
 from . import tuned
 from .target import cpu_fingerprint
 
@@ -44,15 +44,31 @@ def _freeze(cfg: dict) -> tuple:
 
 def choose_cpu_config(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, T: int):
     """``(config, source)``: the nearest valid tuned record's knobs, else the default schedule."""
+    cfg, source, _rec = choose_cpu_record(kernel, causal, order, dtype, H, D, T)
+    return cfg, source
+
+
+def choose_cpu_record(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, T: int):
+    """``(config, source, record)``: ``source`` is "record" (this CPU's fingerprint), "transferred" (a record
+    of another fingerprint of the same architecture and ISA, ``tuned.candidates``) or "default" (record None)."""
     from .schedule import ScheduleError, default_cpu_config, validate_cpu_config
 
-    for rec in tuned.candidates(kernel, causal, order, dtype, H, D, T):
+    here = cpu_fingerprint()
+    try:
+        found = tuned.candidates(kernel, causal, order, dtype, H, D, T)
+    except Exception as exc:  # a broken cache must never break a call, but it must not go unseen either
+        warn_once(f"candidates:{type(exc).__name__}:{exc}",
+                  f"ea-ops: TVM records not usable, running the default schedule ({type(exc).__name__}: {exc})")
+        found = []
+    for rec in found:
         try:
-            return validate_cpu_config(rec["config"], H, D), "record"
+            cfg = validate_cpu_config(rec["config"], H, D)
         except ScheduleError as exc:
             warn_once(f"{rec['fingerprint']}:{rec['kernel']}:{rec['workload']}",
-                            f"ea-ops: skipping a tuned TVM record for {rec['kernel']}: {exc}")
-    return default_cpu_config(kernel, H, D), "default"
+                      f"ea-ops: skipping a tuned TVM record for {rec['kernel']}: {exc}")
+            continue
+        return cfg, "record" if rec["fingerprint"] == here else "transferred", rec
+    return default_cpu_config(kernel, H, D), "default", None
 
 
 def build_cpu(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, cfg: dict):
@@ -72,7 +88,7 @@ def kernel_for(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int
     """The compiled CPU kernel for this call (loaded from disk or built on first use, then kept in the process)."""
     if kernel == "step":
         causal = True
-    stamp = records_stamp(tuned.BACKEND, cpu_fingerprint()) if config is None else None
+    stamp = tuned.stamp() if config is None else None
     fast_key = (kernel, causal, order, dtype, H, D, t_bucket(T), stamp,
                 None if config is None else _freeze(config))
     hit = _fast.get(fast_key)

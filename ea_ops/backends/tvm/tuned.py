@@ -12,8 +12,10 @@ The MetaSchedule database the tuner kept sits in the same folder; the runtime ne
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import time
 from pathlib import Path
 
 from ... import records as _records
@@ -48,14 +50,22 @@ def fingerprint_distance(fp: str, here: str) -> float | None:
     return d + abs(math.log2(max(1, int(a["cores"]))) - math.log2(max(1, int(b["cores"]))))
 
 
-def _roots() -> list[Path]:
-    return [root / BACKEND for root in (_records.user_cache_dir(), _records.shipped_dir())]
+@functools.lru_cache(maxsize=16)
+def _roots_in(cache_env: str | None, shipped_env: str | None, home: str | None) -> tuple[Path, ...]:
+    """The ``<root>/tvm`` folders; the environment values ``records`` reads are the cache key (resolving the
+    shipped folder costs tens of microseconds, and ``stamp`` runs on every kernel launch)."""
+    return tuple(root / BACKEND for root in (_records.user_cache_dir(), _records.shipped_dir()))
 
 
-def _listing_stamp() -> tuple:
+def _roots() -> tuple[Path, ...]:
+    env = os.environ
+    return _roots_in(env.get("EA_OPS_CACHE_DIR"), env.get("EA_OPS_SHIPPED_CACHE"), env.get("HOME"))
+
+
+def _listing_stamp(roots: tuple[Path, ...]) -> tuple:
     """Modification times of the ``<root>/tvm`` folders: they change when a fingerprint folder appears."""
     out = []
-    for d in _roots():
+    for d in roots:
         try:
             out.append(os.stat(d).st_mtime_ns)
         except OSError:
@@ -70,12 +80,13 @@ def related_fingerprints(here: str | None = None) -> list[str]:
     """Fingerprints with a records folder that transfer to ``here`` (this CPU), nearest first, ``here``
     included first whether or not it has records. Re-listed when a ``<root>/tvm`` folder changes."""
     here = here or cpu_fingerprint()
-    key = (here, tuple(str(r) for r in _roots()), _listing_stamp())
+    roots = _roots()
+    key = (here, roots, _listing_stamp(roots))
     hit = _related_cache.get(key)
     if hit is not None:
         return hit
     found: dict[str, float] = {here: 0.0}
-    for root in _roots():
+    for root in roots:
         try:
             names = [e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]
         except OSError:
@@ -94,10 +105,23 @@ def related_fingerprints(here: str | None = None) -> list[str]:
     return ranked
 
 
+# How long a stamp stands before the files are looked at again: every kernel launch asks (a decode step
+# too), and the stat calls of two roots and every related fingerprint cost ~40 us. Writes made by this
+# process (``records.WRITES``) and another environment are seen at once; another process's within this time.
+STAMP_TTL_S = 0.5
+_stamp_cache: list = [None, None, 0.0]  # [key, stamp, monotonic time]
+
+
 def stamp() -> tuple:
     """A cache key that changes whenever a records file this CPU may use changes (or a folder appears)."""
-    fps = related_fingerprints()
-    return (_listing_stamp(), *(_records.records_stamp(BACKEND, fp) for fp in fps))
+    roots = _roots()
+    now = time.monotonic()
+    key = (roots, _records.WRITES[0])
+    if _stamp_cache[0] == key and now - _stamp_cache[2] < STAMP_TTL_S:
+        return _stamp_cache[1]
+    out = (_listing_stamp(roots), *(_records.records_stamp(BACKEND, fp) for fp in related_fingerprints()))
+    _stamp_cache[:] = [key, out, now]
+    return out
 
 
 def load(fingerprint: str | None = None) -> list[dict]:
