@@ -9,6 +9,8 @@ A backend module defines:
     attention(q, k, v, *, order, causal, scale, initial_state, output_final_state, cu_seqlens)
     recurrent_step(q, k, v, state, *, order, scale)
     explain(q, *, order, causal, needs_grad) -> dict   (optional) the schedule a call would get, and why
+    stepper(state, *, order, scale, dtype) -> step    (optional) ``step(q_t, k_t, v_t) -> o_t`` updating the
+                                                  caller's state in place (``ea_ops.EADecoder``)
 Inputs reach a backend validated; ``cu_seqlens`` arrives as a list of ``(begin, end)`` pairs.
 
 ``auto`` takes the first of ``AUTO_ORDER`` that is installed, prefers the tensors and supports the call: Triton
