@@ -191,18 +191,19 @@ def _records(root):
 LOG_LINES = [
     "garbage {",
     json.dumps({"__import__('os').system('touch pwned')": 1}),
-    _log_line(H=1, causal=True),  # forward, causal, T=40, H=1: the one CPU call that --causal keeps
+    _log_line(T=60, causal=True),  # forward, causal: the one CPU call that --causal keeps
     _log_line(B=True),
     _log_line(device="cuda"),
     _log_line(dtype="float64"),
-    _log_line(H=1, causal=True),  # the same call from another process
-    _log_line(H=1),  # non-causal: left out by --causal
+    _log_line(T=60, causal=True),  # the same call from another process
+    _log_line(T=60),  # non-causal: left out by --causal
 ]
 
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
-    """One tiny tuning run (seconds per kernel): a --shape and a --from-log full of bad lines, in one process."""
+    """One tiny tuning run (seconds per kernel): a --shape and a --from-log full of bad lines. The log's call
+    (T=60) falls in the shape's T bucket (T=48 -> 64): one kernel is tuned, the larger."""
     pytest.importorskip("tvm")
     tmp = tmp_path_factory.mktemp("tune")
     log = tmp / "calls.jsonl"
@@ -212,15 +213,16 @@ def tuned(tmp_path_factory):
                 "--out", str(tmp / "out"), cwd=tmp)
     assert res.returncode == 0, res.stderr[-3000:]
     assert log.read_text() == text  # the log is left as it was
-    return types.SimpleNamespace(res=res, root=tmp / "out", cwd=tmp, recs={r["workload"]["H"]: r
-                                                                       for r in _records(tmp / "out")})
+    return types.SimpleNamespace(res=res, root=tmp / "out", cwd=tmp, recs=_records(tmp / "out"))
 
 
 def test_a_tuned_shape_is_what_the_next_call_runs(tuned):
-    assert "[1/2] forward-causal-t2-float32-B1T48H2D8" in tuned.res.stderr  # the progress bar names the workload
-    rec = tuned.recs[2]
+    err = tuned.res.stderr
+    assert "forward-causal-t2-float32-B1T48H2D8 shares T bucket 64 with forward-causal-t2-float32-B1T60H2D8" in err
+    assert "[1/1] forward-causal-t2-float32-B1T60H2D8" in err  # the progress bar names the workload
+    (rec,) = tuned.recs
     assert rec["kernel"] == {"name": "forward", "causal": True, "order": 2, "dtype": "float32"}
-    assert rec["workload"] == {"B": 1, "T": 48, "H": 2, "D": 8, "T_bucket": 64}
+    assert rec["workload"] == {"B": 1, "T": 60, "H": 2, "D": 8, "T_bucket": 64}
     # A fresh process, as a user's next run: this one's kernel caches may hold the same config built as the
     # default, and then say "default" whatever the record says.
     code = ("import json, torch, ea_ops\n"
@@ -243,10 +245,7 @@ def test_from_log_tunes_the_valid_lines_and_says_what_it_skipped(tuned):
     assert "line 1: not JSON" in err and "line 2: fields differ" in err and "line 4: field 'B' has type bool" in err
     assert "skipped 1 forward float32 on cuda call(s)" in err and "forward float64 on cpu" in err
     assert "left out 1 kernel(s)" in err
-    assert sorted(tuned.recs) == [1, 2]  # the shape's record and the log's, nothing else
-    rec = tuned.recs[1]
-    assert rec["kernel"] == {"name": "forward", "causal": True, "order": 2, "dtype": "float32"}
-    assert rec["workload"] == {"B": 1, "T": 40, "H": 1, "D": 8, "T_bucket": 64}
+    assert [r["workload"]["T"] for r in tuned.recs] == [60]  # the log's call, once; nothing else
     assert not (tuned.cwd / "pwned").exists()
 
 
