@@ -184,3 +184,16 @@ def test_a_record_of_a_related_cpu_is_transferred_and_this_cpus_own_record_wins(
     fwd = ea_ops.explain_backend(q, order=2).schedule["kernels"]["forward"]
     assert fwd["source"] == "record" and fwd["config"] == own
     assert other_isa not in tuned.related_fingerprints() and far in tuned.related_fingerprints()
+
+
+def test_a_kernel_says_where_its_schedule_came_from_even_when_the_code_is_shared(cache):
+    """A record whose knobs equal the default schedule runs the module already built for the default; the
+    kernel still reports "record" (the process cache is keyed by the knobs, not by their source)."""
+    from ea_ops.backends.tvm.schedule import default_cpu_config
+
+    H, D = 1, 6  # a shape no other test builds
+    assert build.kernel_for("forward", True, 2, "float32", H, D, 20).source == "default"
+    cfg = default_cpu_config("forward", H, D)
+    records.add_records(cache, [record(workload={"B": 1, "T": 32, "H": H, "D": D, "T_bucket": 32}, config=cfg)])
+    comp = build.kernel_for("forward", True, 2, "float32", H, D, 20)
+    assert comp.source == "record" and comp.config == cfg

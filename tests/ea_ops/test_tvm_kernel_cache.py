@@ -292,9 +292,11 @@ def test_concurrent_builders_leave_a_valid_cache_and_a_later_process_loads_it_bi
     first = _children(3, root, go)
     ref = _reference()
     for res in first:
-        assert res["builds"] == 2 and res["loads"] == 0  # forward and backward, each built by every process
+        # forward and backward: built, or loaded when another process stored it first (a late start under load)
+        assert res["builds"] + res["loads"] == 2
         assert rel_err(torch.tensor(res["o"], dtype=torch.float64), ref) < 2e-5
     assert len({res["digest"] for res in first}) == 1
+    assert sum(res["builds"] for res in first) >= 2  # each kernel built by someone, into an empty cache
     folder = root / "kernels" / "tvm" / disk_cache.cpu_fingerprint()
     libs = sorted(folder.glob("*.so"))
     assert len(libs) == 2 and not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
