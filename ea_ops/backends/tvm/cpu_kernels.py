@@ -15,8 +15,8 @@ Kernels and their arguments: ``args.py`` (one table, read here, by the tuner and
 receives the final one. The non-causal forward's ``S, Z, M`` are scratch holding the empty state; the causal
 backward's ``C = g/den``, ``CO = C o`` and ``MM`` (the running minimum per position) are ``[B, T, H, D]``
 float32 scratch, ``U, W`` (zeros) and ``MN`` (``-inf``) the reverse scan's state.
-The recurrent step is the causal forward at ``T = 1``. bfloat16 tensors are passed as int16 views
-(``tir_math.storage_dtype``).
+The recurrent step is the causal forward at a static ``T = 1``, taking ``q, k, v, o`` as ``[B, H, D]``.
+bfloat16 tensors are passed as int16 views (``tir_math.storage_dtype``).
 """
 
 from __future__ import annotations
@@ -47,8 +47,13 @@ SCAN_BLOCKS = {
 class _Sig:
     """The symbolic shape and the buffers of one PrimFunc under construction."""
 
-    def __init__(self, H: int, D: int, order: int, static: dict | None = None):
-        static = static or {}
+    def __init__(self, H: int, D: int, order: int, static: dict | None = None, step: bool = False):
+        static = dict(static or {})
+        # The step takes q, k, v, o as [B, H, D] (what the caller holds: no [B, 1, H, D] views per token, each
+        # ~0.6 us of torch dispatch), seen inside as [B, 1, H, D] with a static T = 1.
+        self.step = step
+        if step:
+            static["T"] = 1
         self.B = static.get("B") or T.int32()
         self.T = static.get("T") or T.int32()
         self.r = static.get("r")
@@ -66,8 +71,9 @@ class _Sig:
             "m": (self.B, self.H, self.D),
         }[kind]
         handle = T.arg(name, T.handle())
+        held = (self.B, self.H, self.D) if self.step and kind == "seq" else shape
         # align = element size: torch views (cu_seqlens segments) start anywhere.
-        buf = T.match_buffer(handle, shape, tm.storage_dtype(dtype), align=tirx_dtype_bytes(dtype),
+        buf = T.match_buffer(handle, held, tm.storage_dtype(dtype), align=tirx_dtype_bytes(dtype),
                              offset_factor=1)
         IRBuilder.name(name, buf)
         self.bufs[name] = buf
@@ -82,6 +88,14 @@ class _Sig:
                 out[name] = self.scalar(name)
             else:
                 out[name] = self.buffer(name, kind, dtype if name in args.DATA else F32)
+        if self.step:  # after every argument (a buffer declaration opens a frame): [B, H, D] seen as [B, 1, H, D]
+            for name, kind, _ in args.table(kernel, causal):
+                if kind == "seq":
+                    held = out[name]
+                    out[name] = T.decl_buffer((self.B, 1, self.H, self.D), held.dtype, data=held.data,
+                                              elem_offset=held.elem_offset)
+                    IRBuilder.name(name + "_t", out[name])  # errors name the argument: q, k, v, o
+                    self.bufs[name] = out[name]
         return out
 
     def scalar(self, name: str):
@@ -149,13 +163,15 @@ def _finish(ib: IRBuilder) -> tirx.PrimFunc:
     return ib.get()
 
 
-def forward(order: int, dtype: str, causal: bool, H: int, D: int, static: dict | None = None) -> tirx.PrimFunc:
-    """The forward kernel (see the module docstring for its arguments)."""
+def forward(order: int, dtype: str, causal: bool, H: int, D: int, static: dict | None = None,
+            step: bool = False) -> tirx.PrimFunc:
+    """The forward kernel (see the module docstring for its arguments); ``step``: the causal forward at
+    ``T = 1`` on ``q, k, v, o [B, H, D]``."""
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
             T.func_name("main")
             T.func_attr({"tirx.noalias": True})
-            sig = _Sig(H, D, order, static)
+            sig = _Sig(H, D, order, static, step=step)
             a = sig.declare("forward", causal, dtype)
             q, k, v, o, S, Z, M, r = (a[n] for n in ("q", "k", "v", "o", "S", "Z", "M", "r"))
 
@@ -291,4 +307,4 @@ def build_func(kernel: str, order: int, dtype: str, causal: bool, H: int, D: int
         raise ValueError(f"order must be a non-negative even int, got {order}")
     if kernel == "backward":
         return backward(order, dtype, causal, H, D, static)
-    return forward(order, dtype, causal if kernel == "forward" else True, H, D, static)
+    return forward(order, dtype, causal if kernel == "forward" else True, H, D, static, step=kernel == "step")

@@ -159,32 +159,34 @@ def step_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tenso
 
 
 def step_args(q: Tensor, k: Tensor, v: Tensor, o: Tensor, S: Tensor, Z: Tensor, M: Tensor, scale: float) -> tuple:
-    """The step kernel's arguments: ``q, k, v, o [B, H, D]`` (contiguous) as ``[B, 1, H, D]``, the float32
-    state ``S, Z [B, H, t+1, D]``, ``M [B, H, D]`` (contiguous; the kernel updates it in place), ``sqrt(scale)``."""
-    return (*(_arg(t.unsqueeze(1)) for t in (q, k, v, o)), S, Z, M, math.sqrt(scale))
+    """The step kernel's arguments: ``q, k, v, o [B, H, D]`` (contiguous; the kernel takes them as they are), the
+    float32 state ``S, Z [B, H, t+1, D]``, ``M [B, H, D]`` (contiguous; updated in place), ``sqrt(scale)``."""
+    return (*(_arg(t) for t in (q, k, v, o)), S, Z, M, math.sqrt(scale))
 
 
 def stepper(S: Tensor, Z: Tensor, M: Tensor, *, order: int, scale: float, dtype: torch.dtype):
     """``step(q, k, v) -> o``: one token ``[B, H, D]`` of ``dtype`` (validated, contiguous, nothing to
     differentiate, not under ``torch.compile``) that updates the float32 state ``S, Z, M`` in place.
 
-    The kernel is chosen (records read) and built once, here; a call is the kernel and four views.
+    The kernel is chosen (records read) and built once, here; a call is an output allocation and the kernel.
     """
     set_threads_once()
     B, H, _, D = S.shape
     fn = build.kernel_for("step", True, order, kernel_dtype(dtype), H, D, 1).fn
     r = math.sqrt(scale)
-    shape, dev = (B, 1, H, D), S.device
+    shape, dev = (B, H, D), S.device
 
+    # empty_like of the (contiguous) input: 0.7 us against torch.empty's 1.0 us, a third of what a step
+    # adds to its kernel at B = 1.
     def step(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        o = new_buffer(shape, dtype, dev)
-        fn(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), o, S, Z, M, r)
-        return o.squeeze(1)
+        o = new_buffer(shape, dtype, dev) if poisoning() else torch.empty_like(q)
+        fn(q, k, v, o, S, Z, M, r)
+        return o
 
     def step_bf16(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        o = new_buffer(shape, dtype, dev)
-        fn(*(_arg(t.unsqueeze(1)) for t in (q, k, v)), _arg(o), S, Z, M, r)
-        return o.squeeze(1)
+        o = new_buffer(shape, dtype, dev) if poisoning() else torch.empty_like(q)
+        fn(*(_arg(t) for t in (q, k, v, o)), S, Z, M, r)
+        return o
 
     return step_bf16 if dtype == torch.bfloat16 else step
 
