@@ -166,6 +166,12 @@ def _choose_traced(backend: str, device_type: str, dtype: torch.dtype, shape: tu
 _choose_traced._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
+# Choices made, by everything ``choose`` reads of a call: a decode step asks once per layer per token, and
+# walking the backends costs ~4 us. Bounded: cleared when full (shapes vary without end in some programs).
+_CHOSEN: dict[tuple, ModuleType] = {}
+_CHOSEN_MAX = 512
+
+
 def resolve(backend: str, q: torch.Tensor, *, causal: bool, order: int, needs_grad: bool) -> ModuleType:
     """The backend module for this call (``choose``), also from inside ``torch.compile``."""
     if torch.compiler.is_compiling():
@@ -173,4 +179,11 @@ def resolve(backend: str, q: torch.Tensor, *, causal: bool, order: int, needs_gr
         # so the backends' size limits (int32 indexing, launch grids) are not checked for traced calls.
         name = _choose_traced(backend, q.device.type, q.dtype, (1,) * q.dim(), causal, order, needs_grad)
         return _LOADED[name]
-    return load(choose(backend, q, causal=causal, order=order, needs_grad=needs_grad).backend)
+    key = (backend, os.environ.get(ENV_BACKEND), q.device, q.dtype, q.shape, causal, order, needs_grad)
+    mod = _CHOSEN.get(key)
+    if mod is None:
+        mod = load(choose(backend, q, causal=causal, order=order, needs_grad=needs_grad).backend)
+        if len(_CHOSEN) >= _CHOSEN_MAX:
+            _CHOSEN.clear()
+        _CHOSEN[key] = mod
+    return mod

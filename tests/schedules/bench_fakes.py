@@ -29,3 +29,4 @@ def install(monkeypatch, name: str = "tvm", *, attention=None, recurrent_step=No
     if hasattr(dispatch, "_LOADED"):
         # dispatch caches loaded modules: a fresh cache for this test, the real one restored afterwards
         monkeypatch.setattr(dispatch, "_LOADED", {k: v for k, v in dispatch._LOADED.items() if k != name})
+    monkeypatch.setattr(dispatch, "_CHOSEN", {})  # and its choices, which name the real module
