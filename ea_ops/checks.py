@@ -131,3 +131,22 @@ def check_cu_seqlens(cu_seqlens: object, q: torch.Tensor) -> list[tuple[int, int
     if any(b < a for a, b in zip(offsets, offsets[1:])):
         raise ValueError("cu_seqlens must be non-decreasing")
     return list(zip(offsets[:-1], offsets[1:]))
+
+
+_LAYOUTS = {4: "B,T,H,D", 3: "B,H,D"}
+
+
+def parse_shape(text: str, *, option: str = "--shape", ranks: tuple[int, ...] = (4,),
+                allow_zero: bool = False) -> tuple[int, ...]:
+    """A command line's ``"B,T,H,D"`` (or ``"B,H,D"`` where ``ranks`` has 3) as ints; ValueError naming
+    ``option`` otherwise. Sizes are positive, or non-negative with ``allow_zero``."""
+    try:
+        dims = tuple(int(p.strip()) for p in text.split(","))
+    except ValueError:
+        dims = ()
+    low = 0 if allow_zero else 1
+    if len(dims) not in ranks or any(d < low for d in dims):
+        forms = " or ".join(f"{len(_LAYOUTS[r].split(','))} {'non-negative' if allow_zero else 'positive'} ints "
+                            f"{_LAYOUTS[r]}" for r in ranks)
+        raise ValueError(f"{option} must be {forms}, got {text!r}")
+    return dims

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from . import __version__, dispatch
+from . import __version__, checks, dispatch
 
 
 def collect() -> dict:
@@ -37,12 +37,9 @@ def collect() -> dict:
 
 def _shape(text: str) -> tuple[int, ...]:
     try:
-        dims = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be B,T,H,D (attention) or B,H,D (a step), got {text!r}") from None
-    if len(dims) not in (3, 4) or any(d < 0 for d in dims):
-        raise argparse.ArgumentTypeError(f"must be 4 (B,T,H,D) or 3 (B,H,D) non-negative ints, got {text!r}")
-    return dims
+        return checks.parse_shape(text, ranks=(4, 3), allow_zero=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--shape ")) from None
 
 
 def explain(args: argparse.Namespace) -> int:

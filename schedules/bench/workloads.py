@@ -10,6 +10,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ea_ops.checks import parse_shape as parse_dims
+
 from .goals import Goal
 
 MODES = ("fwd", "fwdbwd", "step")
@@ -193,11 +195,4 @@ def _sweep_preset(name: str, device: str) -> list[Workload]:
 
 def parse_shape(text: str) -> tuple[int, int, int, int]:
     """``"B,T,H,D"`` -> four positive ints (ValueError naming --shape otherwise)."""
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError:
-        dims = ()
-    if len(dims) != 4 or any(d < 1 for d in dims):
-        raise ValueError(f"--shape must be four positive ints B,T,H,D, got {text!r}")
-    return dims  # type: ignore[return-value]
+    return parse_dims(text)  # type: ignore[return-value]
