@@ -134,6 +134,7 @@ def check_cu_seqlens(cu_seqlens: object, q: torch.Tensor) -> list[tuple[int, int
 
 
 _LAYOUTS = {4: "B,T,H,D", 3: "B,H,D"}
+_WORDS = {4: "four", 3: "three"}
 
 
 def parse_shape(text: str, *, option: str = "--shape", ranks: tuple[int, ...] = (4,),
@@ -146,7 +147,7 @@ def parse_shape(text: str, *, option: str = "--shape", ranks: tuple[int, ...] = 
         dims = ()
     low = 0 if allow_zero else 1
     if len(dims) not in ranks or any(d < low for d in dims):
-        forms = " or ".join(f"{len(_LAYOUTS[r].split(','))} {'non-negative' if allow_zero else 'positive'} ints "
-                            f"{_LAYOUTS[r]}" for r in ranks)
+        kind = "non-negative" if allow_zero else "positive"
+        forms = " or ".join(f"{_WORDS[r]} {kind} ints {_LAYOUTS[r]}" for r in ranks)
         raise ValueError(f"{option} must be {forms}, got {text!r}")
     return dims
