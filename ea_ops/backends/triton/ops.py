@@ -6,7 +6,8 @@ causal backward at ``T = 1`` from the step's input state).
 ``(o, S, Z, M)``: the final state when ``causal and want_state`` (else three empty float32 tensors; custom-op
 outputs must not alias). ``offsets`` is ``cu_seqlens`` as a list (empty: one sequence per batch entry).
 The backward saves only ``q, k, v`` and the initial state: the kernels recompute everything else. The
-backward op has no derivative of its own: its autograd formula refuses second derivatives with a clear error.
+backward op has no derivative of its own; under ``create_graph=True`` the gradients are the torch backend's
+(``common.graphed_grads``), so second derivatives work.
 The configuration of each call comes from ``ea_ops.backends.triton.configs.choose`` (tuned record or default).
 """
 
