@@ -61,14 +61,72 @@ def op_state_inputs(q: Tensor, order: int, causal: bool, initial_state: EAState 
     return offsets, st.S, st.Z, st.m
 
 
-def run_attention(forward_op, q: Tensor, k: Tensor, v: Tensor, *, order: int, causal: bool, scale: float,
+def run_attention(ops, q: Tensor, k: Tensor, v: Tensor, *, order: int, causal: bool, scale: float,
                   initial_state: EAState | None, output_final_state: bool,
                   cu_seqlens: list[tuple[int, int]] | None) -> tuple[Tensor, EAState | None]:
-    """A backend's ``attention`` (the dispatch protocol) through its ``forward_op`` (``define_ops``)."""
+    """A backend's ``attention`` (the dispatch protocol) through its ops module (``define_ops``).
+
+    Under ``torch.compile`` the call is the custom op ``ops.forward_op``. In eager mode it is the same
+    ``ops.forward_impl``, called directly when nothing needs a gradient, else through ``eager_forward`` (an
+    ``autograd.Function`` with the custom op's autograd formula): the first call of any ``torch.library``
+    custom op imports ``torch._dynamo``, about 0.8 s of a new process's first call once its kernels are cached
+    (docs/measurements.md section 9), and every call pays the op's dispatch.
+    """
     offsets, S0, Z0, M0 = op_state_inputs(q, order, causal, initial_state, cu_seqlens)
     want = bool(causal and output_final_state)
-    o, S, Z, M = forward_op(q, k, v, S0, Z0, M0, order, causal, float(scale), offsets, want)
+    args = (q, k, v, S0, Z0, M0, order, causal, float(scale), offsets, want)
+    if torch.compiler.is_compiling():
+        o, S, Z, M = ops.forward_op(*args)
+    elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        o, S, Z, M = eager_forward(ops).apply(*args)
+    else:
+        o, S, Z, M = ops.forward_impl(*args)
     return (o, EAState(S, Z, M)) if want else (o, None)
+
+
+_EAGER: dict[str, type] = {}
+
+
+def eager_forward(ops) -> type:
+    """The ``autograd.Function`` of ``ops.forward_impl`` with ``ops.backward_impl`` as its gradient: what the
+    custom op ``ops.forward_op`` computes and differentiates, without the custom op (``run_attention``)."""
+    fn = _EAGER.get(ops.__name__)
+    if fn is not None:
+        return fn
+
+    class EagerForward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, S0, Z0, M0, order, causal, scale, offsets, want):
+            out = ops.forward_impl(q, k, v, S0, Z0, M0, order, causal, scale, offsets, want)
+            _save_forward(ctx, (q, k, v, S0, Z0, M0, order, causal, scale, offsets, want), out)
+            return out
+
+        @staticmethod
+        def backward(ctx, go, *_state_grads):
+            return forward_grads(ctx, go, ops.backward_impl)
+
+    EagerForward.__name__ = EagerForward.__qualname__ = f"EagerForward[{ops.__name__}]"
+    _EAGER[ops.__name__] = EagerForward
+    return EagerForward
+
+
+def _save_forward(ctx, inputs, output) -> None:
+    q, k, v, S0, Z0, M0, order, causal, scale, offsets, _want = inputs
+    ctx.save_for_backward(q, k, v, S0, Z0, M0)
+    ctx.meta = (order, causal, scale, offsets)
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def forward_grads(ctx, go: Tensor, backward: Callable) -> tuple:
+    """The forward's gradients in ``q, k, v`` (None for the rest): ``backward`` (the kernels' backward, as the
+    custom op or its impl), or ``graphed_grads`` under ``create_graph=True``."""
+    q, k, v, S0, Z0, M0 = ctx.saved_tensors
+    if wants_graphed_grads():
+        order, causal, scale, offsets = ctx.meta
+        state = EAState(S0, Z0, M0) if causal else None
+        return (*graphed_grads(q, k, v, go, state, order=order, causal=causal, scale=scale, offsets=offsets),
+                *(None,) * 8)
+    return (*backward(q, k, v, go, S0, Z0, M0, *ctx.meta), *(None,) * 8)
 
 
 def run_step(ops, q: Tensor, k: Tensor, v: Tensor, state: EAState, *, order: int,
@@ -212,20 +270,8 @@ def define_ops(ns: str, forward_impl: Callable, backward_impl: Callable, step_im
         return (torch.empty_like(q, memory_format=torch.contiguous_format),
                 *(t.new_empty(t.shape, dtype=torch.float32) for t in (S0, Z0, M0)))
 
-    def forward_setup(ctx, inputs, output):
-        q, k, v, S0, Z0, M0, order, causal, scale, offsets, _want = inputs
-        ctx.save_for_backward(q, k, v, S0, Z0, M0)
-        ctx.meta = (order, causal, scale, offsets)
-        ctx.mark_non_differentiable(*output[1:])
-
     def forward_backward(ctx, go, *_state_grads):
-        q, k, v, S0, Z0, M0 = ctx.saved_tensors
-        if wants_graphed_grads():
-            order, causal, scale, offsets = ctx.meta
-            state = EAState(S0, Z0, M0) if causal else None
-            return (*graphed_grads(q, k, v, go, state, order=order, causal=causal, scale=scale, offsets=offsets),
-                    *(None,) * 8)
-        return (*backward_op(q, k, v, go, S0, Z0, M0, *ctx.meta), *(None,) * 8)
+        return forward_grads(ctx, go, backward_op)
 
     def step_setup(ctx, inputs, output):
         q, k, v, S0, Z0, M0, order, scale = inputs
@@ -242,7 +288,7 @@ def define_ops(ns: str, forward_impl: Callable, backward_impl: Callable, step_im
         grads = backward_op(*(t.unsqueeze(1) for t in (q, k, v, go)), S0, Z0, M0, order, True, scale, [])
         return (*(t.squeeze(1) for t in grads), *(None,) * 5)
 
-    forward_op.register_autograd(forward_backward, setup_context=forward_setup)
+    forward_op.register_autograd(forward_backward, setup_context=_save_forward)
     step_op.register_autograd(step_backward, setup_context=step_setup)
     backward_op.register_autograd(refuse_double_backward(f"{ns}::backward"))
     return forward_op, backward_op, step_op

@@ -76,9 +76,9 @@ def explain(q: torch.Tensor, *, order: int, causal: bool, needs_grad: bool) -> d
 
 
 def attention(q, k, v, **kw):
-    from .ops import forward_op  # imports the backend's library: only when a call runs
+    from . import ops  # imports the backend's library: only when a call runs
 
-    return run_attention(forward_op, q, k, v, **kw)
+    return run_attention(ops, q, k, v, **kw)
 
 
 def recurrent_step(q, k, v, state, **kw):
