@@ -197,3 +197,20 @@ def test_a_kernel_says_where_its_schedule_came_from_even_when_the_code_is_shared
     records.add_records(cache, [record(workload={"B": 1, "T": 32, "H": H, "D": D, "T_bucket": 32}, config=cfg)])
     comp = build.kernel_for("forward", True, 2, "float32", H, D, 20)
     assert comp.source == "record" and comp.config == cfg
+
+
+def test_eager_calls_do_not_import_dynamo():
+    """Eager forward, backward and step run the kernels without the custom ops, whose first call imports
+    torch._dynamo (about 0.8 s of a new process's first call); torch.compile still gets the ops."""
+    code = ("import sys, torch, ea_ops\n"
+            "q = torch.randn(1, 9, 2, 8, requires_grad=True)\n"
+            "o, st = ea_ops.ea_attention(q, q, q, order=2, backend='tvm', output_final_state=True)\n"
+            "o.sum().backward()\n"
+            "with torch.no_grad():\n"
+            "    ea_ops.ea_attention(q, q, q, order=2, backend='tvm')\n"
+            "ea_ops.ea_recurrent_step(q[:, 0].detach(), q[:, 0].detach(), q[:, 0].detach(), st, order=2, "
+            "backend='tvm')\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
