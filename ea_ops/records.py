@@ -57,7 +57,7 @@ def record_dirs(backend: str, fingerprint: str) -> list[Path]:
     """Folders that may hold records for this backend and target, user cache first."""
     check_name(backend, "backend")
     check_name(fingerprint, "fingerprint")
-    return [root / backend / fingerprint for root in (user_cache_dir(), shipped_dir())]
+    return [root / backend / fingerprint for root in roots()]
 
 
 def check_name(value: object, what: str) -> str:
@@ -184,24 +184,32 @@ def read_records_file(path: Path, *, backend: str, fingerprint: str) -> list[dic
     return good
 
 
+@functools.lru_cache(maxsize=16)
+def _roots_in(cache_env: str | None, shipped_env: str | None, home: str | None) -> tuple[Path, Path]:
+    return user_cache_dir(), shipped_dir()
+
+
+def roots() -> tuple[Path, Path]:
+    """``(user cache, shipped)``, resolved once per environment: the three variables they read are the cache
+    key. Lookups on every kernel launch (a decode step included) use it: ``Path.resolve`` and friends cost
+    ~50 us."""
+    env = os.environ
+    return _roots_in(env.get("EA_OPS_CACHE_DIR"), env.get("EA_OPS_SHIPPED_CACHE"), env.get("HOME"))
+
+
 @functools.lru_cache(maxsize=64)
-def _records_files(backend: str, fingerprint: str, cache_env: str | None, shipped_env: str | None,
-                   home: str | None) -> tuple[str, ...]:
-    """The records files' paths; the three environment values that ``record_dirs`` reads are the cache key."""
-    return tuple(str(d / RECORDS_FILE) for d in record_dirs(backend, fingerprint))
+def _records_files(backend: str, fingerprint: str, root_pair: tuple[Path, Path]) -> tuple[str, ...]:
+    check_name(backend, "backend")
+    check_name(fingerprint, "fingerprint")
+    return tuple(str(root / backend / fingerprint / RECORDS_FILE) for root in root_pair)
 
 
 def records_stamp(backend: str, fingerprint: str) -> tuple:
     """The modification times of this target's records files (None where absent): a cache key that changes
-    whenever a tuner writes, so runtimes can keep parsed records between calls.
-
-    Called on every kernel launch (a decode step included), so the paths are resolved once per
-    environment (``Path.resolve`` and friends cost ~50 us) and only the two ``stat`` calls remain.
-    """
-    env = os.environ
+    whenever a tuner writes, so runtimes can keep parsed records between calls. Only the two ``stat`` calls
+    are left per call (``roots``)."""
     out = []
-    for f in _records_files(backend, fingerprint, env.get("EA_OPS_CACHE_DIR"), env.get("EA_OPS_SHIPPED_CACHE"),
-                            env.get("HOME")):
+    for f in _records_files(backend, fingerprint, roots()):
         try:
             out.append(os.stat(f).st_mtime_ns)
         except OSError:

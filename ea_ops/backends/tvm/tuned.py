@@ -51,15 +51,13 @@ def fingerprint_distance(fp: str, here: str) -> float | None:
 
 
 @functools.lru_cache(maxsize=16)
-def _roots_in(cache_env: str | None, shipped_env: str | None, home: str | None) -> tuple[Path, ...]:
-    """The ``<root>/tvm`` folders; the environment values ``records`` reads are the cache key (resolving the
-    shipped folder costs tens of microseconds, and ``stamp`` runs on every kernel launch)."""
-    return tuple(root / BACKEND for root in (_records.user_cache_dir(), _records.shipped_dir()))
+def _backend_roots(root_pair: tuple[Path, ...]) -> tuple[Path, ...]:
+    return tuple(root / BACKEND for root in root_pair)
 
 
 def _roots() -> tuple[Path, ...]:
-    env = os.environ
-    return _roots_in(env.get("EA_OPS_CACHE_DIR"), env.get("EA_OPS_SHIPPED_CACHE"), env.get("HOME"))
+    """The ``<root>/tvm`` folders, user cache first (``stamp`` asks on every kernel launch)."""
+    return _backend_roots(_records.roots())
 
 
 def _listing_stamp(roots: tuple[Path, ...]) -> tuple:
