@@ -55,7 +55,7 @@ def ea_attention(
         checks.check_state(initial_state, "initial_state", batch=n_state, heads=H, dim=D, order=order, q=q)
     if q.dtype == torch.float64 and backend not in ("auto", "torch"):
         raise TypeError(f"float64 inputs run on the torch backend only, got backend={backend!r}")
-    needs_grad = _needs_grad(q, k, v)
+    needs_grad = checks.needs_grad(q, k, v)
     call_log.note("forward", q, order=order, causal=causal, needs_grad=needs_grad, segments=segments)
     mod = dispatch.resolve(backend, q, causal=causal, order=order, needs_grad=needs_grad)
     if B * H * D == 0:  # no channel to compute: nothing reaches a kernel
@@ -93,16 +93,12 @@ def ea_recurrent_step(
     if q_t.dtype == torch.float64 and backend not in ("auto", "torch"):
         raise TypeError(f"float64 inputs run on the torch backend only, got backend={backend!r}")
     call_log.note("step", q_t, order=order, causal=True, needs_grad=False)  # a step runs the step kernel only
-    mod = dispatch.resolve(backend, q_t, causal=True, order=order, needs_grad=_needs_grad(q_t, k_t, v_t))
+    mod = dispatch.resolve(backend, q_t, causal=True, order=order, needs_grad=checks.needs_grad(q_t, k_t, v_t))
     if B * H * D == 0:
         return _empty_output(q_t, k_t, v_t), _final_state(state, B, H, D, order, q_t)
     if state is None:
         state = EAState.empty(B, H, D, order, device=q_t.device, dtype=checks.state_dtype(q_t.dtype))
     return mod.recurrent_step(q_t, k_t, v_t, state, order=order, scale=scale)
-
-
-def _needs_grad(*ts: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
 
 
 def _empty_output(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,11 @@ def check_qkv(q: object, k: object, v: object, rank: int, names: tuple[str, str,
             raise ValueError(f"{name} must be on the device of {qn} ({q.device}), got {t.device}")
 
 
+def needs_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether a call on ``q, k, v`` builds an autograd graph (grad mode on, an input requiring grad)."""
+    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+
+
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
     """Sums accumulate in float32; float64 inputs (references, gradcheck) keep float64."""
     return torch.float64 if dtype == torch.float64 else torch.float32

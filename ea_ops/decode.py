@@ -81,7 +81,7 @@ class EADecoder:
         if q_t.shape != st.m.shape:
             raise ValueError(f"q_t must have shape [B, H, D] = {list(st.m.shape)} (the decoder's state), "
                              f"got {list(q_t.shape)}")
-        grads = torch.is_grad_enabled() and (q_t.requires_grad or k_t.requires_grad or v_t.requires_grad)
+        grads = checks.needs_grad(q_t, k_t, v_t)
         o, new = ea_recurrent_step(q_t, k_t, v_t, st.clone() if grads else st, order=self.order,
                                    scale=self.scale, backend=self.backend)
         _copy_state(st, new)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
+from ..checks import needs_grad
 from ..state import EAState
 
 # Variants of a causal scan: one sequential scan per channel ("scan"), or T split into chunks whose sums are
@@ -77,7 +78,7 @@ def run_attention(ops, q: Tensor, k: Tensor, v: Tensor, *, order: int, causal: b
     args = (q, k, v, S0, Z0, M0, order, causal, float(scale), offsets, want)
     if torch.compiler.is_compiling():
         o, S, Z, M = ops.forward_op(*args)
-    elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+    elif needs_grad(q, k, v):
         o, S, Z, M = eager_forward(ops).apply(*args)
     else:
         o, S, Z, M = ops.forward_impl(*args)
@@ -138,8 +139,7 @@ def run_step(ops, q: Tensor, k: Tensor, v: Tensor, state: EAState, *, order: int
     (what the op runs) directly.
     """
     args = (q, k, v, state.S, state.Z, state.m, order, float(scale))
-    direct = not torch.compiler.is_compiling() and not (
-        torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+    direct = not torch.compiler.is_compiling() and not needs_grad(q, k, v)
     o, S, Z, M = ops.step_impl(*args) if direct else ops.step_op(*args)
     return o, EAState(S, Z, M)
 
