@@ -159,6 +159,33 @@ def _store(buf, val, b, t, h, d):
     T.buffer_store(buf, tm.from_f32(val, buf.dtype), [b, t, h, d])
 
 
+def rescan_row(a: dict, ref: StateRef, order: int, b, t, h, d) -> None:
+    """One position of the causal backward's forward re-scan (the CPU and CUDA forms share it): absorb the key,
+    then ``dq`` and the scratch ``C = g/den``, ``CO = C o``, ``MM`` (the running minimum). ``a``: the kernel's
+    arguments by name (``_Sig.declare``)."""
+    r = a["r"]
+    y = let("y", _load(a["k"], b, t, h, d) * r)
+    vv = let("v", _load(a["v"], b, t, h, d))
+    s_new, z_new, m_new = tm.scan_step(ref, y, vv, order)
+    x = let("x", _load(a["q"], b, t, h, d) * r)
+    out, den, gx = tm.output(x, s_new, z_new, order)
+    c = let("c", _load(a["g"], b, t, h, d) / den)
+    _store(a["dq"], tm.grad_x(gx, s_new, z_new, out, c) * r, b, t, h, d)
+    T.buffer_store(a["C"], c, [b, t, h, d])
+    T.buffer_store(a["CO"], c * out, [b, t, h, d])
+    T.buffer_store(a["MM"], m_new, [b, t, h, d])
+
+
+def grad_key_row(a: dict, order: int, b, t, h, d, ref_m, Un: list, Wn: list) -> None:
+    """``dk, dv`` at one position from the reverse sums ``Un, Wn`` and the stabiliser ``ref_m`` (both forms)."""
+    y = let("y", _load(a["k"], b, t, h, d) * a["r"])
+    vv = let("v", _load(a["v"], b, t, h, d))
+    e = tm.exp_neg(ref_m - y * y, "ek")
+    dy, dvv = tm.grad_key(y, vv, e, Un, Wn, order)
+    _store(a["dk"], dy * a["r"], b, t, h, d)
+    _store(a["dv"], dvv, b, t, h, d)
+
+
 def _finish(ib: IRBuilder) -> tirx.PrimFunc:
     return ib.get()
 
@@ -205,11 +232,11 @@ def backward(order: int, dtype: str, causal: bool, H: int, D: int, static: dict 
             T.func_name("main")
             T.func_attr({"tirx.noalias": True})
             sig = _Sig(H, D, order, static)
-            a = sig.declare("backward", causal, dtype)
+            arg = sig.declare("backward", causal, dtype)
             q, k, v, g, S, Z, M, U, W, dq, dk, dv, r = (
-                a[n] for n in ("q", "k", "v", "g", "S", "Z", "M", "U", "W", "dq", "dk", "dv", "r"))
+                arg[n] for n in ("q", "k", "v", "g", "S", "Z", "M", "U", "W", "dq", "dk", "dv", "r"))
             if causal:
-                C, CO, MM, MN = (a[n] for n in ("C", "CO", "MM", "MN"))
+                C, CO, MM, MN = (arg[n] for n in ("C", "CO", "MM", "MN"))
             t1 = order + 1
 
             def uw_ref(b, h, d):
@@ -217,16 +244,7 @@ def backward(order: int, dtype: str, causal: bool, H: int, D: int, static: dict 
 
             if causal:
                 def rescan(b, h, t, d):
-                    y = let("y", _load(k, b, t, h, d) * r)
-                    vv = let("v", _load(v, b, t, h, d))
-                    s_new, z_new, m_new = tm.scan_step(_state_ref(S, Z, M, b, h, d), y, vv, order)
-                    x = let("x", _load(q, b, t, h, d) * r)
-                    out, den, gx = tm.output(x, s_new, z_new, order)
-                    c = let("c", _load(g, b, t, h, d) / den)
-                    _store(dq, tm.grad_x(gx, s_new, z_new, out, c) * r, b, t, h, d)
-                    T.buffer_store(C, c, [b, t, h, d])
-                    T.buffer_store(CO, c * out, [b, t, h, d])
-                    T.buffer_store(MM, m_new, [b, t, h, d])
+                    rescan_row(arg, _state_ref(S, Z, M, b, h, d), order, b, t, h, d)
 
                 _time_block(sig, "rescan", [q, k, v, g], [dq, C, CO, MM], rescan)
 
@@ -247,12 +265,7 @@ def backward(order: int, dtype: str, causal: bool, H: int, D: int, static: dict 
                         T.buffer_store(W, w_n, [b, h, n, d])
                         Un.append(u_n)
                         Wn.append(w_n)
-                    y = let("y", _load(k, b, t, h, d) * r)
-                    vv = let("v", _load(v, b, t, h, d))
-                    e = tm.exp_neg(mj - y * y, "ek")
-                    dy, dvv = tm.grad_key(y, vv, e, Un, Wn, order)
-                    _store(dk, dy * r, b, t, h, d)
-                    _store(dv, dvv, b, t, h, d)
+                    grad_key_row(arg, order, b, t, h, d, mj, Un, Wn)
 
                 _time_block(sig, "reverse", [q, k, v, C, CO, MM], [dk, dv], reverse, reverse=True)
             else:
@@ -281,12 +294,7 @@ def backward(order: int, dtype: str, causal: bool, H: int, D: int, static: dict 
                     ref = uw_ref(b, h, d)
                     Un = [let(f"U{n}", ref["U"](n)) for n in range(t1)]
                     Wn = [let(f"W{n}", ref["W"](n)) for n in range(t1)]
-                    y = let("y", _load(k, b, t, h, d) * r)
-                    vv = let("v", _load(v, b, t, h, d))
-                    e = tm.exp_neg(M[b, h, d] - y * y, "ek")
-                    dy, dvv = tm.grad_key(y, vv, e, Un, Wn, order)
-                    _store(dk, dy * r, b, t, h, d)
-                    _store(dv, dvv, b, t, h, d)
+                    grad_key_row(arg, order, b, t, h, d, M[b, h, d], Un, Wn)
 
                 _time_block(sig, "gradkv", [k, v], [dk, dv], gradkv)
     return _finish(ib)

@@ -29,7 +29,7 @@ from tvm.script.ir_builder import tirx as T
 
 from ..common import CHUNKED, LANES_TARGET, SCAN
 from . import tir_math as tm
-from .cpu_kernels import _load, _Sig, _store
+from .cpu_kernels import _load, _Sig, _store, grad_key_row, rescan_row
 from .tir_math import F32, StateRef, let
 
 
@@ -240,21 +240,16 @@ def channel_backward(order: int, dtype: str, causal: bool, H: int, D: int, stati
     def build(sig):
         # U, W, MN: the CPU kernel's reverse-scan state, kept in registers here; declared (args.table) so
         # that both forms take the same arguments.
-        a = sig.declare("backward", causal, dtype)
+        arg = sig.declare("backward", causal, dtype)
         q, k, v, g, S, Z, M, dq, dk, dv, r = (
-            a[n] for n in ("q", "k", "v", "g", "S", "Z", "M", "dq", "dk", "dv", "r"))
+            arg[n] for n in ("q", "k", "v", "g", "S", "Z", "M", "dq", "dk", "dv", "r"))
         if causal:
-            C, CO, MM = (a[n] for n in ("C", "CO", "MM"))
+            C, CO, MM = (arg[n] for n in ("C", "CO", "MM"))
         seqs = [_seq(b, sig) for b in (q, k, v, g)]
         grads = [_seq(b, sig) for b in (dq, dk, dv)]
 
         def grad_key_at(b, h, t, d, Ul, Wl, ref_m):
-            y = let("y", _load(k, b, t, h, d) * r)
-            vv = let("v", _load(v, b, t, h, d))
-            e = tm.exp_neg(ref_m - y * y, "ek")
-            dy, dvv = tm.grad_key(y, vv, e, [Ul[n] for n in range(t1)], [Wl[n] for n in range(t1)], order)
-            _store(dk, dy * r, b, t, h, d)
-            _store(dv, dvv, b, t, h, d)
+            grad_key_row(arg, order, b, t, h, d, ref_m, [Ul[n] for n in range(t1)], [Wl[n] for n in range(t1)])
 
         def body(b, h, d):
             Sl, Zl, Ml, ref = _local_state(t1)
@@ -267,15 +262,7 @@ def channel_backward(order: int, dtype: str, causal: bool, H: int, D: int, stati
                 _copy_state(Zl, lambda n: Z[b, h, n, d], t1)
                 T.buffer_store(Ml, M[b, h, d], [0])
                 with T.serial(0, sig.T) as t:
-                    y = let("y", _load(k, b, t, h, d) * r)
-                    s_new, z_new, m_new = tm.scan_step(ref, y, let("v", _load(v, b, t, h, d)), order)
-                    x = let("x", _load(q, b, t, h, d) * r)
-                    out, den, gx = tm.output(x, s_new, z_new, order)
-                    c = let("c", _load(g, b, t, h, d) / den)
-                    _store(dq, tm.grad_x(gx, s_new, z_new, out, c) * r, b, t, h, d)
-                    T.buffer_store(C, c, [b, t, h, d])
-                    T.buffer_store(CO, c * out, [b, t, h, d])
-                    T.buffer_store(MM, m_new, [b, t, h, d])
+                    rescan_row(arg, ref, order, b, t, h, d)
                 MNl = T.sblock_alloc_buffer((1,), F32, scope="local")
                 T.buffer_store(MNl, tm.const(float("-inf")), [0])
                 with T.serial(0, sig.T) as tr:
