@@ -134,16 +134,22 @@ def test_validate_cpu_config_names_the_bad_knob():
     assert schedule.validate_cpu_config(schedule.default_cpu_config("forward", H, D), H, D)
 
 
+SPLIT_CONFIGS = [*({"loop": "d_t", "d_tile": D, "h_tile": 1, "t_unroll": u, "parallel": True}
+                   for u in schedule.T_UNROLLS),
+                 {"loop": "blocked", "d_tile": D // 2, "h_tile": 2, "t_unroll": 4, "parallel": True, "t_block": 16},
+                 {"loop": "blocked", "d_tile": D, "h_tile": 1, "t_unroll": 8, "parallel": False, "t_block": 32}]
+
+
 @pytest.mark.parametrize("kernel", ["forward", "backward"])
-@pytest.mark.parametrize("t_unroll", schedule.T_UNROLLS)
-def test_unrolled_time_loops_cover_every_length_around_the_split(kernel, t_unroll):
-    """The main block takes T - T % TIME_ALIGN steps unrolled, the tail the rest: lengths below, at and
-    beyond the split, NaN-poisoned outputs, causal forward and backward against the float64 reference."""
-    cfg = {"loop": "d_t", "d_tile": D, "h_tile": 1, "t_unroll": t_unroll, "parallel": True}
-    lib = tvm.compile(schedule.schedule_cpu(cpu_kernels.build_func(kernel, ORDER, "float32", True, H, D),
-                                            kernel, True, cfg), target=cpu_target())
-    assert cpu_kernels.TIME_ALIGN % t_unroll == 0
-    for T in (1, cpu_kernels.TIME_ALIGN - 1, cpu_kernels.TIME_ALIGN, 2 * cpu_kernels.TIME_ALIGN + 3):
+@pytest.mark.parametrize("cfg", SPLIT_CONFIGS, ids=lambda c: f"{c['loop']}-u{c['t_unroll']}-b{c.get('t_block')}")
+def test_unrolled_time_loops_cover_every_length_around_the_split(kernel, cfg):
+    """The main block takes T - T % time_align steps unrolled (and blocked), the tail the rest: lengths below,
+    at and beyond the split, NaN-poisoned outputs, causal forward and backward against the float64 reference."""
+    align = schedule.time_align(schedule.validate_cpu_config(cfg, H, D))
+    func = cpu_kernels.build_func(kernel, ORDER, "float32", True, H, D, align=align)
+    lib = tvm.compile(schedule.schedule_cpu(func, kernel, True, cfg), target=cpu_target())
+    assert align % cfg["t_unroll"] == 0
+    for T in (1, align - 1, align, 2 * align + 3):
         q, k, v = qkv((1, T, H, D), dtype=torch.float32, seed=T)
         qq, kk, vv = (t.double().requires_grad_() for t in (q, k, v))
         want, fs = ea_ops.ea_attention(qq, kk, vv, order=ORDER, backend="torch", output_final_state=True)

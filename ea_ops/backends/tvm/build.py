@@ -78,7 +78,7 @@ def build_cpu(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int,
     from . import cpu_kernels, schedule
     from .target import cpu_target
 
-    func = cpu_kernels.build_func(kernel, order, dtype, causal, H, D)
+    func = cpu_kernels.build_func(kernel, order, dtype, causal, H, D, align=schedule.time_align(cfg))
     mod = schedule.schedule_cpu(func, kernel, causal, cfg)
     return tvm.compile(mod, target=cpu_target())
 

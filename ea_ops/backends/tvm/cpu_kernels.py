@@ -47,8 +47,10 @@ SCAN_BLOCKS = {
 class _Sig:
     """The symbolic shape and the buffers of one PrimFunc under construction."""
 
-    def __init__(self, H: int, D: int, order: int, static: dict | None = None, step: bool = False):
+    def __init__(self, H: int, D: int, order: int, static: dict | None = None, step: bool = False,
+                 align: int | None = None):
         static = dict(static or {})
+        self.align = align or TIME_ALIGN
         # The step takes q, k, v, o as [B, H, D] (what the caller holds: no [B, 1, H, D] views per token, each
         # ~0.6 us of torch dispatch), seen inside as [B, 1, H, D] with a static T = 1.
         self.step = step
@@ -120,10 +122,11 @@ def _state_ref(S, Z, M, b, h, d) -> StateRef:
     )
 
 
-# The time loop runs in two blocks: ``name`` over the first ``T - T % TIME_ALIGN`` steps and ``name_tail``
-# over the rest. Every unroll factor of ``schedule.T_UNROLLS`` divides the first extent, so unrolling needs
-# no per-step bounds check: with symbolic T the check kept the state out of registers and an unrolled
-# backward ran 2x slower than the tuner (static T) had measured.
+# The time loop runs in two blocks: ``name`` over the first ``T - T % align`` steps and ``name_tail``
+# over the rest. ``align`` is a multiple of every unroll factor of ``schedule.T_UNROLLS`` (TIME_ALIGN) and,
+# for the time-blocked loop, of its block length (``schedule.time_align``), so neither unrolling nor
+# blocking needs a per-step bounds check: with symbolic T the check kept the state out of registers and an
+# unrolled backward ran 2x slower than the tuner (static T) had measured.
 TIME_ALIGN = 8
 TAIL = "_tail"
 
@@ -131,11 +134,11 @@ TAIL = "_tail"
 def _time_block(sig: _Sig, name: str, reads: list, writes: list, body: Callable, reverse: bool = False):
     """Blocks over ``(b, h, t, d)``; ``body(b, h, pos, d)`` with ``pos = t`` or ``T-1-t`` (reverse).
 
-    A static ``T`` divisible by ``TIME_ALIGN`` (tuning workloads) gets no tail block.
+    A static ``T`` divisible by ``sig.align`` (tuning workloads) gets no tail block.
     """
-    main = (sig.T // TIME_ALIGN) * TIME_ALIGN
+    main = (sig.T // sig.align) * sig.align
     parts = [(name, 0, main)]
-    if not (isinstance(sig.T, int) and sig.T % TIME_ALIGN == 0):
+    if not (isinstance(sig.T, int) and sig.T % sig.align == 0):
         parts.append((name + TAIL, main, sig.T - main))
     for blk, start, extent in parts:
         with T.grid(sig.B, sig.H, extent, sig.D) as (b, h, t, d):
@@ -191,14 +194,14 @@ def _finish(ib: IRBuilder) -> tirx.PrimFunc:
 
 
 def forward(order: int, dtype: str, causal: bool, H: int, D: int, static: dict | None = None,
-            step: bool = False) -> tirx.PrimFunc:
+            step: bool = False, align: int = TIME_ALIGN) -> tirx.PrimFunc:
     """The forward kernel (see the module docstring for its arguments); ``step``: the causal forward at
     ``T = 1`` on ``q, k, v, o [B, H, D]``."""
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
             T.func_name("main")
             T.func_attr({"tirx.noalias": True})
-            sig = _Sig(H, D, order, static, step=step)
+            sig = _Sig(H, D, order, static, step=step, align=align)
             a = sig.declare("forward", causal, dtype)
             q, k, v, o, S, Z, M, r = (a[n] for n in ("q", "k", "v", "o", "S", "Z", "M", "r"))
 
@@ -225,13 +228,14 @@ def forward(order: int, dtype: str, causal: bool, H: int, D: int, static: dict |
     return _finish(ib)
 
 
-def backward(order: int, dtype: str, causal: bool, H: int, D: int, static: dict | None = None) -> tirx.PrimFunc:
+def backward(order: int, dtype: str, causal: bool, H: int, D: int, static: dict | None = None,
+             align: int = TIME_ALIGN) -> tirx.PrimFunc:
     """The backward kernel: a forward re-scan (``dq``), a reverse scan (``dk, dv``); docs/math.md section 5."""
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
             T.func_name("main")
             T.func_attr({"tirx.noalias": True})
-            sig = _Sig(H, D, order, static)
+            sig = _Sig(H, D, order, static, align=align)
             arg = sig.declare("backward", causal, dtype)
             q, k, v, g, S, Z, M, U, W, dq, dk, dv, r = (
                 arg[n] for n in ("q", "k", "v", "g", "S", "Z", "M", "U", "W", "dq", "dk", "dv", "r"))
@@ -301,11 +305,12 @@ def backward(order: int, dtype: str, causal: bool, H: int, D: int, static: dict 
 
 
 def build_func(kernel: str, order: int, dtype: str, causal: bool, H: int, D: int,
-               static: dict | None = None) -> tirx.PrimFunc:
+               static: dict | None = None, align: int = TIME_ALIGN) -> tirx.PrimFunc:
     """The unscheduled PrimFunc of one kernel (``step`` is the causal forward, run at ``T = 1``).
 
     ``static``: ``{"B": int, "T": int, "r": float}`` fixes the batch, the length and the scale (a tuning
-    workload: static shapes and tensor-only arguments, as MetaSchedule's runners need).
+    workload: static shapes and tensor-only arguments, as MetaSchedule's runners need). ``align``: the main
+    time block's length is a multiple of it (``schedule.time_align`` of the config to apply).
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
@@ -313,6 +318,9 @@ def build_func(kernel: str, order: int, dtype: str, causal: bool, H: int, D: int
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if order < 0 or order % 2:
         raise ValueError(f"order must be a non-negative even int, got {order}")
+    if align < 1 or align % TIME_ALIGN:
+        raise ValueError(f"align must be a positive multiple of {TIME_ALIGN}, got {align}")
     if kernel == "backward":
-        return backward(order, dtype, causal, H, D, static)
-    return forward(order, dtype, causal if kernel == "forward" else True, H, D, static, step=kernel == "step")
+        return backward(order, dtype, causal, H, D, static, align)
+    return forward(order, dtype, causal if kernel == "forward" else True, H, D, static, step=kernel == "step",
+                   align=align)

@@ -4,9 +4,18 @@ A CPU configuration (a record's ``config``) holds a few knobs, all applied to ev
 kernel (``kernels.SCAN_BLOCKS``), each of which loops over ``(b, h, t, d)``:
 
 - ``loop``: ``"d_t"`` = ``parallel(b, h, d_o) > t > vector(d_i)`` (the state of one vector of channels
-  stays in registers across time) or ``"t_d"`` = ``parallel(b, h_o) > t > h_i > d_o > vector(d_i)``
-  (contiguous rows of ``h_i * D`` channels per time step);
-- ``d_tile``: the vectorised inner channel count (divides ``D``); ``h_tile``: heads per step (``"t_d"``);
+  stays in registers across time), ``"t_d"`` = ``parallel(b, h_o) > t > h_i > d_o > vector(d_i)``
+  (contiguous rows of ``h_i * D`` channels per time step) or ``"blocked"`` =
+  ``parallel(b, h_o) > t_o > h_i > d_o > t_i > vector(d_i)``: blocks of ``t_block`` steps, in each of which
+  every vector of the task's ``h_i * D`` contiguous channels runs its steps with its state in registers.
+  ``d_t`` walks each tensor at a stride of ``H * D`` elements for the whole sequence and falls off a cliff
+  once the tensors leave the cache (B1 H8 D64 order 6, 2 threads: 0.22 us per token at T = 4096, 0.76 at
+  64k); ``blocked`` reads ``t_block`` rows of ``h_i * D`` contiguous channels per block and stays flat
+  (0.23 and 0.28 us; docs/measurements.md section 14);
+- ``d_tile``: the vectorised inner channel count (divides ``D``); ``h_tile``: heads per step (``"t_d"``)
+  or per task (``"blocked"``);
+- ``t_block``: steps per block (``"blocked"`` only; the kernel's main time block is a multiple of it,
+  ``time_align``);
 - ``t_unroll``: the time loop split by this factor and its inner part unrolled (1 = not split);
 - ``parallel``: whether the outer channel loop runs on the thread pool (tiny workloads, e.g. the
   recurrent step, lose more to the fork-join than they gain).
@@ -27,8 +36,13 @@ if TYPE_CHECKING:
 # TVM is imported inside the functions that schedule: choosing and validating a config must not import it
 # (about 1 s), so that a kernel loaded from the disk cache runs without the TVM compiler (docs/findings.md).
 
-LOOPS = ("d_t", "t_d")
+LOOPS = ("d_t", "t_d", "blocked")
 T_UNROLLS = (1, 2, 4, 8)
+T_BLOCKS = (16, 32, 64, 128, 256)  # every one a multiple of cpu_kernels.TIME_ALIGN and of every unroll
+DEFAULT_T_BLOCK = 64
+# The blocked default gives a task at most this many contiguous channels (2 KiB of float32 per row and
+# tensor), so that a block's rows of q, k, v, o stay in the L2 cache.
+BLOCKED_MAX_CHANNELS = 512
 
 
 class ScheduleError(ValueError):
@@ -39,16 +53,45 @@ def _divisors(n: int) -> list[int]:
     return [i for i in range(1, n + 1) if n % i == 0]
 
 
-def default_cpu_config(kernel: str, H: int, D: int) -> dict[str, Any]:
-    """The untuned schedule: one 16-lane vector of channels per task, state in registers.
+def default_cpu_config(kernel: str, H: int, D: int, threads: int | None = None) -> dict[str, Any]:
+    """The untuned schedule: 16-lane vectors of channels, state in registers.
 
-    16 float32 lanes fill one AVX-512 register (two AVX2 ones); no knowledge of the measured target. The step
+    16 float32 lanes fill one AVX-512 register (two AVX2 ones); no knowledge of the measured target. The
+    forward and the backward run ``blocked`` (flat per token from 1k to 64k) with the most heads per task that
+    still gives every one of ``threads`` (default: the thread pool's size) a task at B = 1, at most
+    ``BLOCKED_MAX_CHANNELS`` channels; with fewer heads than threads, ``d_t`` (one vector per task). The step
     runs serially: one token is too little work for the thread pool's fork-join (B1 H8 D64 order 6, 2 threads,
     measured alternating: 1.3 us serial against 25.7 us parallel; at B = 64, 81 us against 93 us; a tuned
     step record may still choose the pool for larger batches).
     """
     d_tile = max(x for x in _divisors(D) if x <= 16)
-    return {"loop": "d_t", "d_tile": d_tile, "h_tile": 1, "t_unroll": 1, "parallel": kernel != "step"}
+    cfg = {"loop": "d_t", "d_tile": d_tile, "h_tile": 1, "t_unroll": 1, "parallel": kernel != "step"}
+    if kernel == "step":
+        return cfg
+    threads = pool_threads() if threads is None else threads
+    fits = [h for h in _divisors(H) if H // h >= threads and (h == 1 or h * D <= BLOCKED_MAX_CHANNELS)]
+    if fits:
+        cfg.update(loop="blocked", h_tile=max(fits), t_block=DEFAULT_T_BLOCK, t_unroll=4)
+    return cfg
+
+
+def pool_threads() -> int:
+    """The TVM thread pool's size: ``TVM_NUM_THREADS`` (``ops.set_threads_once`` sets it from torch)."""
+    import os
+
+    try:
+        return max(1, int(os.environ.get("TVM_NUM_THREADS", "")))
+    except ValueError:
+        import torch
+
+        return max(1, torch.get_num_threads())
+
+
+def time_align(cfg: dict[str, Any]) -> int:
+    """What the kernel's main time block must be a multiple of under ``cfg`` (``cpu_kernels.build_func``)."""
+    from .cpu_kernels import TIME_ALIGN
+
+    return cfg["t_block"] if cfg["loop"] == "blocked" else TIME_ALIGN
 
 
 def validate_cpu_config(cfg: object, H: int, D: int) -> dict[str, Any]:
@@ -73,15 +116,21 @@ def validate_cpu_config(cfg: object, H: int, D: int) -> dict[str, Any]:
     if not isinstance(par, bool):
         raise ScheduleError(f"config.parallel must be a bool, got {par!r}")
     out["parallel"] = par
+    if loop == "blocked":  # only here: the other loops' configs (and their cache keys) stay as they were
+        block = cfg.get("t_block", DEFAULT_T_BLOCK)
+        if block not in T_BLOCKS or isinstance(block, bool):
+            raise ScheduleError(f"config.t_block must be one of {T_BLOCKS}, got {block!r}")
+        out["t_block"] = block
     return out
 
 
 def apply_cpu(sch: s_tir.Schedule, kernel: str, causal: bool, *, loop: str, d_factors, h_factors,
-              t_unroll, parallel: bool = True) -> None:
+              t_unroll, parallel: bool = True, t_block=DEFAULT_T_BLOCK) -> None:
     """Schedule every time block of ``sch`` in place.
 
     ``d_factors``/``h_factors``: ``[outer, inner]`` split factors (ints, ``None`` or MetaSchedule
-    ``ExprRV``s); ``t_unroll``: an int or ``ExprRV``. Raises ScheduleError for an unknown loop order.
+    ``ExprRV``s); ``t_unroll`` and ``t_block`` (``"blocked"`` only): ints or ``ExprRV``s. Raises ScheduleError
+    for an unknown loop order.
     """
     if loop not in LOOPS:
         raise ScheduleError(f"loop must be one of {LOOPS}, got {loop!r}")
@@ -91,9 +140,9 @@ def apply_cpu(sch: s_tir.Schedule, kernel: str, causal: bool, *, loop: str, d_fa
     for name in blocks:
         block = sch.get_sblock(name)
         tail = _tail_block(sch, name)
-        if tail is not None:  # the last T % TIME_ALIGN steps: the same layout, not unrolled
-            _apply_block(sch, tail, loop, d_factors, h_factors, 1, parallel)
-        _apply_block(sch, block, loop, d_factors, h_factors, t_unroll, parallel)
+        if tail is not None:  # the last T % time_align steps: one vector per task (d_t), not unrolled
+            _apply_block(sch, tail, "d_t" if loop == "blocked" else loop, d_factors, h_factors, 1, parallel)
+        _apply_block(sch, block, loop, d_factors, h_factors, t_unroll, parallel, t_block)
         # Structural knobs, readable from a tuning trace (schedules.tvm.spaces.knobs_from_trace).
         sch.annotate(block, "ea_ops.loop", loop)
         sch.annotate(block, "ea_ops.parallel", int(parallel))
@@ -110,12 +159,19 @@ def _tail_block(sch: s_tir.Schedule, name: str):
         return None
 
 
-def _apply_block(sch: s_tir.Schedule, block, loop: str, d_factors, h_factors, t_unroll, parallel: bool) -> None:
+def _apply_block(sch: s_tir.Schedule, block, loop: str, d_factors, h_factors, t_unroll, parallel: bool,
+                 t_block=DEFAULT_T_BLOCK) -> None:
     b, h, t, d = sch.get_loops(block)
     d_o, d_i = sch.split(d, factors=list(d_factors))
     if loop == "d_t":
         sch.reorder(b, h, d_o, t, d_i)
         par = sch.fuse(b, h, d_o)
+    elif loop == "blocked":
+        h_o, h_i = sch.split(h, factors=list(h_factors))
+        t, t_in = sch.split(t, factors=[None, t_block])
+        sch.reorder(b, h_o, t, h_i, d_o, t_in, d_i)
+        par = sch.fuse(b, h_o)
+        t = t_in  # the unroll below splits the steps within a block
     else:
         h_o, h_i = sch.split(h, factors=list(h_factors))
         sch.reorder(b, h_o, t, h_i, d_o, d_i)
@@ -134,7 +190,8 @@ def schedule_cpu(func: tirx.PrimFunc, kernel: str, causal: bool, cfg: dict[str, 
 
     sch = s_tir.Schedule(func)
     apply_cpu(sch, kernel, causal, loop=cfg["loop"], d_factors=[None, cfg["d_tile"]],
-              h_factors=[None, cfg["h_tile"]], t_unroll=cfg["t_unroll"], parallel=cfg["parallel"])
+              h_factors=[None, cfg["h_tile"]], t_unroll=cfg["t_unroll"], parallel=cfg["parallel"],
+              t_block=cfg.get("t_block", DEFAULT_T_BLOCK))
     check_time_loops(sch.mod)
     return sch.mod
 
