@@ -138,6 +138,14 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _per_token(wr: dict, r: dict) -> float | None:
+    """Microseconds per token (median / (B T)) of a sequence row; None for a step or an untimed row."""
+    w = wr["workload"]
+    if w["mode"] == "step" or r.get("median_s") is None or r["peer"].startswith("copy"):
+        return None
+    return r["median_s"] / (w["B"] * w["T"]) * 1e6
+
+
 def table(doc: dict) -> str:
     """Plain-text table: per workload and peer, median, kernel speedup, GB/s and roofline fraction."""
     m = doc["machine"]
@@ -162,7 +170,7 @@ def table(doc: dict) -> str:
              for wr in doc["workloads"]]
     nw = max([30, *map(len, names)])
     head = (f"{'workload':<{nw}} {'peer':<40} {'median':>10} {'speedup':>8}" + (f" {'x kernel':>8}" if alone else "")
-            + f" {'GB/s':>8} {'roofline':>8}  note")
+            + f" {'GB/s':>8} {'roofline':>8} {'us/token':>8}  note")
     lines += ["", head, "-" * len(head)]
     for name, wr in zip(names, doc["workloads"], strict=True):
         if not wr["gate"]["ok"]:
@@ -173,7 +181,8 @@ def table(doc: dict) -> str:
             x_alone = f" {_fmt(r.get('x_kernel_only'), '.3g'):>8}" if alone else ""
             lines.append(f"{name if i == 0 else '':<{nw}} {r['label']:<40} {_fmt_time(r['median_s']):>10} "
                          f"{_fmt(r['speedup'], '.3g'):>8}{x_alone} {_fmt(r['gbps'], '.3g'):>8} "
-                         f"{_fmt(r['roofline'], '.1%'):>8}  {status}{r['note']}".rstrip())
+                         f"{_fmt(r['roofline'], '.1%'):>8} {_fmt(_per_token(wr, r), '.3g'):>8}  "
+                         f"{status}{r['note']}".rstrip())
     if not doc.get("complete", True):
         lines.append("(incomplete: the run is still under way or was cut short)")
     return "\n".join(lines + _goal_lines(doc))

@@ -104,6 +104,7 @@ class Preset:
 GOAL_SHAPE = (8, 8192, 16, 128)  # the Triton issue's H200 size: B, T, H, D (bfloat16, order 6)
 TVM_SHAPE = (1, 4096, 8, 64)  # the TVM issue's CPU size (float32, order 6)
 DECODE_BATCHES, DECODE_CONTEXT = (1, 8, 64), 1024  # the decode issue's batches, and SDPA's KV-cache length
+LONG_TS = _pow2(1024, 262144)  # the long-sequence issue's sweep
 
 PRESETS: dict[str, Preset] = {
     "cpu": Preset("B=1 H=8 D=64 order 6 float32 (the TVM issue's size at T=4096), T from 1k to 64k", "cpu"),
@@ -140,6 +141,18 @@ PRESETS: dict[str, Preset] = {
         "a fresh process's first call (B=1 T=4096 H=8 D=64 float32 order 6, forward+backward) with an empty "
         "compiled-kernel cache against a second process's with the cache filled (schedules/bench/coldstart.py)",
         "cpu", backend="tvm"),
+    "long": Preset(
+        "long sequences on the CPU: B=1 H=8 D=64 order 6 float32, forward and forward+backward at T = 1k..256k, "
+        "against the untuned default and a copy of the same bytes (the memory roofline)",
+        "cpu",
+        goals=(Goal("forward at T = 16k and 64k at least 50% of the copy roofline", "fwd", "kernel", "roofline",
+                    ">=", 0.5, 16384, T_to=65536),
+               Goal("forward+backward at T = 16k and 64k at least 30% of the copy roofline", "fwdbwd", "kernel",
+                    "roofline", ">=", 0.3, 16384, T_to=65536),
+               Goal("forward per token at 64k within 1.3x of 4k", "fwd", "kernel", "token_ratio", "<=", 1.3,
+                    4096, T_to=65536),
+               Goal("forward+backward per token at 64k within 1.3x of 4k", "fwdbwd", "kernel", "token_ratio", "<=",
+                    1.3, 4096, T_to=65536))),
     "tvm-speed": Preset(
         "the TVM issue's CPU goals: B=1 T=4096 H=8 D=64 float32 order 6, forward and forward+backward, "
         "against the default schedule and the unstabilised cumsum form",
@@ -170,6 +183,9 @@ def plan(name: str, device: str) -> list[tuple[Workload, tuple[str, ...] | None]
         base = (Workload(1, DECODE_CONTEXT, 16, 128, 6, "bfloat16", "step", device) if device == "cuda"
                 else Workload(1, DECODE_CONTEXT, 8, 64, 6, "float32", "step", device))
         return [(replace(base, B=b), ("inplace", "kernel_only", "eager", "sdpa", "copy")) for b in DECODE_BATCHES]
+    if name == "long":
+        fwd, peers = Workload(*TVM_SHAPE, 6, "float32", "fwd", device), ("default", "copy")
+        return [(replace(fwd, T=t, mode=m), peers) for m in ("fwd", "fwdbwd") for t in LONG_TS]
     if name == "tvm-speed":
         fwd, peers = Workload(*TVM_SHAPE, 6, "float32", "fwd", device), ("default", "eager", "cumsum", "copy")
         return [(fwd, peers), (replace(fwd, mode="fwdbwd"), peers)]

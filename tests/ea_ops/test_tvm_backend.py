@@ -119,6 +119,18 @@ def test_nearest_t_bucket_wins(cache):
     assert tuned.candidates("forward", True, 2, "float32", 2, 8, 20)[0]["workload"]["T_bucket"] == 32
 
 
+def test_a_record_applies_only_within_max_t_distance_of_its_length(cache):
+    """A record tuned at 4k picks loops for 4k: from 4x its length on, the call runs the default schedule."""
+    at_4k = record(workload={"B": 1, "T": 4096, "H": 2, "D": 8, "T_bucket": 4096})
+    records.add_records(cache, [at_4k])
+    far = 4096 << tuned.MAX_T_DISTANCE
+    for T in (4096 >> tuned.MAX_T_DISTANCE, 4096, far):
+        assert [r["workload"]["T_bucket"] for r in tuned.candidates("forward", True, 2, "float32", 2, 8, T)] == [4096]
+    for T in (far * 2, 4096 >> (tuned.MAX_T_DISTANCE + 1)):
+        assert tuned.candidates("forward", True, 2, "float32", 2, 8, T) == []
+        assert build.kernel_for("forward", True, 2, "float32", 2, 8, T).source == "default"
+
+
 def test_supports_and_unsupported_inputs():
     q = torch.zeros(1, 4, 1, 2)
     assert backend.supports(q, causal=True, order=2, needs_grad=True) is None

@@ -76,7 +76,7 @@ def test_tvm_default_peer_hides_the_records_the_kernel_runs_with(record_roots, c
     assert rc == 0, err
     default = rows(doc)["default"]
     assert default["status"] == "ok" and default["median_s"] > 0
-    assert "records hidden: forward loop=d_t,d_tile=8,h_tile=1,t_unroll=1" in default["note"]
+    assert f"records hidden: forward {peers._fmt_config(default_cpu_config('forward', 2, 8))}" in default["note"]
     assert "(kernel: loop=d_t,d_tile=8,h_tile=1,t_unroll=2" in default["note"]
     with peers._records_hidden(peers._empty_folder()):
         assert build.kernel_for("forward", True, 6, "float32", 2, 8, 64).source == "default"
@@ -125,6 +125,17 @@ def test_goals_are_judged_on_the_worst_workload_and_only_when_measured():
     assert judge(flat, _doc([("step", 1024, 2.0), ("step", 8192, 2.6)]))["met"] is False
     with pytest.raises(ValueError, match="metric must be one of"):
         Goal("x", "fwd", "kernel", "fast", ">", 1.0)
+
+
+def test_token_ratio_compares_time_per_token_at_the_two_lengths_only():
+    flat = Goal("flat per token", "fwd", "sdpa", "token_ratio", "<=", 1.3, 4096, T_to=65536)
+    # 16x the tokens in 20x the time: 1.25x per token; the 16k row (slow) is not part of the ratio
+    got = judge(flat, _doc([("fwd", 1024, 0.1), ("fwd", 4096, 1.0), ("fwd", 16384, 9.0), ("fwd", 65536, 20.0)]))
+    assert got["measured"] == pytest.approx(1.25) and got["met"] is True
+    assert judge(flat, _doc([("fwd", 4096, 1.0), ("fwd", 65536, 24.0)]))["met"] is False
+    assert judge(flat, _doc([("fwd", 4096, 1.0)]))["met"] is None  # 64k not measured
+    with pytest.raises(ValueError, match="T_to"):
+        Goal("x", "fwd", "kernel", "token_ratio", "<=", 1.3, 4096)
 
 
 def test_out_keeps_the_finished_workloads_of_a_run_cut_short(monkeypatch, capsys, tmp_path):

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ...records import mean_length
 from ..common import KERNEL_DTYPES, define_ops, float32_state, new_buffer, no_state, poisoning, segments_of
+from ..pages import touch_if_fresh
 from . import build
 
 
@@ -90,7 +91,7 @@ def forward_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Te
     set_threads_once()
     q, k, v = (t.contiguous() for t in (q, k, v))
     B, T, H, D = q.shape
-    o = new_buffer(q.shape, q.dtype, q.device)
+    o = touch_if_fresh(new_buffer(q.shape, q.dtype, q.device))
     r = math.sqrt(scale)
     if causal:
         S, Z, M = float32_state(S0, Z0, M0, copy=True)
@@ -118,7 +119,7 @@ def backward_impl(q: Tensor, k: Tensor, v: Tensor, g: Tensor, S0: Tensor, Z0: Te
     g = g.to(q.dtype).contiguous()
     B, T, H, D = q.shape
     t1 = order + 1
-    dq, dk, dv = (new_buffer(q.shape, q.dtype, q.device) for _ in range(3))
+    dq, dk, dv = (touch_if_fresh(new_buffer(q.shape, q.dtype, q.device)) for _ in range(3))
     if dq.numel() == 0:
         return dq, dk, dv
     r = math.sqrt(scale)

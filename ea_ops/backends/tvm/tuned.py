@@ -6,7 +6,10 @@ Records (``ea_ops.records`` schema v1) live in ``<root>/tvm/<fingerprint>/record
 dtype, ``H`` and ``D``. Records of this CPU's fingerprint come first; after them, records of other
 fingerprints of the same architecture and vector ISA (another vendor, model or core count: the knobs are
 loop orders, vector widths and unrolls, which carry over), nearest fingerprint first (``fingerprint_distance``).
-Within one fingerprint the record whose ``T_bucket`` is nearest (in log2) to the call's wins.
+Within one fingerprint the record whose ``T_bucket`` is nearest (in log2) to the call's wins, and none applies
+more than ``MAX_T_DISTANCE`` buckets away: the best loop order at 4k falls off a cliff at 64k (a record tuned
+at T = 4096 chose ``d_t``: 3x slower per token at 64k than the ``blocked`` default), so a call that far from
+every record runs the default schedule.
 The MetaSchedule database the tuner kept sits in the same folder; the runtime needs only the knobs.
 """
 
@@ -23,6 +26,7 @@ from ...records import t_bucket
 from .target import cpu_fingerprint
 
 BACKEND = "tvm"
+MAX_T_DISTANCE = 2  # in log2 buckets: a record applies from a quarter to four times its tuned length
 
 
 def parse_fingerprint(fp: str) -> dict[str, str] | None:
@@ -136,12 +140,14 @@ def _matches(rec: dict, kernel: str, causal: bool, order: int, dtype: str, H: in
 def candidates(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, T: int,
                fingerprint: str | None = None) -> list[dict]:
     """Matching records, best first: this CPU's fingerprint (or ``fingerprint``), then the transferable ones,
-    nearest fingerprint first; within one, the nearest ``T_bucket`` (the user cache wins ties)."""
+    nearest fingerprint first; within one, the nearest ``T_bucket`` (the user cache wins ties), none farther than
+    ``MAX_T_DISTANCE`` buckets."""
     want = t_bucket(T)
     fps = [fingerprint] if fingerprint is not None else related_fingerprints()
     out: list[dict] = []
     for fp in fps:
-        found = [r for r in load(fp) if _matches(r, kernel, causal, order, dtype, H, D)]
+        found = [r for r in load(fp) if _matches(r, kernel, causal, order, dtype, H, D)
+                 and _records.log2_distance(r["workload"].get("T_bucket"), want) <= MAX_T_DISTANCE]
         # stable sort: user cache records come first
         out.extend(sorted(found, key=lambda rec: _records.log2_distance(rec["workload"].get("T_bucket"), want)))
     return out
