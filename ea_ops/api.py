@@ -20,6 +20,7 @@ def ea_attention(
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     backend: str = "auto",
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, EAState | None]:
     """Element-wise attention with the even Taylor order ``order`` (EA-t).
 
@@ -32,9 +33,13 @@ def ea_attention(
         output_final_state: also return the state after the last token; causal only.
         cu_seqlens: ``[N+1]`` int offsets of N sequences packed along T (batch size 1).
         backend: "auto", "torch", "tvm" or "triton".
+        out: a contiguous tensor like ``q`` to write ``o`` into (no gradients): for long prefills, whose fresh
+            output pages cost more than the kernel (README "Long sequences"). The TVM kernels write it directly,
+            the other backends copy into it.
 
     Returns:
-        ``(o, final_state)``: ``o`` like ``q``; ``final_state`` is None unless ``output_final_state``.
+        ``(o, final_state)``: ``o`` like ``q`` (``out`` when given); ``final_state`` is None unless
+        ``output_final_state``.
     """
     checks.check_qkv(q, k, v, rank=4)
     order = checks.check_order(order)
@@ -56,16 +61,28 @@ def ea_attention(
     if q.dtype == torch.float64 and backend not in ("auto", "torch"):
         raise TypeError(f"float64 inputs run on the torch backend only, got backend={backend!r}")
     needs_grad = checks.needs_grad(q, k, v)
+    if out is not None:
+        out = checks.check_out(out, q, k, v, grad=needs_grad)
     call_log.note("forward", q, order=order, causal=causal, needs_grad=needs_grad, segments=segments)
     mod = dispatch.resolve(backend, q, causal=causal, order=order, needs_grad=needs_grad)
     if B * H * D == 0:  # no channel to compute: nothing reaches a kernel
         n_state = B if segments is None else len(segments)
         final = _final_state(initial_state, n_state, H, D, order, q) if output_final_state else None
-        return _empty_output(q, k, v), final
-    return mod.attention(
+        return _into(out, _empty_output(q, k, v)), final
+    # A backend that writes ``out`` itself says so (TVM); the others' output is copied into it.
+    given = {"out": out} if out is not None and getattr(mod, "WRITES_OUT", False) else {}
+    o, final = mod.attention(
         q, k, v, order=order, causal=causal, scale=scale, initial_state=initial_state,
-        output_final_state=output_final_state, cu_seqlens=segments,
+        output_final_state=output_final_state, cu_seqlens=segments, **given,
     )
+    return _into(out, o), final
+
+
+def _into(out: torch.Tensor | None, o: torch.Tensor) -> torch.Tensor:
+    """``o``, or ``out`` holding it."""
+    if out is None or o is out:
+        return o
+    return out.copy_(o)
 
 
 def ea_recurrent_step(

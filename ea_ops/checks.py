@@ -82,6 +82,36 @@ def needs_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
 
 
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """The bytes ``[first, last)`` a tensor's elements occupy (its strides' extent)."""
+    start = t.data_ptr()
+    extent = sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride(), strict=True)) + 1
+    return start, start + extent * t.element_size()
+
+
+def check_out(out: object, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, grad: bool) -> torch.Tensor:
+    """``out=`` of ``ea_attention``: a contiguous tensor like ``q`` that shares no memory with ``q, k, v``, for
+    a call that builds no autograd graph (``grad``: whether it would)."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+    if out.shape != q.shape:
+        raise ValueError(f"out must have the shape of q {tuple(q.shape)}, got {tuple(out.shape)}")
+    if out.dtype != q.dtype or out.device != q.device:
+        raise ValueError(f"out must be {q.dtype} on {q.device} like q, got {out.dtype} on {out.device}")
+    if not out.is_contiguous():
+        raise ValueError("out must be contiguous")
+    if grad or out.requires_grad:
+        raise ValueError("out= takes calls without gradients (torch.no_grad(), or inputs that do not require "
+                         "grad): autograd cannot differentiate into a buffer the call writes")
+    if out.numel() and not torch.compiler.is_compiling():  # addresses are not traceable
+        lo, hi = _span(out)
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            a, b = _span(t)
+            if t.numel() and a < hi and lo < b:
+                raise ValueError(f"out must not share memory with {name}")
+    return out
+
+
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
     """Sums accumulate in float32; float64 inputs (references, gradcheck) keep float64."""
     return torch.float64 if dtype == torch.float64 else torch.float32

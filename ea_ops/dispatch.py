@@ -11,6 +11,8 @@ A backend module defines:
     explain(q, *, order, causal, needs_grad) -> dict   (optional) the schedule a call would get, and why
     stepper(state, *, order, scale, dtype) -> step    (optional) ``step(q_t, k_t, v_t) -> o_t`` updating the
                                                   caller's state in place (``ea_ops.EADecoder``)
+    WRITES_OUT = True                             (optional) ``attention`` takes ``out=`` and writes it; for the
+                                                  others ``ea_attention`` copies the output into ``out``
 Inputs reach a backend validated; ``cu_seqlens`` arrives as a list of ``(begin, end)`` pairs.
 
 ``auto`` takes the first of ``AUTO_ORDER`` that is installed, prefers the tensors and supports the call: Triton

@@ -64,14 +64,15 @@ def op_state_inputs(q: Tensor, order: int, causal: bool, initial_state: EAState 
 
 def run_attention(ops, q: Tensor, k: Tensor, v: Tensor, *, order: int, causal: bool, scale: float,
                   initial_state: EAState | None, output_final_state: bool,
-                  cu_seqlens: list[tuple[int, int]] | None) -> tuple[Tensor, EAState | None]:
+                  cu_seqlens: list[tuple[int, int]] | None, out: Tensor | None = None) -> tuple[Tensor, EAState | None]:
     """A backend's ``attention`` (the dispatch protocol) through its ops module (``define_ops``).
 
     Under ``torch.compile`` the call is the custom op ``ops.forward_op``. In eager mode it is the same
     ``ops.forward_impl``, called directly when nothing needs a gradient, else through ``eager_forward`` (an
     ``autograd.Function`` with the custom op's autograd formula): the first call of any ``torch.library``
     custom op imports ``torch._dynamo``, about 0.8 s of a new process's first call once its kernels are cached
-    (docs/measurements.md section 9), and every call pays the op's dispatch.
+    (docs/measurements.md section 9), and every call pays the op's dispatch. ``out`` (validated, no gradients;
+    only for backends whose ``forward_impl`` takes it) is written by the direct call; traced, the caller copies.
     """
     offsets, S0, Z0, M0 = op_state_inputs(q, order, causal, initial_state, cu_seqlens)
     want = bool(causal and output_final_state)
@@ -81,7 +82,7 @@ def run_attention(ops, q: Tensor, k: Tensor, v: Tensor, *, order: int, causal: b
     elif needs_grad(q, k, v):
         o, S, Z, M = eager_forward(ops).apply(*args)
     else:
-        o, S, Z, M = ops.forward_impl(*args)
+        o, S, Z, M = ops.forward_impl(*args, **({} if out is None else {"out": out}))
     return (o, EAState(S, Z, M)) if want else (o, None)
 
 

@@ -83,3 +83,14 @@ def test_a_second_shape_recompiles_without_breaking_the_graph():
     for T in (9, 17, 33):
         q, k, v = (torch.randn(1, T, 2, 8) * 0.5 for _ in range(3))
         assert rel_err(fn(q, k, v), ea_ops.ea_attention(q, k, v, order=2)[0]) < 1e-5
+
+
+def test_out_under_compile_holds_the_graph_and_writes_the_buffer():
+    torch._dynamo.reset()
+    q, k, v = (torch.randn(1, 40, 2, 8) * 0.5 for _ in range(3))
+    out = torch.full_like(q, float("nan"))
+    fn = torch.compile(lambda q, k, v, out: ea_ops.ea_attention(q, k, v, order=2, out=out)[0], fullgraph=True,
+                       backend="aot_eager")
+    got = fn(q, k, v, out)
+    assert got.data_ptr() == out.data_ptr()
+    assert rel_err(out, ea_ops.ea_attention(q, k, v, order=2, backend="torch")[0]) < 1e-5

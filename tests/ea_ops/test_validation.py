@@ -37,6 +37,13 @@ def call(**kw):
     ({"causal": False, "output_final_state": True}, ValueError, "output_final_state needs causal=True"),
     ({"cu_seqlens": torch.tensor([0, 6])}, ValueError, "cu_seqlens needs batch size 1"),
     ({"initial_state": (1, 2)}, TypeError, "initial_state must be an ea_ops.EAState"),
+    ({"out": Q.numpy()}, TypeError, "out must be a torch.Tensor"),
+    ({"out": torch.empty(2, 6, 3, 5)}, ValueError, "out must have the shape of q"),
+    ({"out": torch.empty(2, 6, 3, 4, dtype=torch.float64)}, ValueError, "out must be torch.float32"),
+    ({"out": torch.empty(2, 6, 4, 3).transpose(2, 3)}, ValueError, "out must be contiguous"),
+    ({"out": Q}, ValueError, "out must not share memory with q"),
+    ({"out": V}, ValueError, "out must not share memory with v"),
+    ({"q": Q.clone().requires_grad_(), "out": torch.empty_like(Q)}, ValueError, "out= takes calls without gradients"),
 ])
 def test_bad_arguments(kw, exc, words):
     with pytest.raises(exc, match=None) as info:
@@ -180,3 +187,21 @@ def test_step_errors_name_the_step_arguments():
     st = ea_ops.EAState.empty(2, 3, 4, 2, device="meta")
     with pytest.raises(ValueError, match="state.S must be on the device of q_t"):
         ea_ops.ea_recurrent_step(q, k, v, st, order=2)
+
+
+@pytest.mark.parametrize("backend", ["torch", "tvm"])
+def test_out_with_packed_sequences_a_state_and_no_channels(backend):
+    if backend == "tvm":
+        pytest.importorskip("tvm")
+    q, k, v = qkv((1, 9, 2, 4), dtype=torch.float32)
+    cu = torch.tensor([0, 4, 9])
+    want, want_state = ea_ops.ea_attention(q, k, v, cu_seqlens=cu, output_final_state=True, backend=backend)
+    out = torch.full_like(q, float("nan"))
+    got, state = ea_ops.ea_attention(q, k, v, cu_seqlens=cu, output_final_state=True, backend=backend, out=out)
+    assert got is out and rel_err(out, want) < 1e-6 and rel_err(state.S, want_state.S) < 1e-6
+    with torch.no_grad():  # inputs that require grad are fine under no_grad
+        qg = q.clone().requires_grad_()
+        assert ea_ops.ea_attention(qg, k, v, backend=backend, out=out)[0] is out
+    empty = torch.empty(1, 9, 0, 4)
+    none = torch.empty_like(empty)
+    assert ea_ops.ea_attention(empty, empty, empty, backend=backend, out=none)[0] is none

@@ -75,6 +75,9 @@ def explain(q: torch.Tensor, *, order: int, causal: bool, needs_grad: bool) -> d
     return out
 
 
+WRITES_OUT = True  # ``attention(..., out=)``: the forward kernel writes the caller's buffer (api.ea_attention)
+
+
 def attention(q, k, v, **kw):
     from . import ops  # imports the backend's library: only when a call runs
 

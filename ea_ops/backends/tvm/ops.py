@@ -22,7 +22,6 @@ from torch import Tensor
 
 from ...records import mean_length
 from ..common import KERNEL_DTYPES, define_ops, float32_state, new_buffer, no_state, poisoning, segments_of
-from ..pages import touch_if_fresh
 from . import build
 
 
@@ -84,14 +83,15 @@ def _record_length(T: int, offsets: list[int]) -> int:
 
 def forward_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tensor, order: int,
                  causal: bool, scale: float, offsets: list[int],
-                 want_state: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                 want_state: bool = True, out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``o`` and the final state (``causal and want_state``; empty tensors otherwise). ``q, k, v [B, T, H, D]``.
 
-    The causal kernel updates a state in any case (a copy of the initial one)."""
+    The causal kernel updates a state in any case (a copy of the initial one). ``out``: a contiguous buffer
+    like ``q`` to write ``o`` into (``checks.check_out``), instead of a new one."""
     set_threads_once()
     q, k, v = (t.contiguous() for t in (q, k, v))
     B, T, H, D = q.shape
-    o = touch_if_fresh(new_buffer(q.shape, q.dtype, q.device))
+    o = new_buffer(q.shape, q.dtype, q.device) if out is None else out
     r = math.sqrt(scale)
     if causal:
         S, Z, M = float32_state(S0, Z0, M0, copy=True)
@@ -119,7 +119,7 @@ def backward_impl(q: Tensor, k: Tensor, v: Tensor, g: Tensor, S0: Tensor, Z0: Te
     g = g.to(q.dtype).contiguous()
     B, T, H, D = q.shape
     t1 = order + 1
-    dq, dk, dv = (touch_if_fresh(new_buffer(q.shape, q.dtype, q.device)) for _ in range(3))
+    dq, dk, dv = (new_buffer(q.shape, q.dtype, q.device) for _ in range(3))
     if dq.numel() == 0:
         return dq, dk, dv
     r = math.sqrt(scale)
