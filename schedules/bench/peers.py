@@ -30,11 +30,13 @@ from .timing import Scoped
 from .workloads import Workload
 
 TORCH = dispatch.load("torch")  # the reference backend's module (the dispatch protocol), always present
-PEERS = ("kernel", "default", "inplace", "kernel_only", "eager", "compiled", "cumsum", "sdpa", "flash_attn", "copy")
+PEERS = ("kernel", "default", "out", "inplace", "kernel_only", "eager", "compiled", "cumsum", "sdpa", "flash_attn",
+         "copy")
 STANDARD = ("eager", "compiled", "sdpa", "copy")  # without --peers and a preset's own
 COMPILE_BLOCK = 2048  # tokens per compiled block: bounds the compiled form's O(block * t) temporaries
 LABELS = {
     "default": "same backend, untuned default",
+    "out": "same backend, out= (preallocated output)",
     "inplace": "EADecoder.step (state in place)",
     "kernel_only": "compiled kernel alone (preallocated)",
     "eager": "eager PyTorch (torch backend)",
@@ -112,6 +114,18 @@ def ea_call(w: Workload, x: Inputs, backend: str) -> Callable[[], tuple]:
         o, _ = ea_ops.ea_attention(x.q, x.k, x.v, order=w.order, backend=backend)
         return (o.detach(), *torch.autograd.grad(o, (x.q, x.k, x.v), x.g))
     return fwdbwd
+
+
+def out_call(w: Workload, x: Inputs, backend: str) -> Callable[[], tuple]:
+    """The forward writing into one preallocated output (``ea_attention(out=)``): no fresh output pages."""
+    if w.mode != "fwd":
+        raise Unavailable("out= takes forward calls without gradients (fwd mode)")
+    o = torch.empty_like(x.q)
+
+    def fwd():
+        with torch.no_grad():
+            return (ea_ops.ea_attention(x.q, x.k, x.v, order=w.order, backend=backend, out=o)[0],)
+    return fwd
 
 
 def inplace_call(w: Workload, x: Inputs, backend: str) -> Callable[[], tuple]:

@@ -201,8 +201,9 @@ class Runner:
                     return [PeerResult(peer, label, "same", bytes=ea_bytes,
                                        note="the torch backend has no tuned configuration")]
                 return [self._checked(w, peer, label, lambda: peers.default_call(w, x, self.opts.backend), st)]
-            if peer in ("inplace", "kernel_only"):
-                make = peers.inplace_call if peer == "inplace" else peers.kernel_only_call
+            if peer in ("inplace", "kernel_only", "out"):
+                make = {"inplace": peers.inplace_call, "kernel_only": peers.kernel_only_call,
+                        "out": peers.out_call}[peer]
                 return [self._checked(w, peer, label, lambda: (make(w, x, self.opts.backend), ""), st)]
             if peer == "compiled":
                 if w.mode == "step":

@@ -74,7 +74,11 @@ def test_presets_match_the_issues_sizes():
     assert {(w.B, w.H, w.D, w.dtype, w.mode) for w in preset("decode", "cuda")} == {
         (b, 16, 128, "bfloat16", "step") for b in (1, 8, 64)}
     assert set(PRESETS) == {"cpu", "gpu", "decode", "demo", "smoke", "gpu-goal", "tvm-speed", "coldstart",
-                            "fast-default"}
+                            "fast-default", "long"}
+    long = plan("long", "cpu")  # issue 13: T 1k..256k, forward and forward+backward, B1 H8 D64 order 6 float32
+    assert [(w.T, w.mode) for w, _ in long] == [(1024 << i, m) for m in ("fwd", "fwdbwd") for i in range(9)]
+    assert {(w.B, w.H, w.D, w.order, w.dtype) for w, _ in long} == {(1, 8, 64, 6, "float32")}
+    assert all("copy" in p and ("out" in p) == (w.mode == "fwd") for w, p in long)
     fast = plan("fast-default", "cpu")
     assert (1, 4096, 8, 64, 6, "fwd") in {(w.B, w.T, w.H, w.D, w.order, w.mode) for w, _ in fast}
     assert (1, 2048, 12, 48, 4, "fwd") in {(w.B, w.T, w.H, w.D, w.order, w.mode) for w, _ in fast}
