@@ -16,6 +16,12 @@ syntax: the same instructions the shared object holds) and counts the hot time l
   LLVM did not unroll the loop further itself: it does so for small loops without loop-carried state (the
   non-causal ``out`` block, two steps an iteration), not for the scans; the division and the exponentials'
   rounds per step (``arith_per_step``) show which.
+- The causal forward under ``blocked`` is written as loops (``cpu_blocked``), not scheduled blocks: its hot
+  loops are told apart by what they hold (``analyse_blocked``): the ``block minimum`` pre-pass (a multiply and
+  a min per step, as many steps an iteration as it has multiplies), the ``stabilised`` steps (``t_unroll`` an
+  iteration; one select per step, the division's count), the ``per step`` fallback (three selects a step) and
+  its ``tail`` (one step, in the second parallel function); loops of multiplies alone (changes of basis, once
+  per block) are left out.
 - Each instruction gets one class from ``CLASSES`` (mnemonic -> class, the one copy of the rule) or from
   its operands where the mnemonic alone does not say: a vector move is a load (memory source), a store
   (memory destination), a select (register to register under a mask, ``{%k1}``) or a register move;
@@ -379,6 +385,36 @@ def analyse(asm: str, blocks: list[str], cfg: dict[str, Any], tail_suffix: str =
     return out
 
 
+def analyse_blocked(asm: str, cfg: dict[str, Any]) -> list[dict]:
+    """The hot loops of the block-stabilised causal forward (``cpu_blocked``), by role (module docstring)."""
+    funcs = [(fn, hot_loops(fn)) for fn in parse_asm(asm)]
+    funcs = [(fn, lps) for fn, lps in funcs if lps]
+    out = []
+    for i, (fn, lps) in enumerate(funcs):
+        for lp in lps:
+            insns = lp.body(fn)
+            arith = Counter(x.cls for x in insns if GROUPS[x.cls] == "arith")
+            if set(arith) <= {"mul"}:
+                continue  # a change of basis or a rebase: once per block, not per step
+            if set(arith) <= {"mul", "min/max"}:
+                role, steps = "block minimum", arith["mul"]
+            elif i == len(funcs) - 1 and len(funcs) > 1:
+                role, steps = "tail", 1
+            elif arith.get("blend/select", 0) <= 1.5 * max(1, arith["div"]):  # one division a step, both forms;
+                role, steps = "stabilised", cfg["t_unroll"]  # the per-step form selects 3 times a step, this one once
+            else:
+                role, steps = "per step", 1
+            rec = {"block": role, "tail": role == "tail", "function": fn.name, "loops": [lp.label],
+                   "steps": steps, "lanes_per_step": cfg["d_tile"]}
+            rec.update(_tally(insns, steps, cfg["d_tile"]))
+            out.append(rec)
+    roles = [r["block"] for r in out]
+    if sorted(set(roles)) != sorted({"block minimum", "stabilised", "per step", "tail"}) or len(roles) != 4:
+        raise DisasmError(f"block-stabilised forward: hot loops {roles}, expected the block minimum, the "
+                          "stabilised steps, the per-step fallback and the tail once each")
+    return out
+
+
 def build(kernel: str, order: int = 6, dtype: str = "float32", causal: bool = True, H: int = 8, D: int = 64,
           cfg: dict | None = None, mcpu: str | None = None):
     """``(asm, blocks, cfg, target)``: one kernel built as the runtime builds it (``build.build_cpu``), and
@@ -386,7 +422,7 @@ def build(kernel: str, order: int = 6, dtype: str = "float32", causal: bool = Tr
     import tvm
 
     from ea_ops.backends.tvm import build as runtime_build
-    from ea_ops.backends.tvm import cpu_kernels, schedule
+    from ea_ops.backends.tvm import schedule
     from ea_ops.backends.tvm.target import cpu_target
 
     if cfg is None:
@@ -396,8 +432,7 @@ def build(kernel: str, order: int = 6, dtype: str = "float32", causal: bool = Tr
     if mcpu is None:
         lib = runtime_build.build_cpu(kernel, causal, order, dtype, H, D, cfg)
     else:
-        func = cpu_kernels.build_func(kernel, order, dtype, causal, H, D, align=schedule.time_align(cfg))
-        lib = tvm.compile(schedule.schedule_cpu(func, kernel, causal, cfg), target=target)
+        lib = tvm.compile(schedule.cpu_module(kernel, causal, order, dtype, H, D, cfg), target=target)
     return lib.mod.inspect_source("asm"), time_blocks(kernel, causal), cfg, target
 
 
@@ -425,7 +460,8 @@ def _count(kernel, order, dtype, causal, H, D, cfg, mcpu) -> tuple[dict[str, Any
         "target": str(target), "mcpu": str(target.attrs.get("mcpu", "")), "tvm": tvm.__version__,
         "llvm": int(codegen.llvm_version_major()),
         "source": "LLVM assembly, Executable.mod.inspect_source('asm')",
-        "blocks": analyse(asm, blocks, cfg, TAIL),
+        "blocks": (analyse_blocked(asm, cfg) if kernel == "forward" and causal and cfg["loop"] == "blocked"
+                   else analyse(asm, blocks, cfg, TAIL)),
     }
     return res, asm
 

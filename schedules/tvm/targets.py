@@ -62,9 +62,8 @@ class TuneTarget:
             return spaces.space_generator(w.kernel, w.causal, spaces.spaces_for(w.B * w.T * w.H * w.D))
         return spaces.cuda_space_generator(w)
 
-    def module(self, w: Workload, align: int | None = None):
-        """The static-shape, unscheduled IRModule MetaSchedule tunes for one workload on this target (``align``:
-        a CPU kernel's time alignment, ``schedule.time_align``; the default suits every sampled config)."""
+    def module(self, w: Workload):
+        """The static-shape, unscheduled IRModule MetaSchedule tunes for one workload on this target."""
         import tvm
 
         static = {"B": w.B, "T": w.T, "r": 1.0}
@@ -76,19 +75,18 @@ class TuneTarget:
         else:
             from ea_ops.backends.tvm import cpu_kernels
 
-            func = cpu_kernels.build_func(w.kernel, w.order, w.dtype, w.causal, w.H, w.D, static=static,
-                                          align=align or cpu_kernels.TIME_ALIGN)
+            func = cpu_kernels.build_func(w.kernel, w.order, w.dtype, w.causal, w.H, w.D, static=static)
         return tvm.IRModule({"main": func})
 
     def scheduled(self, w: Workload, cfg: dict | None):
         """The workload's IRModule under ``cfg`` (None: the default schedule), time loops checked."""
         from ea_ops.backends.tvm import schedule
 
-        if self.kind == "cpu":
+        if self.kind == "cpu":  # the runtime's module (schedule.cpu_module), at the workload's static shape
             cfg = schedule.default_cpu_config(w.kernel, w.H, w.D) if cfg is None else \
                 schedule.validate_cpu_config(cfg, w.H, w.D)
-            mod = self.module(w, schedule.time_align(cfg))
-            return schedule.schedule_cpu(mod["main"], w.kernel, w.causal, cfg)
+            return schedule.cpu_module(w.kernel, w.causal, w.order, w.dtype, w.H, w.D, cfg,
+                                       static={"B": w.B, "T": w.T, "r": 1.0})
         from ea_ops.backends.tvm import cuda_kernels
 
         cfg = cfg or cuda_kernels.default_config(w.kernel, w.causal, w.B * w.H * w.D)

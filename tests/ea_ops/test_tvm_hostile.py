@@ -83,3 +83,11 @@ def test_a_non_finite_input_stays_in_its_channel_and_after_its_position(case):
 @pytest.mark.parametrize("T, cu", HX.LARGE_CASES)
 def test_large_keys_finite_and_as_float64(T, cu, causal):
     HX.check_large_keys("tvm", T, cu, causal)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("T, cu", HX.LONG_LARGE_CASES)
+def test_large_keys_through_the_block_stabilised_forward(T, cu, causal):
+    """H = 4 heads: the default schedule is ``blocked`` (up to 4 threads), whose causal forward is stabilised
+    per block of 64 steps; keys near 12 make every block fall back to the per-step form where it must."""
+    HX.check_large_keys("tvm", T, cu, causal, H=4, order=6)

@@ -75,12 +75,10 @@ def build_cpu(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int,
     """The compiled runtime module of one kernel under one CPU config (no caching)."""
     import tvm
 
-    from . import cpu_kernels, schedule
+    from . import schedule
     from .target import cpu_target
 
-    func = cpu_kernels.build_func(kernel, order, dtype, causal, H, D, align=schedule.time_align(cfg))
-    mod = schedule.schedule_cpu(func, kernel, causal, cfg)
-    return tvm.compile(mod, target=cpu_target())
+    return tvm.compile(schedule.cpu_module(kernel, causal, order, dtype, H, D, cfg), target=cpu_target())
 
 
 def kernel_for(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, T: int,

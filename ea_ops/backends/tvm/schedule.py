@@ -184,6 +184,21 @@ def _apply_block(sch: s_tir.Schedule, block, loop: str, d_factors, h_factors, t_
     sch.unroll(t_i)
 
 
+def cpu_module(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, cfg: dict[str, Any],
+               static: dict | None = None) -> tvm.IRModule:
+    """The module the runtime compiles for one kernel under the validated ``cfg``: the causal forward under
+    ``blocked`` is written as loops (``cpu_blocked``: stabilised per block of steps), every other kernel is
+    ``cpu_kernels``' PrimFunc scheduled by ``schedule_cpu``."""
+    import tvm
+
+    from . import cpu_blocked, cpu_kernels
+
+    if kernel == "forward" and causal and cfg["loop"] == "blocked":
+        return tvm.IRModule({"main": cpu_blocked.forward(order, dtype, H, D, cfg, static)})
+    func = cpu_kernels.build_func(kernel, order, dtype, causal, H, D, static=static, align=time_align(cfg))
+    return schedule_cpu(func, kernel, causal, cfg)
+
+
 def schedule_cpu(func: tirx.PrimFunc, kernel: str, causal: bool, cfg: dict[str, Any]) -> tvm.IRModule:
     """``func`` scheduled with the (validated) CPU config ``cfg``; the time loops are checked."""
     from tvm import s_tir

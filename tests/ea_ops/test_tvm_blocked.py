@@ -1,0 +1,142 @@
+"""The causal forward stabilised per block of steps (``cpu_blocked``) against the float64 torch reference.
+
+Lengths around the block (the per-step tail), keys whose minimum falls by more or less than ``MAX_SPREAD`` within
+a block (per-step fallback or not), NaN and infinite keys (causal NaN), initial states, float32/bfloat16/float16,
+every knob the ``blocked`` config has; NaN-poisoned outputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import ea_ops
+from tests.helpers import rel_err
+
+tvm = pytest.importorskip("tvm")
+
+from ea_ops.backends.tvm import cpu_blocked, schedule  # noqa: E402
+from ea_ops.backends.tvm.target import cpu_target  # noqa: E402
+
+H, D, ORDER = 2, 16, 6
+CONFIGS = [
+    {"loop": "blocked", "d_tile": 16, "h_tile": 1, "t_unroll": 4, "parallel": True, "t_block": 16},
+    {"loop": "blocked", "d_tile": 8, "h_tile": 2, "t_unroll": 8, "parallel": False, "t_block": 32},
+    {"loop": "blocked", "d_tile": 4, "h_tile": 1, "t_unroll": 1, "parallel": True, "t_block": 16},
+]
+_LIBS: dict = {}
+
+
+def kernel(cfg: dict, dtype: str = "float32"):
+    key = (tuple(sorted(cfg.items())), dtype)
+    if key not in _LIBS:
+        mod = schedule.cpu_module("forward", True, ORDER, dtype, H, D, schedule.validate_cpu_config(cfg, H, D))
+        _LIBS[key] = tvm.compile(mod, target=cpu_target())["main"]
+    return _LIBS[key]
+
+
+def run(cfg, q, k, v, state=None, scale=1.0, dtype="float32"):
+    """The kernel on ``q, k, v`` (float64, cast to ``dtype``): ``(o, S, Z, M)`` from a NaN-poisoned output."""
+    tdt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    B, T = q.shape[:2]
+    o = torch.full((B, T, H, D), math.nan, dtype=tdt)
+    if state is None:
+        S, Z, M = torch.zeros(B, H, ORDER + 1, D), torch.zeros(B, H, ORDER + 1, D), torch.full((B, H, D), math.inf)
+    else:
+        S, Z, M = (t.float().clone() for t in (state.S, state.Z, state.m))
+    args = [t.to(tdt) for t in (q, k, v)] + [o]
+    if tdt == torch.bfloat16:
+        args = [t.view(torch.int16) for t in args]
+    kernel(cfg, dtype)(*args, S, Z, M, math.sqrt(scale))
+    return o, S, Z, M
+
+
+def reference(q, k, v, state=None, scale=1.0):
+    return ea_ops.ea_attention(q, k, v, order=ORDER, scale=scale, initial_state=state, output_final_state=True,
+                               backend="torch")
+
+
+def qkv(B, T, seed, std=0.5):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(B, T, H, D, generator=g, dtype=torch.float64) * s for s in (std, std, 1.0))
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"d{c['d_tile']}h{c['h_tile']}u{c['t_unroll']}b{c['t_block']}")
+def test_lengths_around_the_block_match_the_reference_with_the_final_state(cfg):
+    b = cfg["t_block"]
+    for T in (1, b - 1, b, b + 1, 3 * b + 5):
+        q, k, v = qkv(2, T, seed=T)
+        o, S, Z, M = run(cfg, q, k, v)
+        want, st = reference(q, k, v)
+        assert not o.isnan().any(), T
+        assert rel_err(o, want) < 2e-6, T
+        assert rel_err(S, st.S) < 2e-6 and rel_err(Z, st.Z) < 2e-6, T
+        assert torch.allclose(M.double(), st.m, rtol=1e-6, atol=1e-6), T
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:2], ids=["b16", "b32"])
+@pytest.mark.parametrize("drop", [20.0, 59.0, 61.0, 200.0])
+def test_a_minimum_falling_within_a_block_is_exact_below_and_above_max_spread(cfg, drop):
+    """Keys with y^2 about ``drop`` come first in each block, then small ones: below MAX_SPREAD the block is
+    stabilised once, above it runs per step (stabilised once, the first positions would underflow to 0/0).
+    Either way as exact as the per-step form (``d_t``) on the same inputs: float32 at y ~ 14 gives ~6e-6."""
+    b, T = cfg["t_block"], 4 * cfg["t_block"] + 3
+    q, k, v = qkv(1, T, seed=int(drop))
+    k[:, : b // 2] = math.sqrt(drop) + 0.1 * k[:, : b // 2]  # a block whose minimum falls by about `drop`
+    q[:, : b // 2] += math.sqrt(drop)  # queries that read the large keys
+    o, S, Z, M = run(cfg, q, k, v)
+    want, st = reference(q, k, v)
+    per_step = run({"loop": "d_t", "d_tile": 16, "h_tile": 1, "t_unroll": 1, "parallel": True}, q, k, v)
+    assert torch.isfinite(o).all()
+    for got, base, ref in ((o, per_step[0], want), (S, per_step[1], st.S), (Z, per_step[2], st.Z)):
+        assert rel_err(got, ref) <= max(1.5 * rel_err(base, ref), 2e-6)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:2], ids=["b16", "b32"])
+def test_nan_and_infinite_keys_stay_causal(cfg):
+    """A NaN (or infinite) key turns its own and every later output NaN, never an earlier one (also when it
+    sits in the same block as the earlier positions, whose reference leaves it out)."""
+    b = cfg["t_block"]
+    T = 3 * b
+    for bad, at in ((math.nan, b + 5), (math.inf, 2 * b + 1), (math.nan, 3)):
+        q, k, v = qkv(1, T, seed=at)
+        k[0, at, 1, 3] = bad
+        o, *_ = run(cfg, q, k, v)
+        want, _ = reference(q, k, v)
+        assert not o[:, :at].isnan().any()
+        assert rel_err(o[:, :at], want[:, :at]) < 2e-6
+        assert o[0, at:, 1, 3].isnan().all()
+        assert not o[0, :, 0].isnan().any()  # another head is untouched
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:2], ids=["b16", "b32"])
+def test_an_initial_state_continues_and_the_scale_applies(cfg):
+    q, k, v = qkv(2, 2 * cfg["t_block"] + 7, seed=5)
+    q0, k0, v0 = qkv(2, 40, seed=6)
+    _, st0 = reference(q0, k0, v0, scale=0.7)
+    o, S, Z, M = run(cfg, q, k, v, state=st0, scale=0.7)
+    want, st = reference(q, k, v, state=st0, scale=0.7)
+    assert rel_err(o, want) < 2e-6 and rel_err(S, st.S) < 2e-6 and rel_err(Z, st.Z) < 2e-6
+
+
+@pytest.mark.parametrize("dtype, tol", [("bfloat16", 1e-2), ("float16", 2e-3)])
+def test_half_precision_inputs(dtype, tol):
+    q, k, v = qkv(1, 70, seed=9)
+    tdt = getattr(torch, dtype)
+    q, k, v = (t.to(tdt).double() for t in (q, k, v))  # the reference sees the rounded inputs
+    o, *_ = run(CONFIGS[0], q, k, v, dtype=dtype)
+    want, _ = reference(q, k, v)
+    assert rel_err(o, want) < tol
+
+
+def test_the_stabilised_step_has_fewer_instructions():
+    """The point of the block form (issue 13): its hot step does less arithmetic than the per-step form."""
+    from schedules.tvm import disasm
+
+    got = disasm.count("forward", H=8, D=64, cfg={"loop": "blocked", "d_tile": 16, "h_tile": 4, "t_unroll": 4,
+                                                  "parallel": True, "t_block": 64})
+    blocks = {b["block"]: b["per_16_channel_steps"]["arith"] for b in got["blocks"]}
+    assert blocks["stabilised"] + blocks["block minimum"] < blocks["per step"] - 10, blocks
+    assert cpu_blocked.MAX_SPREAD <= 60.0
