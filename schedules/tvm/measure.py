@@ -25,13 +25,21 @@ BUILD_TIMEOUT_S = 120.0
 # every schedule: the d_t loops step through ten tensors at once with a stride of H*D elements, and how those
 # streams collide in the cache depends on their addresses. A schedule picked under one placement lost to
 # the default under another (README, "Speed"). ``select`` therefore measures every candidate under
-# ``PLACEMENTS`` layouts: the first with every argument on a 4 KiB boundary (what large allocations get
-# from mmap), the others with each argument at a seeded random multiple of 64 bytes past one.
+# ``PLACEMENTS`` layouts: the first with every argument on a 4 KiB boundary, the others with each argument at a
+# seeded random multiple of 64 bytes past one. Except where torch leaves no choice: glibc maps every allocation
+# of 32 MiB or more anew (its largest dynamic mmap threshold), so torch's CPU tensors that large all start
+# ``TORCH_OFFSET`` bytes past a page (measured 2026-12-01; smaller ones come from the heap once freed memory
+# is there), and such arguments sit there in every placement. Averaging over random layouts there picked
+# schedules that lost to the default on torch's tensors by 1.6x (a backward at 64k).
 PLACEMENTS = 6
+TORCH_PAGED = 32 << 20
+TORCH_OFFSET = 64
 
 
-def placement_offset(rep: int, j: int) -> int:
-    """Bytes past a 4 KiB boundary at which argument ``j`` starts in placement ``rep``."""
+def placement_offset(rep: int, j: int, nbytes: int = 0) -> int:
+    """Bytes past a 4 KiB boundary at which argument ``j`` (of ``nbytes``) starts in placement ``rep``."""
+    if nbytes >= TORCH_PAGED:
+        return TORCH_OFFSET
     if rep % PLACEMENTS == 0:
         return 0
     return int(np.random.default_rng([rep % PLACEMENTS, j]).integers(0, 64)) * 64
@@ -109,7 +117,7 @@ def local_alloc(roles: list[str], device, args_info, alloc_repeat: int, placed: 
     def make(a, dev, rep, j):
         if not placed:
             return tvm.runtime.tensor(a, dev)
-        return placed_tensor(a, dev, placement_offset(rep, j))
+        return placed_tensor(a, dev, placement_offset(rep, j, a.nbytes))
 
     return _alloc(roles, device, args_info, alloc_repeat, make)
 

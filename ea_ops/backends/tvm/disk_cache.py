@@ -29,7 +29,7 @@ from .target import cpu_fingerprint, cpu_target_dict, usable_cores
 ENV = "EA_OPS_KERNEL_CACHE"
 # The files the generated code depends on (tests/ea_ops/test_tvm_kernel_cache.py checks that every ea_ops
 # module they import is listed): an edit to any of them is a new key.
-SOURCES = ("args.py", "build.py", "cpu_kernels.py", "schedule.py", "target.py", "tir_math.py")
+SOURCES = ("args.py", "build.py", "cpu_blocked.py", "cpu_kernels.py", "schedule.py", "target.py", "tir_math.py")
 _HERE = Path(__file__).resolve().parent
 
 

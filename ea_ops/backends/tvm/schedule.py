@@ -9,9 +9,10 @@ kernel (``kernels.SCAN_BLOCKS``), each of which loops over ``(b, h, t, d)``:
   ``parallel(b, h_o) > t_o > h_i > d_o > t_i > vector(d_i)``: blocks of ``t_block`` steps, in each of which
   every vector of the task's ``h_i * D`` contiguous channels runs its steps with its state in registers.
   ``d_t`` walks each tensor at a stride of ``H * D`` elements for the whole sequence and falls off a cliff
-  once the tensors leave the cache (B1 H8 D64 order 6, 2 threads: 0.22 us per token at T = 4096, 0.76 at
-  64k); ``blocked`` reads ``t_block`` rows of ``h_i * D`` contiguous channels per block and stays flat
-  (0.23 and 0.28 us; docs/measurements.md section 14);
+  once the tensors leave the cache (B1 H8 D64 order 6, 2 threads, preallocated output: 0.22 us per token at
+  T = 4096, 0.76 at 64k); ``blocked`` reads ``t_block`` rows of ``h_i * D`` contiguous channels per block and
+  stays flat (0.22 and 0.28 us; 0.21 and 0.24 with the causal forward of ``cpu_blocked``; docs/measurements.md
+  section 14);
 - ``d_tile``: the vectorised inner channel count (divides ``D``); ``h_tile``: heads per step (``"t_d"``)
   or per task (``"blocked"``);
 - ``t_block``: steps per block (``"blocked"`` only; the kernel's main time block is a multiple of it,
@@ -70,8 +71,8 @@ def default_cpu_config(kernel: str, H: int, D: int, threads: int | None = None) 
         return cfg
     threads = pool_threads() if threads is None else threads
     fits = [h for h in _divisors(H) if H // h >= threads and (h == 1 or h * D <= BLOCKED_MAX_CHANNELS)]
-    if fits:
-        cfg.update(loop="blocked", h_tile=max(fits), t_block=DEFAULT_T_BLOCK, t_unroll=4)
+    if fits:  # unrolled by 4 the backward's reverse scan spills (B1 H8 D64 at 4k: 1.60 us per token, 0.98 by 1)
+        cfg.update(loop="blocked", h_tile=max(fits), t_block=DEFAULT_T_BLOCK, t_unroll=4 if kernel == "forward" else 1)
     return cfg
 
 

@@ -7,9 +7,9 @@ dtype, ``H`` and ``D``. Records of this CPU's fingerprint come first; after them
 fingerprints of the same architecture and vector ISA (another vendor, model or core count: the knobs are
 loop orders, vector widths and unrolls, which carry over), nearest fingerprint first (``fingerprint_distance``).
 Within one fingerprint the record whose ``T_bucket`` is nearest (in log2) to the call's wins, and none applies
-more than ``MAX_T_DISTANCE`` buckets away: the best loop order at 4k falls off a cliff at 64k (a record tuned
-at T = 4096 chose ``d_t``: 3x slower per token at 64k than the ``blocked`` default), so a call that far from
-every record runs the default schedule.
+more than ``MAX_T_DISTANCE`` buckets away: the best loop order at 4k falls off a cliff beyond (a record tuned at
+T = 4096 chose ``d_t``: 1.9x slower per token at 16k and 3.3x at 64k than the ``blocked`` default), so a call
+that far from every record runs the default schedule.
 The MetaSchedule database the tuner kept sits in the same folder; the runtime needs only the knobs.
 """
 
@@ -26,7 +26,7 @@ from ...records import t_bucket
 from .target import cpu_fingerprint
 
 BACKEND = "tvm"
-MAX_T_DISTANCE = 2  # in log2 buckets: a record applies from a quarter to four times its tuned length
+MAX_T_DISTANCE = 1  # in log2 buckets: a record applies from half to twice its tuned length
 
 
 def parse_fingerprint(fp: str) -> dict[str, str] | None:
