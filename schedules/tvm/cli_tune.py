@@ -39,9 +39,9 @@ FIRST_ROUND = 8  # under a budget, a short first round times a trial before larg
 TOP_K = 8  # distinct best configs re-measured against the default at the end
 PASSES = 4  # EA_OPS_TVM_SELECT_PASSES overrides (tests use 1)
 SEARCH_SHARE = 0.4  # of a kernel's budget; select re-measures in the rest
-# select's seconds per candidate and pass over the search's seconds per trial: each candidate runs under
-# measure.PLACEMENTS layouts. Measured at B1 T4096 H8 D64 order 6 forward on x86_64-amd-f26m2-avx512-2c:
-# 1.5 s a trial, 3.6 s a candidate and pass (9 candidates, 4 passes: 130 s).
+# select's seconds per candidate and pass over the search's seconds per trial (a build of the runtime's kernel
+# and its samples). Measured at B1 T4096 H8 D64 order 6 forward on x86_64-amd-f26m2-avx512-2c (with six argument
+# placements a candidate, before measure.runtime_times): 1.5 s a trial, 3.6 s a candidate and pass.
 SELECT_COST = 2.5
 
 
@@ -155,9 +155,10 @@ def select(w: Workload, tgt, top: list, rpc, *, deadline: float | None = None, p
     ``(config, its seconds, the default's seconds, passes run)``.
 
     One tuning measurement is noisy on a shared machine (the best trial is often a lucky one); the
-    minimum over passes of each config's median is robust to interference. On CPUs each measurement is
-    the mean over six placements of the arguments in memory (``measure.PLACEMENTS``), so the
-    winner wins where tensors happen to sit, not at one address. The default competes too: if nothing
+    minimum over passes of each config's median is robust to interference. On this machine's CPU each
+    candidate is the runtime's own kernel (symbolic shapes, ``schedule.cpu_module``) timed on torch tensors
+    (``measure.runtime_times``): the static-shape builds MetaSchedule measures are not what calls run. Through
+    RPC the candidates are MetaSchedule's builds. The default competes too: if nothing
     beats it, the record says so by choosing it. Under a ``deadline``, the candidates are as many as two
     passes fit (from ``per_trial``, the search's seconds per trial), and a pass starts only if it fits.
     """
@@ -175,10 +176,10 @@ def select(w: Workload, tgt, top: list, rpc, *, deadline: float | None = None, p
         if len(cands) == k:
             break
     cands.append(None)  # the default schedule
-    mods = [tgt.scheduled(w, c) for c in cands]
+    placed = tgt.kind == "cpu" and rpc is None
+    mods = None if placed else [tgt.scheduled(w, c) for c in cands]
     best = [None] * len(cands)
     passes = int(os.environ.get("EA_OPS_TVM_SELECT_PASSES", PASSES))
-    placed = tgt.kind == "cpu"  # local CPU runs: every candidate under each placement (measure.py)
     t0, ran = time.monotonic(), 0
     for p in range(passes):
         now = time.monotonic()
@@ -186,7 +187,11 @@ def select(w: Workload, tgt, top: list, rpc, *, deadline: float | None = None, p
             break
         if bar is not None:
             bar.note(f"select pass {p + 1}/{passes}: {len(cands)} configs side by side")
-        for i, t in enumerate(measure.measure(mods, tgt.target, w.kernel, w.causal, rpc=rpc, placed=placed)):
+        if placed:  # this CPU: the runtime's own kernels on torch tensors (measure.runtime_times)
+            times = measure.runtime_times(w, [c or _default_cfg(tgt, w) for c in cands])
+        else:
+            times = measure.measure(mods, tgt.target, w.kernel, w.causal, rpc=rpc)
+        for i, t in enumerate(times):
             if t is not None:
                 best[i] = t if best[i] is None else min(best[i], t)
         ran += 1

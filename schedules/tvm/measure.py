@@ -21,30 +21,6 @@ import numpy as np
 # and local_alloc, and ea_ops would bring torch in (a second or more per worker on 2 cores).
 
 BUILD_TIMEOUT_S = 120.0
-# Where the arguments sit modulo 4 KiB moves the time of the CPU kernels by 20% or more, and not equally for
-# every schedule: the d_t loops step through ten tensors at once with a stride of H*D elements, and how those
-# streams collide in the cache depends on their addresses. A schedule picked under one placement lost to
-# the default under another (README, "Speed"). ``select`` therefore measures every candidate under
-# ``PLACEMENTS`` layouts: the first with every argument on a 4 KiB boundary, the others with each argument at a
-# seeded random multiple of 64 bytes past one. Except where torch leaves no choice: glibc maps every allocation
-# of 32 MiB or more anew (its largest dynamic mmap threshold), so torch's CPU tensors that large all start
-# ``TORCH_OFFSET`` bytes past a page (measured 2026-12-01; smaller ones come from the heap once freed memory
-# is there), and such arguments sit there in every placement. Averaging over random layouts there picked
-# schedules that lost to the default on torch's tensors by 1.6x (a backward at 64k).
-PLACEMENTS = 6
-TORCH_PAGED = 32 << 20
-TORCH_OFFSET = 64
-
-
-def placement_offset(rep: int, j: int, nbytes: int = 0) -> int:
-    """Bytes past a 4 KiB boundary at which argument ``j`` (of ``nbytes``) starts in placement ``rep``."""
-    if nbytes >= TORCH_PAGED:
-        return TORCH_OFFSET
-    if rep % PLACEMENTS == 0:
-        return 0
-    return int(np.random.default_rng([rep % PLACEMENTS, j]).integers(0, 64)) * 64
-
-
 def skip_tensor_intrinsics() -> None:
     """Make ``import tvm.s_tir.tensor_intrin`` a no-op in this process.
 
@@ -98,32 +74,15 @@ def _alloc(roles: list[str], device, args_info, alloc_repeat: int, make) -> list
     return out
 
 
-def placed_tensor(data: np.ndarray, device, offset: int):
-    """A TVM tensor holding ``data`` whose first byte sits ``offset`` bytes past a 4 KiB boundary (CPU)."""
+def local_alloc(roles: list[str], device, args_info, alloc_repeat: int):
+    """Arguments for the local runner (MetaSchedule's search)."""
     import tvm
 
-    base = tvm.runtime.empty((data.nbytes + 8192,), "uint8", device)
-    addr = np.from_dlpack(base).ctypes.data
-    start = (offset - addr) % 4096
-    view = base._create_view(data.shape, str(data.dtype), relative_byte_offset=start)  # holds base alive
-    view.copyfrom(data)
-    return view
-
-
-def local_alloc(roles: list[str], device, args_info, alloc_repeat: int, placed: bool = False):
-    """Arguments for the local runner; ``placed``: argument list ``rep`` laid out by ``placement_offset``."""
-    import tvm
-
-    def make(a, dev, rep, j):
-        if not placed:
-            return tvm.runtime.tensor(a, dev)
-        return placed_tensor(a, dev, placement_offset(rep, j, a.nbytes))
-
-    return _alloc(roles, device, args_info, alloc_repeat, make)
+    return _alloc(roles, device, args_info, alloc_repeat, lambda a, dev, rep, j: tvm.runtime.tensor(a, dev))
 
 
 def rpc_alloc(roles: list[str], session, device, args_info, alloc_repeat: int):
-    """Arguments for the RPC runner: as ``local_alloc``, on the remote device (never placed)."""
+    """Arguments for the RPC runner: as ``local_alloc``, on the remote device."""
     return local_alloc(roles, device, args_info, alloc_repeat)
 
 
@@ -152,11 +111,8 @@ def builder(workers: int = 1):
 
 
 def runner(kernel: str, causal: bool, *, rpc: tuple[str, int, str] | None = None, repeat: int = 5,
-           min_repeat_ms: int = 40, placed: bool = False):
-    """A LocalRunner, or an RPCRunner through ``(tracker_host, tracker_port, key)``.
-
-    ``placed`` (local only): time every candidate under each of the ``PLACEMENTS``, ``repeat`` times each.
-    """
+           min_repeat_ms: int = 40):
+    """A LocalRunner, or an RPCRunner through ``(tracker_host, tracker_port, key)``."""
     from tvm.s_tir import meta_schedule as ms
 
     from ea_ops.backends.tvm import args
@@ -166,8 +122,7 @@ def runner(kernel: str, causal: bool, *, rpc: tuple[str, int, str] | None = None
                                           enable_cpu_cache_flush=False)
     if rpc is None:
         return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator,
-                                     alloc_repeat=PLACEMENTS if placed else 1,
-                                     f_alloc_argument=functools.partial(local_alloc, roles, placed=placed))
+                                     f_alloc_argument=functools.partial(local_alloc, roles))
     host, port, key = rpc
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                                  session_timeout_sec=int(RUN_TIMEOUT_S))
@@ -176,24 +131,20 @@ def runner(kernel: str, causal: bool, *, rpc: tuple[str, int, str] | None = None
 
 
 @functools.lru_cache(maxsize=16)
-def shared_runner(kernel: str, causal: bool, *, rpc: tuple[str, int, str] | None = None, repeat: int = 5,
-                  placed: bool = False):
+def shared_runner(kernel: str, causal: bool, *, rpc: tuple[str, int, str] | None = None, repeat: int = 5):
     """``runner(...)``, one per set of arguments in this process: its worker process stays up between tuning
     rounds, ``select`` passes and workloads (each new worker costs seconds: it imports TVM)."""
-    return runner(kernel, causal, rpc=rpc, repeat=repeat, placed=placed)
+    return runner(kernel, causal, rpc=rpc, repeat=repeat)
 
 
 def measure(mods: list, target, kernel: str, causal: bool, *, rpc=None, verbose: bool = True,
-            placed: bool = False, repeat: int = 5) -> list[float | None]:
-    """Median seconds of each scheduled IRModule (``None`` where the build or the run failed).
-
-    ``placed`` (local runs): the mean over the ``PLACEMENTS`` of the median under each.
-    """
+            repeat: int = 5) -> list[float | None]:
+    """Median seconds of each scheduled IRModule (``None`` where the build or the run failed): MetaSchedule's
+    builds, for selections through RPC (on this machine's CPU ``runtime_times`` times the runtime's kernels)."""
     from tvm.s_tir import meta_schedule as ms
 
-    placed = placed and rpc is None
     bld = builder()
-    run = shared_runner(kernel, causal, rpc=rpc, repeat=repeat, placed=placed)
+    run = shared_runner(kernel, causal, rpc=rpc, repeat=repeat)
     built = bld.build([ms.builder.BuilderInput(m, target) for m in mods])
     inputs, slots, errors = [], [], []
     for i, (m, b) in enumerate(zip(mods, built)):
@@ -208,11 +159,86 @@ def measure(mods: list, target, kernel: str, causal: bool, *, rpc=None, verbose:
     for i, fut in zip(slots, run.run(inputs)):
         res = fut.result()
         if res.error_msg is None and res.run_secs:
-            secs = [float(x) for x in res.run_secs]
-            groups = [secs[j:j + repeat] for j in range(0, len(secs), repeat)] if placed else [secs]
-            out[i] = float(np.mean([np.median(grp) for grp in groups]))
+            out[i] = float(np.median([float(x) for x in res.run_secs]))
         else:
             errors.append(f"run {i}: {res.error_msg}")
     if errors and verbose:
         print("\n".join(errors), file=sys.stderr)
     return out
+
+
+# ------------------------------------------------------------------------- the runtime's own kernels
+RUNTIME_SAMPLE_S = 0.02  # seconds of calls per timed sample (at least one call)
+
+
+def runtime_arguments(w, seed: int = 0) -> list:
+    """The arguments of a runtime kernel call for workload ``w`` as torch tensors, allocated as a call's are
+    (where torch puts them), filled by role (``args.table``) as ``_values`` fills the tuner's; ``r = 1``."""
+    import torch
+
+    from ea_ops.backends.tvm import args as kernel_args
+    from ea_ops.backends.tvm.ops import _arg
+
+    gen = torch.Generator().manual_seed(seed)
+    dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[w.dtype]
+    shapes = {"seq": (w.B, w.T, w.H, w.D), "state": (w.B, w.H, w.order + 1, w.D), "m": (w.B, w.H, w.D)}
+    if w.kernel == "step":
+        shapes["seq"] = (w.B, w.H, w.D)
+    out = []
+    for name, kind, role in kernel_args.table(w.kernel, w.causal):
+        if kind == "scalar":
+            out.append(1.0)
+            continue
+        tdt = dt if name in kernel_args.DATA else torch.float32
+        if role == "x":
+            t = (torch.randn(shapes[kind], generator=gen) * 0.5).to(tdt)
+        elif role in ("+inf", "-inf"):
+            t = torch.full(shapes[kind], float(role[0] + "inf"), dtype=tdt)
+        else:
+            t = torch.zeros(shapes[kind], dtype=tdt)
+        out.append(_arg(t))
+    return out
+
+
+def runtime_times(w, cfgs: list[dict], *, repeat: int = 5) -> list[float | None]:
+    """Median seconds per call of each CPU config as the runtime builds it (``build.build_cpu``: symbolic B and
+    T, the block-stabilised forward where it applies) on torch tensors, the configs interleaved sample by
+    sample; ``None`` for a config that does not build or run.
+
+    MetaSchedule's runners take static shapes and tensor-only arguments, and a static-shape build is not the
+    runtime's kernel: two vectors a step (``d_tile`` 32) won a backward at 4k there and lost 1.9x through the
+    API (docs/measurements.md section 14). Local CPU selections time the runtime's kernels instead.
+    """
+    import time
+
+    from ea_ops.backends.tvm import build as runtime_build
+    from ea_ops.backends.tvm import ops, schedule
+
+    ops.set_threads_once()
+    fns: list = []
+    for cfg in cfgs:
+        try:
+            cfg = schedule.validate_cpu_config(cfg, w.H, w.D)
+            fns.append(runtime_build.build_cpu(w.kernel, w.causal, w.order, w.dtype, w.H, w.D, cfg)["main"])
+        except Exception as exc:  # a config that does not build loses; say why
+            print(f"runtime build of {cfg}: {exc}", file=sys.stderr)
+            fns.append(None)
+    calls, samples = [], [[] for _ in cfgs]
+    for fn in fns:
+        if fn is None:
+            calls.append(0)
+            continue
+        a = runtime_arguments(w)
+        t0 = time.perf_counter()
+        fn(*a)  # warm-up, and the size of a sample
+        calls.append(max(1, int(RUNTIME_SAMPLE_S / max(time.perf_counter() - t0, 1e-7))))
+    args = runtime_arguments(w)  # one set for every config: the same placement for all
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            if fn is None:
+                continue
+            t0 = time.perf_counter()
+            for _ in range(calls[i]):
+                fn(*args)  # the state arguments drift over calls; their values do not change the time
+            samples[i].append((time.perf_counter() - t0) / calls[i])
+    return [float(np.median(s)) if s else None for s in samples]

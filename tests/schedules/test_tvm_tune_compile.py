@@ -137,37 +137,24 @@ def test_records_shipped_for_this_cpu_class_are_valid():
     assert records.t_bucket(4096) == 4096 and records.t_bucket(4097) == 8192
 
 
-def test_select_measures_arguments_at_the_placements_it_names():
-    """measure.local_alloc(placed=True): list ``rep`` puts argument j at ``placement_offset(rep, j)`` bytes
-    past a 4 KiB boundary (all aligned, then seeded random layouts), with the values a real call gets."""
-    import numpy as np
-    import tvm
-
-    from ea_ops.backends.tvm import args as kernel_args
-    from schedules.tvm import measure
-
-    roles = kernel_args.roles("forward", True)
-    seq, state = ["TENSOR", "float32", [1, 8, 2, 16]], ["TENSOR", "float32", [1, 2, 3, 16]]
-    info = [seq] * 4 + [state] * 2 + [["TENSOR", "float32", [1, 2, 16]]]
-    lists = measure.local_alloc(roles, tvm.cpu(), info, measure.PLACEMENTS, placed=True)
-    plain = measure.local_alloc(roles, tvm.cpu(), info, 1)[0]
-    assert len(lists) == measure.PLACEMENTS
-    layouts = {tuple(measure.placement_offset(rep, j) for j in range(len(info))) for rep in range(len(lists))}
-    assert len(layouts) == measure.PLACEMENTS and (0,) * len(info) in layouts  # distinct, one aligned
-    for rep, args in enumerate(lists):
-        for j, arg in enumerate(args):
-            assert np.from_dlpack(arg).ctypes.data % 4096 == measure.placement_offset(rep, j)
-            if rep == 0:  # the same values as unplaced arguments (one seeded generator, same order)
-                np.testing.assert_array_equal(arg.numpy(), plain[j].numpy())
-        assert np.isinf(args[6].numpy()).all() and not args[4].numpy().any()
-        assert 0.3 < args[0].numpy().std() < 0.7  # q ~ N(0, 0.5^2), not garbage
-    # Arguments as large as torch maps sit where torch puts them, in every placement.
-    assert {measure.placement_offset(rep, 0, measure.TORCH_PAGED) for rep in range(measure.PLACEMENTS)} == {
-        measure.TORCH_OFFSET}
+def test_select_times_the_runtime_kernels_on_torch_tensors():
+    """measure.runtime_times: the runtime's own builds (symbolic shapes) on torch tensors filled by role; a config
+    that does not fit gives None, not a time."""
     import torch
 
-    assert torch.empty(measure.TORCH_PAGED // 4).data_ptr() % 4096 == measure.TORCH_OFFSET
+    from ea_ops.backends.tvm import schedule
+    from schedules.tvm import measure
+    from schedules.tvm.workloads import Workload
 
+    w = Workload("forward", True, 2, "float32", 1, 64, 2, 16)
+    a = measure.runtime_arguments(w)
+    assert [tuple(t.shape) for t in a[:4]] == [(1, 64, 2, 16)] * 4 and a[-1] == 1.0
+    assert torch.isinf(a[6]).all() and not a[4].any() and 0.3 < a[0].std().item() < 0.7  # M = +inf, S = 0
+    good = schedule.default_cpu_config("forward", 2, 16)
+    times = measure.runtime_times(w, [good, {"loop": "d_t", "d_tile": 5}], repeat=2)
+    assert times[0] is not None and times[0] > 0 and times[1] is None
+    bw = Workload("backward", True, 2, "bfloat16", 1, 40, 2, 16)
+    assert measure.runtime_times(bw, [schedule.default_cpu_config("backward", 2, 16)], repeat=1)[0] > 0
 
 def test_every_kernel_declares_exactly_the_arguments_of_the_table():
     # One table of arguments (ea_ops/backends/tvm/args.py): the kernels build their signature from it, the

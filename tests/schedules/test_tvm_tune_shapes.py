@@ -140,12 +140,13 @@ def test_select_fits_its_candidates_and_passes_into_the_deadline(monkeypatch):
     monkeypatch.setenv("EA_OPS_TVM_SELECT_PASSES", "4")
     calls = []
 
-    def fake_measure(mods, *a, **k):
-        calls.append(len(mods))
+    def fake_times(w, cfgs, **k):  # this CPU: the runtime's kernels (measure.runtime_times)
+        calls.append(len(cfgs))
         clock[0] += 10.0  # each pass takes 10 s
-        return [1.0 + i for i in range(len(mods))]
+        return [1.0 + i for i in range(len(cfgs))]
 
-    monkeypatch.setattr(measure, "measure", fake_measure)
+    monkeypatch.setattr(measure, "runtime_times", fake_times)
+    monkeypatch.setattr(measure, "measure", lambda *a, **k: pytest.fail("MetaSchedule's builds timed on this CPU"))
     tgt = types.SimpleNamespace(kind="cpu", target=None, scheduled=lambda w, c: c)
     top = [types.SimpleNamespace(trace=i) for i in range(40)]
     w = Workload("forward", True, 2, "float32", 1, 64, 2, 8)
