@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 
@@ -32,7 +33,17 @@ def collect() -> dict:
         info["backends"][name] = entry
     cpu = torch.zeros((), dtype=torch.float32).expand(1, 4096, 8, 64)
     info["auto_on_cpu"] = dispatch.choose("auto", cpu, causal=True, order=6, needs_grad=True).backend
+    info["large_outputs"] = large_outputs()
     return info
+
+
+def large_outputs() -> str:
+    """Whether a new CPU output of 32 MiB or more gets fresh pages, each a page fault (README "Long sequences"):
+    "fresh" under glibc's defaults, "reused" when ``GLIBC_TUNABLES`` raises ``glibc.malloc.mmap_threshold``,
+    "unknown" off glibc."""
+    if platform.libc_ver()[0] != "glibc":
+        return "unknown"
+    return "reused" if "glibc.malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", "") else "fresh"
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -88,4 +99,7 @@ def main(argv: list[str]) -> int:
         print(f"  {name:<7} available  {details}".rstrip())
     print(f"  backend='auto' runs CPU float32 calls on: {info['auto_on_cpu']}"
           "  (ea-ops info --explain --shape B,T,H,D says why, and with which schedule)")
+    if info["large_outputs"] == "fresh":
+        print("  CPU outputs of 32 MiB or more get fresh pages (glibc's default), a page fault each: for long "
+              "sequences pass out= or reuse pages (README 'Long sequences')")
     return 0
