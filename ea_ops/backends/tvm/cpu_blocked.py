@@ -30,7 +30,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from . import tir_math as tm
-from .cpu_kernels import _load, _Sig, _state_ref, _store
+from .cpu_kernels import _load, _Sig, _store, scan_row
 from .tir_math import F32, let
 
 MAX_SPREAD = 60.0  # largest drop of the minimum within a block the stabilised form takes (exp(-60) is normal)
@@ -81,18 +81,8 @@ def forward(order: int, dtype: str, H: int, D: int, cfg: dict, static: dict | No
                 b, h, do = task // (H * n_vec), task % (H * n_vec) // n_vec, task % n_vec
                 with T.serial(sig.T - main) as t:
                     with T.vectorized(d_tile) as di:
-                        _per_step(order, a, b, main + t, h, do * d_tile + di)
+                        scan_row(a, order, b, main + t, h, do * d_tile + di, output=True)
     return ib.get()
-
-
-def _per_step(order: int, a: dict, b, t, h, d) -> None:
-    """One position of the per-step form (the state in the public basis): ``cpu_kernels.forward``'s scan row."""
-    r = a["r"]
-    y = let("y", _load(a["k"], b, t, h, d) * r)
-    vv = let("v", _load(a["v"], b, t, h, d))
-    s_new, z_new, _ = tm.scan_step(_state_ref(a["S"], a["Z"], a["M"], b, h, d), y, vv, order)
-    x = let("x", _load(a["q"], b, t, h, d) * r)
-    _store(a["o"], tm.output(x, s_new, z_new, order)[0], b, t, h, d)
 
 
 def _rebase(S, Z, b, h, do, d_tile: int, t1: int, factors: list) -> None:
@@ -135,7 +125,7 @@ def _block(order: int, a: dict, *, locals_, b, h, vec, t0, do, d_tile: int, bloc
             T.buffer_store(mono, 0, [vec])
             with T.serial(block) as j:
                 with T.vectorized(d_tile) as di:
-                    _per_step(order, a, b, t0 + j, h, do * d_tile + di)
+                    scan_row(a, order, b, t0 + j, h, do * d_tile + di, output=True)
         with T.Else():
             with T.vectorized(d_tile) as di:  # rebase to the block's reference (and into the monomial basis)
                 d = do * d_tile + di

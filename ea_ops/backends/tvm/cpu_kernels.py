@@ -162,6 +162,19 @@ def _store(buf, val, b, t, h, d):
     T.buffer_store(buf, tm.from_f32(val, buf.dtype), [b, t, h, d])
 
 
+def scan_row(a: dict, order: int, b, t, h, d, *, output: bool) -> None:
+    """One position of the forward scan in the per-step form: absorb the key into the state ``S, Z, M`` and, with
+    ``output``, write the causal output ``o`` (the forwards' scan, the non-causal backward's, and ``cpu_blocked``'s
+    fallback and tail). ``a``: the kernel's arguments by name (``_Sig.declare``)."""
+    r = a["r"]
+    y = let("y", _load(a["k"], b, t, h, d) * r)
+    vv = let("v", _load(a["v"], b, t, h, d))
+    s_new, z_new, _ = tm.scan_step(_state_ref(a["S"], a["Z"], a["M"], b, h, d), y, vv, order)
+    if output:
+        x = let("x", _load(a["q"], b, t, h, d) * r)
+        _store(a["o"], tm.output(x, s_new, z_new, order)[0], b, t, h, d)
+
+
 def rescan_row(a: dict, ref: StateRef, order: int, b, t, h, d) -> None:
     """One position of the causal backward's forward re-scan (the CPU and CUDA forms share it): absorb the key,
     then ``dq`` and the scratch ``C = g/den``, ``CO = C o``, ``MM`` (the running minimum). ``a``: the kernel's
@@ -206,13 +219,7 @@ def forward(order: int, dtype: str, causal: bool, H: int, D: int, static: dict |
             q, k, v, o, S, Z, M, r = (a[n] for n in ("q", "k", "v", "o", "S", "Z", "M", "r"))
 
             def scan(b, h, t, d):
-                y = let("y", _load(k, b, t, h, d) * r)
-                vv = let("v", _load(v, b, t, h, d))
-                s_new, z_new, _ = tm.scan_step(_state_ref(S, Z, M, b, h, d), y, vv, order)
-                if causal:
-                    x = let("x", _load(q, b, t, h, d) * r)
-                    out, _, _ = tm.output(x, s_new, z_new, order)
-                    _store(o, out, b, t, h, d)
+                scan_row(a, order, b, t, h, d, output=causal)
 
             if causal:
                 _time_block(sig, "scan", [q, k, v], [o], scan)
@@ -274,9 +281,7 @@ def backward(order: int, dtype: str, causal: bool, H: int, D: int, static: dict 
                 _time_block(sig, "reverse", [q, k, v, C, CO, MM], [dk, dv], reverse, reverse=True)
             else:
                 def scan(b, h, t, d):
-                    y = let("y", _load(k, b, t, h, d) * r)
-                    vv = let("v", _load(v, b, t, h, d))
-                    tm.scan_step(_state_ref(S, Z, M, b, h, d), y, vv, order)
+                    scan_row(arg, order, b, t, h, d, output=False)
 
                 _time_block(sig, "scan", [k, v], [], scan)
 
