@@ -146,8 +146,8 @@ def candidates(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int
     fps = [fingerprint] if fingerprint is not None else related_fingerprints()
     out: list[dict] = []
     for fp in fps:
-        found = [r for r in load(fp) if _matches(r, kernel, causal, order, dtype, H, D)
-                 and _records.log2_distance(r["workload"].get("T_bucket"), want) <= MAX_T_DISTANCE]
+        found = [(_records.log2_distance(r["workload"].get("T_bucket"), want), r) for r in load(fp)
+                 if _matches(r, kernel, causal, order, dtype, H, D)]
         # stable sort: user cache records come first
-        out.extend(sorted(found, key=lambda rec: _records.log2_distance(rec["workload"].get("T_bucket"), want)))
+        out.extend(r for dist, r in sorted(found, key=lambda dr: dr[0]) if dist <= MAX_T_DISTANCE)
     return out
