@@ -176,8 +176,8 @@ def select(w: Workload, tgt, top: list, rpc, *, deadline: float | None = None, p
         if len(cands) == k:
             break
     cands.append(None)  # the default schedule
-    placed = tgt.kind == "cpu" and rpc is None
-    mods = None if placed else [tgt.scheduled(w, c) for c in cands]
+    here = tgt.kind == "cpu" and rpc is None  # this machine's CPU: time the runtime's own kernels
+    mods = None if here else [tgt.scheduled(w, c) for c in cands]
     best = [None] * len(cands)
     passes = int(os.environ.get("EA_OPS_TVM_SELECT_PASSES", PASSES))
     t0, ran = time.monotonic(), 0
@@ -187,7 +187,7 @@ def select(w: Workload, tgt, top: list, rpc, *, deadline: float | None = None, p
             break
         if bar is not None:
             bar.note(f"select pass {p + 1}/{passes}: {len(cands)} configs side by side")
-        if placed:  # this CPU: the runtime's own kernels on torch tensors (measure.runtime_times)
+        if here:  # the runtime's own kernels on torch tensors (measure.runtime_times)
             times = measure.runtime_times(w, [c or _default_cfg(tgt, w) for c in cands])
         else:
             times = measure.measure(mods, tgt.target, w.kernel, w.causal, rpc=rpc)

@@ -172,31 +172,23 @@ RUNTIME_SAMPLE_S = 0.02  # seconds of calls per timed sample (at least one call)
 
 
 def runtime_arguments(w, seed: int = 0) -> list:
-    """The arguments of a runtime kernel call for workload ``w`` as torch tensors, allocated as a call's are
-    (where torch puts them), filled by role (``args.table``) as ``_values`` fills the tuner's; ``r = 1``."""
+    """The arguments of a runtime kernel call for workload ``w``: torch tensors (torch's allocator puts them where
+    a call's would sit) filled by role as ``_values`` fills the search's, bfloat16 as its int16 bits; ``r = 1``."""
     import torch
 
     from ea_ops.backends.tvm import args as kernel_args
-    from ea_ops.backends.tvm.ops import _arg
+    from ea_ops.backends.tvm.tir_math import storage_dtype
 
-    gen = torch.Generator().manual_seed(seed)
-    dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[w.dtype]
-    shapes = {"seq": (w.B, w.T, w.H, w.D), "state": (w.B, w.H, w.order + 1, w.D), "m": (w.B, w.H, w.D)}
-    if w.kernel == "step":
-        shapes["seq"] = (w.B, w.H, w.D)
-    out = []
+    rng = np.random.default_rng(seed)
+    seq = (w.B, w.H, w.D) if w.kernel == "step" else (w.B, w.T, w.H, w.D)
+    shapes = {"seq": seq, "state": (w.B, w.H, w.order + 1, w.D), "m": (w.B, w.H, w.D)}
+    out: list = []
     for name, kind, role in kernel_args.table(w.kernel, w.causal):
         if kind == "scalar":
             out.append(1.0)
             continue
-        tdt = dt if name in kernel_args.DATA else torch.float32
-        if role == "x":
-            t = (torch.randn(shapes[kind], generator=gen) * 0.5).to(tdt)
-        elif role in ("+inf", "-inf"):
-            t = torch.full(shapes[kind], float(role[0] + "inf"), dtype=tdt)
-        else:
-            t = torch.zeros(shapes[kind], dtype=tdt)
-        out.append(_arg(t))
+        storage = storage_dtype(w.dtype) if name in kernel_args.DATA else "float32"
+        out.append(torch.from_numpy(_values(role, storage, shapes[kind], rng)).clone())
     return out
 
 
@@ -223,16 +215,15 @@ def runtime_times(w, cfgs: list[dict], *, repeat: int = 5) -> list[float | None]
         except Exception as exc:  # a config that does not build loses; say why
             print(f"runtime build of {cfg}: {exc}", file=sys.stderr)
             fns.append(None)
+    args = runtime_arguments(w)  # one set for every config: the same placement for all
     calls, samples = [], [[] for _ in cfgs]
     for fn in fns:
         if fn is None:
             calls.append(0)
             continue
-        a = runtime_arguments(w)
         t0 = time.perf_counter()
-        fn(*a)  # warm-up, and the size of a sample
+        fn(*args)  # warm-up, and the size of a sample
         calls.append(max(1, int(RUNTIME_SAMPLE_S / max(time.perf_counter() - t0, 1e-7))))
-    args = runtime_arguments(w)  # one set for every config: the same placement for all
     for _ in range(repeat):
         for i, fn in enumerate(fns):
             if fn is None:
