@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-from . import __version__, checks, dispatch
+from . import __version__, checks, dispatch, host_pages
 
 
 def collect() -> dict:
@@ -38,12 +38,15 @@ def collect() -> dict:
 
 
 def large_outputs() -> str:
-    """Whether a new CPU output of 32 MiB or more gets fresh pages, each a page fault (README "Long sequences"):
-    "fresh" under glibc's defaults, "reused" when ``GLIBC_TUNABLES`` raises ``glibc.malloc.mmap_threshold``,
+    """Whether a new CPU output of ``host_pages.FRESH_BYTES`` (32 MiB) or more gets fresh pages (README "Long
+    sequences"): "reused" when ``GLIBC_TUNABLES`` raises ``glibc.malloc.mmap_threshold``; else "fresh-huge"
+    (fresh, one fault per 2 MiB huge page) or "fresh" (one fault per 4 KiB page) under glibc's defaults;
     "unknown" off glibc."""
     if platform.libc_ver()[0] != "glibc":
         return "unknown"
-    return "reused" if "glibc.malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", "") else "fresh"
+    if "glibc.malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
+        return "reused"
+    return "fresh-huge" if host_pages.huge_pages_mode() in ("always", "madvise") else "fresh"
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -99,7 +102,9 @@ def main(argv: list[str]) -> int:
         print(f"  {name:<7} available  {details}".rstrip())
     print(f"  backend='auto' runs CPU float32 calls on: {info['auto_on_cpu']}"
           "  (ea-ops info --explain --shape B,T,H,D says why, and with which schedule)")
-    if info["large_outputs"] == "fresh":
-        print("  CPU outputs of 32 MiB or more get fresh pages (glibc's default), a page fault each: for long "
+    if info["large_outputs"].startswith("fresh"):
+        pages = ("on huge pages, zeroed by the kernel on first write" if info["large_outputs"] == "fresh-huge"
+                 else "a page fault per 4 KiB (transparent huge pages are off)")
+        print(f"  CPU outputs of 32 MiB or more get fresh pages (glibc's default), {pages}: for long "
               "sequences pass out= or reuse pages (README 'Long sequences')")
     return 0

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..checks import needs_grad
+from ..host_pages import advise_huge
 from ..state import EAState
 
 # Variants of a causal scan: one sequential scan per channel ("scan"), or T split into chunks whose sums are
@@ -173,10 +174,11 @@ def poisoning() -> bool:
 
 
 def new_buffer(shape, dtype: torch.dtype, device) -> Tensor:
-    """A contiguous output or scratch buffer (NaN under ``poison_outputs``)."""
-    if _POISON:
-        return torch.full(shape, math.nan, dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
+    """A contiguous output or scratch buffer (NaN under ``poison_outputs``); a large CPU one on huge pages
+    (``host_pages``)."""
+    buf = torch.empty(shape, dtype=dtype, device=device)
+    advise_huge(buf)
+    return buf.fill_(math.nan) if _POISON else buf
 
 
 def refuse_double_backward(op: str) -> Callable:

@@ -93,7 +93,7 @@ def test_info_says_what_auto_runs_on_the_cpu_and_which_records_transfer(capsys):
     assert cli.main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["auto_on_cpu"] == "tvm"
-    assert info["large_outputs"] in ("fresh", "reused", "unknown")
+    assert info["large_outputs"] in ("fresh", "fresh-huge", "reused", "unknown")
     assert isinstance(info["backends"]["tvm"]["transferable_records"], dict)
 
 
@@ -106,6 +106,9 @@ def test_info_says_whether_large_cpu_outputs_get_fresh_pages(monkeypatch, capsys
         assert cli_info.large_outputs() == "unknown"
         return
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.setattr(cli_info.host_pages, "huge_pages_mode", lambda: "never")
     assert cli_info.large_outputs() == "fresh"
+    monkeypatch.setattr(cli_info.host_pages, "huge_pages_mode", lambda: "madvise")
+    assert cli_info.large_outputs() == "fresh-huge"
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4294967296")
     assert cli_info.large_outputs() == "reused"

@@ -5,6 +5,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import ea_ops
+from ea_ops import host_pages
 
 
 class LargestTensor(TorchDispatchMode):
@@ -52,3 +53,31 @@ def test_out_is_written_in_place_and_a_long_tvm_prefill_faults_no_page(backend):
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
         assert faults < 200, faults  # the output alone is 8192 pages
         assert torch.equal(out, want)
+
+
+@pytest.mark.skipif(host_pages.huge_pages_mode() not in ("always", "madvise"),
+                    reason="this kernel offers no transparent huge pages")
+def test_a_new_long_output_faults_once_per_huge_page():
+    """Without ``out=`` a new 32 MiB output (T = 16k) is fresh memory from glibc: 8192 pages of 4 KiB, each a
+    fault (~16k with the two threads racing). On huge pages (``ea_ops.host_pages``) it is 16 faults of 2 MiB
+    plus at most 1024 small pages at the unaligned ends; gradients of the backward likewise."""
+    pytest.importorskip("tvm")
+    import resource
+
+    B, T, H, D = 1, 16384, 8, 64
+    q, k, v = (torch.randn(B, T, H, D, requires_grad=True) for _ in range(3))
+    g = torch.randn(B, T, H, D)
+    ea_ops.ea_attention(q, k, v, backend="tvm")[0].backward(g)  # builds and loads the kernels
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    o, _ = ea_ops.ea_attention(q.detach(), k.detach(), v.detach(), backend="tvm")
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert faults < 2 * 1024 + 64, faults  # 4 KiB pages: 8192 or more
+    torch.testing.assert_close(o, ea_ops.ea_attention(q.detach(), k.detach(), v.detach(), backend="torch")[0],
+                               rtol=1e-5, atol=1e-5)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    ea_ops.ea_attention(q, k, v, backend="tvm")[0].backward(g)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert faults < 4 * (2 * 1024 + 64), faults  # o, dq, dk, dv: 4 x 8192 pages of 4 KiB
+    assert host_pages.advise_huge(torch.empty(8 << 20))
+    assert not host_pages.advise_huge(torch.empty((8 << 20) - 1))
+    assert not host_pages.advise_huge(torch.empty(1 << 20))
