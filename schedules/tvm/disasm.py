@@ -415,6 +415,46 @@ def analyse_blocked(asm: str, cfg: dict[str, Any]) -> list[dict]:
     return out
 
 
+def analyse_blocked_backward(asm: str, cfg: dict[str, Any], order: int) -> list[dict]:
+    """The hot loops of the block-stabilised causal backward (``cpu_blocked.backward``), by role. Its four
+    parallel functions run in program order: the re-scan's blocks, its tail, the reverse scan's tail and its
+    blocks. The re-scan's loops are told apart as the forward's (one division a step in both forms); the
+    reverse scan's by their adds: a stabilised step adds its query to the ``2(t+1)`` sums, a per-step one
+    rescales them with fused multiply-adds, and each has one exponential (one shift) per step or two."""
+    if not cfg["parallel"]:
+        raise DisasmError("the block-stabilised backward is analysed for parallel configs only")
+    funcs = [(fn, lps) for fn in parse_asm(asm) if (lps := hot_loops(fn))]
+    if len(funcs) != 4:
+        raise DisasmError(f"block-stabilised backward: {len(funcs)} functions with hot loops, expected 4")
+    out = []
+    for i, (fn, lps) in enumerate(funcs):
+        for lp in lps:
+            insns = lp.body(fn)
+            arith = Counter(x.cls for x in insns if GROUPS[x.cls] == "arith")
+            if set(arith) <= {"mul"}:
+                continue  # a change of basis or a rebase: once per block, not per step
+            if i in (1, 2):
+                role, steps = ("re-scan tail", "reverse tail")[i - 1], 1
+            elif i == 0 and set(arith) <= {"mul", "min/max"}:
+                role, steps = "re-scan block minimum", arith["mul"]
+            elif i == 0:
+                fast = arith.get("blend/select", 0) <= 1.5 * max(1, arith["div"])
+                role, steps = ("re-scan stabilised", cfg["t_unroll"]) if fast else ("re-scan per step", 1)
+            else:
+                fast = arith.get("add/sub", 0) >= (order + 1) * max(1, arith.get("shift", 0))
+                role, steps = ("reverse stabilised", cfg["t_unroll"]) if fast else ("reverse per step", 1)
+            rec = {"block": role, "tail": role.endswith("tail"), "function": fn.name, "loops": [lp.label],
+                   "steps": steps, "lanes_per_step": cfg["d_tile"]}
+            rec.update(_tally(insns, steps, cfg["d_tile"]))
+            out.append(rec)
+    want = {"re-scan block minimum", "re-scan stabilised", "re-scan per step", "re-scan tail", "reverse tail",
+            "reverse stabilised", "reverse per step"}
+    roles = [r["block"] for r in out]
+    if set(roles) != want or len(roles) != len(want):
+        raise DisasmError(f"block-stabilised backward: hot loops {roles}, expected {sorted(want)} once each")
+    return out
+
+
 def build(kernel: str, order: int = 6, dtype: str = "float32", causal: bool = True, H: int = 8, D: int = 64,
           cfg: dict | None = None, mcpu: str | None = None):
     """``(asm, blocks, cfg, target)``: one kernel built as the runtime builds it (``build.build_cpu``), and
@@ -450,8 +490,6 @@ def _count(kernel, order, dtype, causal, H, D, cfg, mcpu) -> tuple[dict[str, Any
     import tvm
     from tvm.target import codegen
 
-    from ea_ops.backends.tvm.cpu_kernels import TAIL
-
     if kernel == "step":
         causal = True
     asm, blocks, cfg, target = build(kernel, order, dtype, causal, H, D, cfg, mcpu)
@@ -460,10 +498,19 @@ def _count(kernel, order, dtype, causal, H, D, cfg, mcpu) -> tuple[dict[str, Any
         "target": str(target), "mcpu": str(target.attrs.get("mcpu", "")), "tvm": tvm.__version__,
         "llvm": int(codegen.llvm_version_major()),
         "source": "LLVM assembly, Executable.mod.inspect_source('asm')",
-        "blocks": (analyse_blocked(asm, cfg) if kernel == "forward" and causal and cfg["loop"] == "blocked"
-                   else analyse(asm, blocks, cfg, TAIL)),
+        "blocks": _analyse(asm, kernel, causal, blocks, cfg, order),
     }
     return res, asm
+
+
+def _analyse(asm: str, kernel: str, causal: bool, blocks: list[str], cfg: dict[str, Any], order: int) -> list[dict]:
+    from ea_ops.backends.tvm.cpu_kernels import TAIL
+
+    if causal and cfg["loop"] == "blocked" and kernel == "forward":
+        return analyse_blocked(asm, cfg)
+    if causal and cfg["loop"] == "blocked" and kernel == "backward":
+        return analyse_blocked_backward(asm, cfg, order)
+    return analyse(asm, blocks, cfg, TAIL)
 
 
 # ----------------------------------------------------------------------------------------- output

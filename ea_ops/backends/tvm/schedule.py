@@ -194,8 +194,9 @@ def cpu_module(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int
 
     from . import cpu_blocked, cpu_kernels
 
-    if kernel == "forward" and causal and cfg["loop"] == "blocked":
-        return tvm.IRModule({"main": cpu_blocked.forward(order, dtype, H, D, cfg, static)})
+    if kernel in ("forward", "backward") and causal and cfg["loop"] == "blocked":
+        blocked = cpu_blocked.forward if kernel == "forward" else cpu_blocked.backward
+        return tvm.IRModule({"main": blocked(order, dtype, H, D, cfg, static)})
     func = cpu_kernels.build_func(kernel, order, dtype, causal, H, D, static=static, align=time_align(cfg))
     return schedule_cpu(func, kernel, causal, cfg)
 
