@@ -1,4 +1,5 @@
-"""The causal CPU forward under the ``blocked`` schedule, written as loops: stabilised per block of steps.
+"""The causal CPU forward and backward under the ``blocked`` schedule, written as loops: stabilised per block
+of steps (docs/math.md section 4 "Per block of steps"; the backward below ``backward``).
 
 The per-step form (``tir_math.scan_step``) rescales the state at every step by ``exp(m' - m)`` for the running
 minimum ``m`` of ``y^2``, although the minimum rarely drops. Here each block of ``t_block`` steps of one vector

@@ -187,9 +187,9 @@ def _apply_block(sch: s_tir.Schedule, block, loop: str, d_factors, h_factors, t_
 
 def cpu_module(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, cfg: dict[str, Any],
                static: dict | None = None) -> tvm.IRModule:
-    """The module the runtime compiles for one kernel under the validated ``cfg``: the causal forward under
-    ``blocked`` is written as loops (``cpu_blocked``: stabilised per block of steps), every other kernel is
-    ``cpu_kernels``' PrimFunc scheduled by ``schedule_cpu``."""
+    """The module the runtime compiles for one kernel under the validated ``cfg``: the causal forward and
+    backward under ``blocked`` are written as loops (``cpu_blocked``: stabilised per block of steps), every
+    other kernel is ``cpu_kernels``' PrimFunc scheduled by ``schedule_cpu``."""
     import tvm
 
     from . import cpu_blocked, cpu_kernels
