@@ -40,6 +40,70 @@ def test_ast_source_interface_is_the_one_used():
     assert sig["q_ptr"] == "*bf16" and sig["s_in_ptr"] == "*fp32" and sig["bounds_ptr"] == "*i32"
     assert sig["r"] == "fp32" and sig["HD"] == "i32" and sig["ORDER"] == "constexpr"
     assert all(len(k) == 1 and v == [["tt.divisibility", 16]] for k, v in attrs.items())
+    names = cuda_kernels.ea_fwd_scan.arg_names
+    assert {names[k[0]] for k in attrs} == {n for n in names if n.endswith("_ptr")}  # no int is marked
+
+
+# (HD, D) the launches pass: goal shapes, odd widths, and the 1s the JIT would otherwise make constants
+REALISTIC_INTS = [(1024, 64), (2048, 128), (4096, 64), (64, 64), (512, 32), (48 * 4, 48), (45, 15), (16, 1),
+                  (1, 1)]
+
+
+@pytest.fixture
+def _fp_fusion(monkeypatch):
+    monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")  # the JIT's default, stated (Triton 3.9 warns without)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_builds_ahead_of_time_are_the_ones_the_jit_compiles(arch, _fp_fusion):
+    """For every launch, dtype and realistic (H*D, D), the JIT's own binder on aligned tensors gives the same
+    signature, constants, attributes and options as the build ahead of time: one build per launch, whatever
+    the shape (HD and D are do_not_specialize; otherwise H*D = 1024 would get tt.divisibility and another
+    layout, and D = 1 a constant)."""
+    from ea_ops.backends.triton import cuda_kernels
+
+    builds = aot.builds_for([6], ["bfloat16"], [4], [arch]) + aot.builds_for([2], ["float32"], [1], [arch])
+    for b in builds:
+        fn = cuda_kernels.KERNELS[b.kernel]
+        consts = {k: v for k, v in aot.constexprs_for(b).items() if k in fn.arg_names}
+        sig, attrs = aot.signature_for(fn, b.dtype, consts)
+        options = aot.compile_options(b)
+        for HD, D in REALISTIC_INTS:
+            jit = aot.jit_specialization(fn, b, {"HD": HD, "D": D})
+            where = (b.name, HD, D)
+            assert jit["signature"] == sig, where
+            assert jit["constexprs"] == consts, where
+            assert jit["attrs"] == attrs, where
+            assert jit["options"] == options, where
+
+
+def test_the_jit_would_specialize_a_plain_int(_fp_fusion):
+    """The comparison above can fail: the same kernel without do_not_specialize gets tt.divisibility on
+    H*D = 1024 and D = 64, and D = 1 becomes a constant; signature_for refuses such a kernel."""
+    import triton
+
+    from ea_ops.backends.triton import cuda_kernels
+
+    plain = triton.jit(cuda_kernels.ea_fwd_scan.fn)
+    b = aot.builds_for([6], ["bfloat16"], [4], [90])[0]
+    jit = aot.jit_specialization(plain, b, {"HD": 1024, "D": 64})
+    hd, d = plain.arg_names.index("HD"), plain.arg_names.index("D")
+    assert jit["attrs"][(hd,)] == jit["attrs"][(d,)] == [["tt.divisibility", 16]]
+    assert aot.jit_specialization(plain, b, {"HD": 45, "D": 1})["constexprs"]["D"] == 1
+    consts = {k: v for k, v in aot.constexprs_for(b).items() if k in plain.arg_names}
+    with pytest.raises(ValueError, match="do_not_specialize"):
+        aot.signature_for(plain, b.dtype, consts)
+
+
+def test_a_misaligned_pointer_is_another_jit_build(_fp_fusion):
+    """A tensor whose data pointer is not 16-byte aligned (a view at an odd offset) loses its attribute:
+    the JIT compiles a second build for it (checked on the GPU by the misaligned-input test)."""
+    from ea_ops.backends.triton import cuda_kernels
+
+    b = aot.builds_for([6], ["bfloat16"], [4], [90])[0]
+    fn = cuda_kernels.KERNELS[b.kernel]
+    jit = aot.jit_specialization(fn, b, {"HD": 1024, "D": 64}, misaligned=("q_ptr",))
+    assert (fn.arg_names.index("q_ptr"),) not in jit["attrs"]
 
 
 def test_every_launch_is_built():
@@ -62,8 +126,57 @@ def test_shipped_builds_compile_without_spills(arch):
         ptx = ck.asm["ptx"]
         assert f".target sm_{arch}" in ptx, b.name
         use = aot.resource_usage(ck.asm["cubin"])
-        # spills go to local memory through the stack frame; shared memory would mean a layout
-        # conversion in every row (the kernels keep the Taylor index inside one thread by design)
-        if use["local"] or use["stack"] or use["shared"] or use["registers"] > 255:
+        use["barriers"] = aot.sass_counts(aot.sass(ck.asm["cubin"]))["barriers"]
+        # spills go to local memory through the stack frame; shared memory (and the barriers around it)
+        # would mean a layout conversion in every row (the kernels keep the Taylor index inside one thread)
+        if use["local"] or use["stack"] or use["shared"] or use["barriers"] or use["registers"] > 255:
             problems.append((b.name, use))
     assert not problems, problems
+
+
+def test_a_build_with_divisible_ints_is_what_the_resource_test_catches():
+    """The build the JIT made before do_not_specialize (tt.divisibility on HD and D) converts layouts through
+    shared memory with barriers: the test above would fail on it."""
+    import dataclasses
+
+    b = aot.builds_for([6], ["bfloat16"], [4], [90])[0]
+    bad = aot.compile_build(dataclasses.replace(b, divisible_ints=("HD", "D")))
+    use = aot.resource_usage(bad.asm["cubin"])
+    assert use["shared"] > 0 and aot.sass_counts(aot.sass(bad.asm["cubin"]))["barriers"] > 0
+
+
+SASS = """
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+        /*0010*/              @P0  EXIT ;
+.L_x_0:
+        /*0020*/                   FFMA R2, R3, R4, R2 ;
+        /*0030*/              @!P1 FMUL R2, R2, R2 ;
+        /*0040*/                   IADD3 R5, R5, 0x1, RZ ;
+        /*0050*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0060*/                   LDG.E R3, desc[UR4][R6.64] ;
+        /*0070*/              @!P2 BRA `(.L_x_0) ;
+.L_x_1:
+        /*0080*/                   MUFU.EX2 R2, R2 ;
+        /*0090*/                   BRA `(.L_x_1);
+        /*00a0*/                   EXIT ;
+"""
+
+
+def test_sass_counts_on_a_known_listing():
+    got = aot.sass_counts(SASS, rows_per_iteration=2)
+    assert got["instructions"] == 11 and got["barriers"] == 1
+    # both loops are innermost; the larger (.L_x_0, 6 instructions) is the main one
+    assert got["loop"] == {"instructions": 6, "fp": 2, "mem": 1, "int_other": 1, "control": 2,
+                           "per_row": {"all": 3.0, "fp": 1.0}}
+    assert aot.sass_counts("        /*0000*/                   EXIT ;")["loop"] is None
+
+
+def test_sass_counts_of_the_forward_scan():
+    """The forward scan's row loop is found in the real SASS: ROWS rows per trip, floats most of it."""
+    from ea_ops.backends.triton.launch import ROWS
+
+    b = next(x for x in aot.builds_for([6], ["bfloat16"], [4], [90]) if x.kernel == "fwd_scan")
+    got = aot.sass_counts(aot.sass(aot.compile_build(b).asm["cubin"]), ROWS)
+    loop = got["loop"]
+    assert loop is not None and loop["mem"] >= 3 * ROWS  # k, v, q loads and the o stores of ROWS rows
+    assert loop["fp"] > loop["int_other"] and 0 < loop["instructions"] < got["instructions"]

@@ -27,6 +27,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+# The int arguments ``HD`` and ``D`` are not specialized on their values. By default the JIT marks an int
+# divisible by 16 with ``tt.divisibility = 16`` (every realistic ``H*D``) and turns a 1 into a constant; with
+# the attribute Triton 3.9 picks another layout for the row tiles (sm_90, bf16, order 6, 4 warps: fwd_scan
+# 48 -> 114 registers, 0 -> 1 KiB shared memory, 0 -> 97 barriers; docs/triton_builds.md). Without it the JIT
+# compiles one build per pointer alignment, the one the ahead-of-time test checks (schedules/triton/aot.py).
+INT_ARGS = ("HD", "D")
+_kernel = triton.jit(do_not_specialize=INT_ARGS)
+
 
 # ------------------------------------------------------------------------------------------ helpers
 @triton.jit
@@ -123,7 +131,7 @@ def _state_offsets(item, c, HD, D, T1: tl.constexpr, T1P: tl.constexpr):
 
 
 # ------------------------------------------------------------------------------- causal forward scan
-@triton.jit
+@_kernel
 def ea_fwd_scan(q_ptr, k_ptr, v_ptr, o_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in_ptr,
                 s_out_ptr, z_out_ptr, m_out_ptr, r, HD, D,
                 ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -173,7 +181,7 @@ def ea_fwd_scan(q_ptr, k_ptr, v_ptr, o_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in
         tl.store(m_out_ptr + moff, m, mask=cm)
 
 
-@triton.jit
+@_kernel
 def ea_chunk_prefix(bounds_ptr, seq_chunks_ptr, s_init_ptr, z_init_ptr, m_init_ptr,
                     s_ptr, z_ptr, m_ptr, s_fin_ptr, z_fin_ptr, m_fin_ptr, HD, D,
                     T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -222,7 +230,7 @@ def ea_chunk_prefix(bounds_ptr, seq_chunks_ptr, s_init_ptr, z_init_ptr, m_init_p
 
 
 # ------------------------------------------------------------------------------------ causal backward
-@triton.jit
+@_kernel
 def ea_bwd_dx_scan(q_ptr, k_ptr, v_ptr, g_ptr, dq_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in_ptr,
                    c_ptr, co_ptr, mm_ptr, r, HD, D,
                    ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -269,7 +277,7 @@ def ea_bwd_dx_scan(q_ptr, k_ptr, v_ptr, g_ptr, dq_ptr, bounds_ptr, s_in_ptr, z_i
         tl.store(mm_ptr + toff, MM, mask=tmask)
 
 
-@triton.jit
+@_kernel
 def ea_bwd_rev_scan(q_ptr, k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, c_ptr, co_ptr, mm_ptr,
                     u_in_ptr, w_in_ptr, mr_in_ptr, u_out_ptr, w_out_ptr, mr_out_ptr, r, HD, D,
                     ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -339,7 +347,7 @@ def ea_bwd_rev_scan(q_ptr, k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, c_ptr, co_p
         tl.store(mr_out_ptr + moff, mref, mask=cm)
 
 
-@triton.jit
+@_kernel
 def ea_chunk_suffix(seq_chunks_ptr, u_ptr, w_ptr, mr_ptr, HD, D,
                     T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr):
     """Suffix over the chunk sums of one sequence, in place (last chunk first).
@@ -375,7 +383,7 @@ def ea_chunk_suffix(seq_chunks_ptr, u_ptr, w_ptr, mr_ptr, HD, D,
 
 
 # ----------------------------------------------------------------------------------------- non-causal
-@triton.jit
+@_kernel
 def ea_nc_out(q_ptr, o_ptr, bounds_ptr, item_seq_ptr, s_ptr, z_ptr, r, HD, D,
               ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
               ROWS: tl.constexpr):
@@ -403,7 +411,7 @@ def ea_nc_out(q_ptr, o_ptr, bounds_ptr, item_seq_ptr, s_ptr, z_ptr, r, HD, D,
         tl.store(o_ptr + toff, O.to(o_ptr.dtype.element_ty), mask=tmask)
 
 
-@triton.jit
+@_kernel
 def ea_nc_bwd_dx(q_ptr, g_ptr, dq_ptr, bounds_ptr, item_seq_ptr, s_ptr, z_ptr, u_part_ptr, w_part_ptr,
                  r, HD, D, ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
                  ROWS: tl.constexpr):
@@ -440,7 +448,7 @@ def ea_nc_bwd_dx(q_ptr, g_ptr, dq_ptr, bounds_ptr, item_seq_ptr, s_ptr, z_ptr, u
     tl.store(w_part_ptr + poff, W, mask=smask)
 
 
-@triton.jit
+@_kernel
 def ea_nc_bwd_dkdv(k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, item_seq_ptr, u_ptr, w_ptr, m_ptr, r, HD, D,
                    ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
                    ROWS: tl.constexpr):
