@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import call_log, checks, dispatch
+from . import call_log, checks, dispatch, gqa
 from .exact import exact_attention
 from .state import EAState
 
@@ -25,11 +25,13 @@ def ea_attention(
     """Element-wise attention with the even Taylor order ``order`` (EA-t).
 
     Args:
-        q, k, v: ``[B, T, H, D]``, one float dtype and device (float64 on the torch backend only).
+        q, k, v: ``[B, T, H, D]``, one float dtype and device (float64 on the torch backend only); ``k, v`` may
+            have ``H_kv`` heads dividing ``H`` (grouped-query attention: query head ``h`` reads kv head
+            ``h // (H / H_kv)``), and the state then has ``H_kv`` heads.
         order: even Taylor order t of ``exp(2 x y)``.
         causal: prefix sums (``j <= i``) or full sums.
         scale: ``s`` in ``exp(-s (q - k)^2)``.
-        initial_state: ``EAState`` with sums ``[B, H, t+1, D]`` (``[N, ...]`` with ``cu_seqlens``); causal only.
+        initial_state: ``EAState`` with sums ``[B, H_kv, t+1, D]`` (``[N, ...]`` with ``cu_seqlens``); causal only.
         output_final_state: also return the state after the last token; causal only.
         cu_seqlens: ``[N+1]`` int offsets of N sequences packed along T (batch size 1).
         backend: "auto", "torch", "tvm" or "triton".
@@ -41,7 +43,7 @@ def ea_attention(
         ``(o, final_state)``: ``o`` like ``q`` (``out`` when given); ``final_state`` is None unless
         ``output_final_state``.
     """
-    checks.check_qkv(q, k, v, rank=4)
+    H_kv = checks.check_qkv(q, k, v, rank=4)
     order = checks.check_order(order)
     causal = checks.check_flag(causal, "causal")
     scale = checks.check_scale(scale)
@@ -57,7 +59,7 @@ def ea_attention(
         raise ValueError("output_final_state needs causal=True (non-causal EA has no running state)")
     if initial_state is not None:
         n_state = B if segments is None else len(segments)
-        checks.check_state(initial_state, "initial_state", batch=n_state, heads=H, dim=D, order=order, q=q)
+        checks.check_state(initial_state, "initial_state", batch=n_state, heads=H_kv, dim=D, order=order, q=q)
     if q.dtype == torch.float64 and backend not in ("auto", "torch"):
         raise TypeError(f"float64 inputs run on the torch backend only, got backend={backend!r}")
     needs_grad = checks.needs_grad(q, k, v)
@@ -65,17 +67,19 @@ def ea_attention(
         out = checks.check_out(out, q, k, v, grad=needs_grad)
     call_log.note("forward", q, order=order, causal=causal, needs_grad=needs_grad, segments=segments)
     mod = dispatch.resolve(backend, q, causal=causal, order=order, needs_grad=needs_grad)
+    G = H // H_kv if H_kv else 1
+    k, v = gqa.broadcast(k, G, 2), gqa.broadcast(v, G, 2)
     if B * H * D == 0:  # no channel to compute: nothing reaches a kernel
         n_state = B if segments is None else len(segments)
-        final = _final_state(initial_state, n_state, H, D, order, q) if output_final_state else None
+        final = _final_state(initial_state, n_state, H_kv, D, order, q) if output_final_state else None
         return _into(out, _empty_output(q, k, v)), final
     # A backend that writes ``out`` itself says so (TVM); the others' output is copied into it.
     given = {"out": out} if out is not None and getattr(mod, "WRITES_OUT", False) else {}
     o, final = mod.attention(
-        q, k, v, order=order, causal=causal, scale=scale, initial_state=initial_state,
+        q, k, v, order=order, causal=causal, scale=scale, initial_state=gqa.broadcast_state(initial_state, G),
         output_final_state=output_final_state, cu_seqlens=segments, **given,
     )
-    return _into(out, o), final
+    return _into(out, o), gqa.fold_state(final, G)
 
 
 def _into(out: torch.Tensor | None, o: torch.Tensor) -> torch.Tensor:
@@ -96,26 +100,31 @@ def ea_recurrent_step(
 ) -> tuple[torch.Tensor, EAState]:
     """One decoding step of causal EA-t: ``q_t, k_t, v_t [B, H, D]`` -> ``(o_t [B, H, D], new_state)``.
 
+    ``k_t, v_t`` may have ``H_kv`` heads dividing ``H`` (grouped-query attention); the state has ``H_kv``.
+
     ``state=None`` starts from the empty state. Cost O(t D) per token, whatever came before. The input state is
     never written: every call allocates the new one. ``ea_ops.EADecoder`` is the same step, bit for bit, with
     the state updated in place and the backend and kernel chosen once (an opt-in, for serving).
     """
-    checks.check_qkv(q_t, k_t, v_t, rank=3, names=("q_t", "k_t", "v_t"))
+    H_kv = checks.check_qkv(q_t, k_t, v_t, rank=3, names=("q_t", "k_t", "v_t"))
     order = checks.check_order(order)
     scale = checks.check_scale(scale)
     backend = checks.check_backend(backend)
     B, H, D = q_t.shape
     if state is not None:
-        checks.check_state(state, "state", batch=B, heads=H, dim=D, order=order, q=q_t, q_name="q_t")
+        checks.check_state(state, "state", batch=B, heads=H_kv, dim=D, order=order, q=q_t, q_name="q_t")
     if q_t.dtype == torch.float64 and backend not in ("auto", "torch"):
         raise TypeError(f"float64 inputs run on the torch backend only, got backend={backend!r}")
     call_log.note("step", q_t, order=order, causal=True, needs_grad=False)  # a step runs the step kernel only
     mod = dispatch.resolve(backend, q_t, causal=True, order=order, needs_grad=checks.needs_grad(q_t, k_t, v_t))
+    G = H // H_kv if H_kv else 1
+    k_t, v_t = gqa.broadcast(k_t, G, 1), gqa.broadcast(v_t, G, 1)
     if B * H * D == 0:
-        return _empty_output(q_t, k_t, v_t), _final_state(state, B, H, D, order, q_t)
+        return _empty_output(q_t, k_t, v_t), _final_state(state, B, H_kv, D, order, q_t)
     if state is None:
-        state = EAState.empty(B, H, D, order, device=q_t.device, dtype=checks.state_dtype(q_t.dtype))
-    return mod.recurrent_step(q_t, k_t, v_t, state, order=order, scale=scale)
+        state = EAState.empty(B, H_kv, D, order, device=q_t.device, dtype=checks.state_dtype(q_t.dtype))
+    o, new = mod.recurrent_step(q_t, k_t, v_t, gqa.broadcast_state(state, G), order=order, scale=scale)
+    return o, gqa.fold_state(new, G)
 
 
 def _empty_output(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -134,8 +143,10 @@ def _final_state(state: EAState | None, n: int, H: int, D: int, order: int, q: t
 def ea_attention_exact(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, scale: float = 1.0
 ) -> torch.Tensor:
-    """Exact EA, ``exp(-s (q_i - k_j)^2)`` weights, O(T^2): ``[B, T, H, D] -> [B, T, H, D]``."""
-    checks.check_qkv(q, k, v, rank=4)
+    """Exact EA, ``exp(-s (q_i - k_j)^2)`` weights, O(T^2): ``[B, T, H, D] -> [B, T, H, D]`` (``k, v`` may have
+    fewer heads, as in ``ea_attention``)."""
+    H_kv = checks.check_qkv(q, k, v, rank=4)
     causal = checks.check_flag(causal, "causal")
     scale = checks.check_scale(scale)
-    return exact_attention(q, k, v, causal=causal, scale=scale)
+    G = q.shape[2] // H_kv if H_kv else 1
+    return exact_attention(q, gqa.broadcast(k, G, 2), gqa.broadcast(v, G, 2), causal=causal, scale=scale)

@@ -52,8 +52,9 @@ def check_backend(backend: object) -> str:
     return backend
 
 
-def check_qkv(q: object, k: object, v: object, rank: int, names: tuple[str, str, str] = ("q", "k", "v")) -> None:
-    """q, k, v: tensors of equal shape with ``rank`` dims, one float dtype, one device.
+def check_qkv(q: object, k: object, v: object, rank: int, names: tuple[str, str, str] = ("q", "k", "v")) -> int:
+    """q, k, v: tensors with ``rank`` dims, one float dtype, one device; ``k, v`` of one shape, that of ``q``
+    but for their heads ``H_kv``, which divide ``q``'s ``H`` (grouped-query attention). Returns ``H_kv``.
 
     ``names`` are the caller's parameter names (the step's are ``q_t, k_t, v_t``), so messages name them.
     """
@@ -68,13 +69,22 @@ def check_qkv(q: object, k: object, v: object, rank: int, names: tuple[str, str,
             raise TypeError(
                 f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}"
             )
+    hd = rank - 2  # the heads' dim
+    H, H_kv = q.shape[hd], k.shape[hd]
     for name, t in zip(names[1:], (k, v)):
-        if t.shape != q.shape:
-            raise ValueError(f"{name} must have the shape of {qn} {tuple(q.shape)}, got {tuple(t.shape)}")
+        same = t.shape[:hd] == q.shape[:hd] and t.shape[hd + 1:] == q.shape[hd + 1:]
+        if not same or (name == names[2] and t.shape != k.shape):
+            raise ValueError(f"{name} must have the shape of {qn} {tuple(q.shape)}, or of it with fewer heads "
+                             f"dividing H = {H} (grouped-query attention; {names[1]} and {names[2]} alike), "
+                             f"got {tuple(t.shape)}")
         if t.dtype != q.dtype:
             raise TypeError(f"{name} must have the dtype of {qn} ({q.dtype}), got {t.dtype}")
         if t.device != q.device:
             raise ValueError(f"{name} must be on the device of {qn} ({q.device}), got {t.device}")
+    if H_kv != H and (H_kv == 0 or H % H_kv):
+        raise ValueError(f"{names[1]} and {names[2]} must have a number of heads dividing {qn}'s H = {H} "
+                         f"(grouped-query attention: query head h reads kv head h // (H / H_kv)), got {H_kv}")
+    return H_kv
 
 
 def needs_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:

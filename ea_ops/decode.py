@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import checks, dispatch
+from . import checks, dispatch, gqa
 from .api import ea_recurrent_step
 from .state import EAState
 
@@ -22,6 +22,7 @@ class _Plan:
     """The fast path for inputs of one shape, dtype and device: ``step(q, k, v) -> o`` updates the state."""
 
     shape: torch.Size
+    kv_shape: torch.Size
     dtype: torch.dtype
     device: torch.device
     step: Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -30,9 +31,10 @@ class _Plan:
 class EADecoder:
     """Causal EA-t decoding over a preallocated ``state`` that every ``step`` updates in place.
 
-    ``state``: an ``EAState`` whose ``S, Z [B, H, t+1, D]`` and ``m [B, H, D]`` are contiguous, separate, need
-    no grad, and are float32 (float64 for float64 inputs, torch backend). ``step(q_t, k_t, v_t)`` with
-    ``[B, H, D]`` inputs returns ``o_t [B, H, D]`` and writes the new state into ``state``: bit for bit what
+    ``state``: an ``EAState`` whose ``S, Z [B, H_kv, t+1, D]`` and ``m [B, H_kv, D]`` are contiguous, separate,
+    need no grad, and are float32 (float64 for float64 inputs, torch backend). ``step(q_t, k_t, v_t)`` with
+    ``q_t [B, H, D]`` and ``k_t, v_t [B, H_kv, D]`` (``H_kv`` dividing ``H``: grouped-query attention; equal
+    otherwise) returns ``o_t [B, H, D]`` and writes the new state into ``state``: bit for bit what
     ``ea_recurrent_step(q_t, k_t, v_t, state, order, scale, backend)`` returns, without a new state per token.
 
     The backend (``"auto"`` too) and its kernel, tuned record included, are chosen on the first step for each
@@ -60,10 +62,11 @@ class EADecoder:
         self._state.m.fill_(math.inf)
 
     def step(self, q_t: Tensor, k_t: Tensor, v_t: Tensor) -> Tensor:
-        """One token: ``q_t, k_t, v_t [B, H, D]`` -> ``o_t [B, H, D]``; the state is updated in place."""
+        """One token: ``q_t [B, H, D]``, ``k_t, v_t [B, H_kv, D]`` -> ``o_t [B, H, D]``; the state is updated in
+        place."""
         p = self._plan
         if (p is not None and type(q_t) is Tensor and type(k_t) is Tensor and type(v_t) is Tensor
-                and q_t.shape == p.shape and k_t.shape == p.shape and v_t.shape == p.shape
+                and q_t.shape == p.shape and k_t.shape == p.kv_shape and v_t.shape == p.kv_shape
                 and q_t.dtype == p.dtype and k_t.dtype == p.dtype and v_t.dtype == p.dtype
                 and q_t.device == p.device and k_t.device == p.device and v_t.device == p.device
                 and not (torch.is_grad_enabled() and (q_t.requires_grad or k_t.requires_grad or v_t.requires_grad))
@@ -78,29 +81,34 @@ class EADecoder:
         then, where the fast path may run, its plan for inputs like these."""
         checks.check_qkv(q_t, k_t, v_t, rank=3, names=("q_t", "k_t", "v_t"))
         st = self._state
-        if q_t.shape != st.m.shape:
-            raise ValueError(f"q_t must have shape [B, H, D] = {list(st.m.shape)} (the decoder's state), "
-                             f"got {list(q_t.shape)}")
+        if k_t.shape != st.m.shape:
+            Bs, _, Ds = st.m.shape
+            name, layout, got = (("q_t", "H", q_t) if (q_t.shape[0], q_t.shape[2]) != (Bs, Ds)
+                                 else ("k_t", "H_kv", k_t))
+            raise ValueError(f"{name} must have shape [B, {layout}, D] = {list(st.m.shape)} (the decoder's state), "
+                             f"got {list(got.shape)}")
         grads = checks.needs_grad(q_t, k_t, v_t)
         o, new = ea_recurrent_step(q_t, k_t, v_t, st.clone() if grads else st, order=self.order,
                                    scale=self.scale, backend=self.backend)
         _copy_state(st, new)
         if not grads and not torch.compiler.is_compiling() and st.m.numel() > 0:
-            self._plan = self._make_plan(q_t)
+            self._plan = self._make_plan(q_t, k_t)
         return o
 
-    def _make_plan(self, q_t: Tensor) -> _Plan:
+    def _make_plan(self, q_t: Tensor, k_t: Tensor) -> _Plan:
         mod = dispatch.resolve(self.backend, q_t, causal=True, order=self.order, needs_grad=False)
         st, order, scale = self._state, self.order, self.scale
+        groups = q_t.shape[1] // st.m.shape[1]
         make = getattr(mod, "stepper", None)  # optional in the dispatch protocol: a backend's in-place step
-        if make is not None:
+        if make is not None and groups == 1:
             step = make(st, order=order, scale=scale, dtype=q_t.dtype)
-        else:
+        else:  # grouped heads: the kernel's heads are the query heads' (gqa), its state folded back
             def step(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-                o, new = mod.recurrent_step(q, k, v, st, order=order, scale=scale)
-                _copy_state(st, new)
+                o, new = mod.recurrent_step(q, gqa.broadcast(k, groups, 1), gqa.broadcast(v, groups, 1),
+                                            gqa.broadcast_state(st, groups), order=order, scale=scale)
+                _copy_state(st, gqa.fold_state(new, groups))
                 return o
-        return _Plan(q_t.shape, q_t.dtype, q_t.device, step)
+        return _Plan(q_t.shape, k_t.shape, q_t.dtype, q_t.device, step)
 
 
 def _copy_state(dst: EAState, src: EAState) -> None:
