@@ -76,6 +76,58 @@ def test_sequences_and_chunks():
         items_of(segs, 0)
 
 
+def test_varlen_plan_lists_each_sequences_items_padded():
+    from ea_ops.backends.triton.plan import make_plan
+
+    plan = make_plan(sequences(1, 9, [(0, 3), (3, 3), (3, 9)]), 4, torch.device("cpu"))
+    assert plan.seq_items.tolist() == [[0, 3], [3, 3], [1, 2]]  # 3 = n_items, the zero row's index
+
+
+PLAN_FIELDS = ("n_seqs", "n_items", "chunk", "max_rows")
+
+
+@pytest.mark.parametrize("B, T, chunk", [(1, 1, None), (3, 7, None), (2, 0, None), (2, 0, 4), (0, 5, 2),
+                                         (1, 37, 8), (4, 16, 4), (3, 5, 1), (2, 9, 64)])
+def test_plans_built_while_capturing_equal_the_host_ones_and_are_not_cached(B, T, chunk, monkeypatch):
+    from ea_ops.backends.triton import plan
+
+    seqs = sequences(B, T, None)
+    cpu = torch.device("cpu")
+    want = plan._host_plan(seqs, chunk, cpu)
+    monkeypatch.setattr(plan, "_CACHE", type(plan._CACHE)())
+    monkeypatch.setattr(plan, "_capturing", lambda device: True)
+    monkeypatch.setattr(plan, "_host_plan", lambda *a: pytest.fail("host plan while capturing"))
+    got = plan.make_plan(seqs, chunk, cpu)
+    assert [getattr(got, f) for f in PLAN_FIELDS] == [getattr(want, f) for f in PLAN_FIELDS]
+    for f in ("bounds", "item_seq", "seq_chunks", "seq_items"):
+        a, b = getattr(got, f), getattr(want, f)
+        assert a.dtype == b.dtype and torch.equal(a, b), f
+    assert not plan._CACHE  # graph-pool tensors stay out of the cache
+
+
+def test_a_cached_plan_is_used_while_capturing_and_a_varlen_miss_says_what_to_do(monkeypatch):
+    from ea_ops.backends.triton import plan
+
+    monkeypatch.setattr(plan, "_CACHE", type(plan._CACHE)())
+    cpu = torch.device("cpu")
+    segs = sequences(1, 9, [(0, 3), (3, 9)])
+    warm = plan.make_plan(segs, 4, cpu)  # the warm-up call before capturing
+    monkeypatch.setattr(plan, "_capturing", lambda device: True)
+    monkeypatch.setattr(plan, "_host_plan", lambda *a: pytest.fail("host plan while capturing"))
+    assert plan.make_plan(segs, 4, cpu) is warm
+    with pytest.raises(RuntimeError, match="before capturing"):
+        plan.make_plan(sequences(1, 9, [(0, 4), (4, 9)]), 4, cpu)
+
+
+def test_the_plan_cache_is_bounded(monkeypatch):
+    from ea_ops.backends.triton import plan
+
+    monkeypatch.setattr(plan, "_CACHE", type(plan._CACHE)())
+    for T in range(plan._CACHE_SIZE + 5):
+        plan.make_plan(sequences(1, T, None), None, torch.device("cpu"))
+    assert len(plan._CACHE) == plan._CACHE_SIZE
+
+
 # -------------------------------------------------------------------------------------- configurations
 @pytest.mark.parametrize("cfg, words", [
     ({"variant": "scan"}, "num_warps"),

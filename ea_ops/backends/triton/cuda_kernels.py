@@ -122,6 +122,16 @@ def _query_grad(x, g, S, Z, a, b, da, db, dkeep):
 
 
 @triton.jit
+def _item_rows(bounds_ptr, item):
+    """Rows ``[start, end)`` of work item ``item``, as int64: the row loops step ``ROWS`` past ``end`` and
+    compare ``row + i < end``, which would wrap in int32 from ``2^31 - ROWS`` rows on (the work tables admit
+    ``2^31 - 1``)."""
+    start = tl.load(bounds_ptr + 2 * item).to(tl.int64)
+    end = tl.load(bounds_ptr + 2 * item + 1).to(tl.int64)
+    return start, end
+
+
+@triton.jit
 def _state_offsets(item, c, HD, D, T1: tl.constexpr, T1P: tl.constexpr):
     """Offsets ``[T1P, C]`` of ``S[item, h, n, d]`` for channels ``c = h*D + d``, and the row mask."""
     n = tl.arange(0, T1P)
@@ -144,8 +154,7 @@ def ea_fwd_scan(q_ptr, k_ptr, v_ptr, o_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in
     item = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < HD
-    start = tl.load(bounds_ptr + 2 * item)
-    end = tl.load(bounds_ptr + 2 * item + 1)
+    start, end = _item_rows(bounds_ptr, item)
     a, b = _feature_coefs(T1P, ORDER)
     soff, nm = _state_offsets(item, c, HD, D, T1, T1P)
     smask = nm[:, None] & cm[None, :]
@@ -242,8 +251,7 @@ def ea_bwd_dx_scan(q_ptr, k_ptr, v_ptr, g_ptr, dq_ptr, bounds_ptr, s_in_ptr, z_i
     item = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < HD
-    start = tl.load(bounds_ptr + 2 * item)
-    end = tl.load(bounds_ptr + 2 * item + 1)
+    start, end = _item_rows(bounds_ptr, item)
     a, b = _feature_coefs(T1P, ORDER)
     da, db, dkeep = _deriv_coefs(T1P, ORDER)
     soff, nm = _state_offsets(item, c, HD, D, T1, T1P)
@@ -293,8 +301,7 @@ def ea_bwd_rev_scan(q_ptr, k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, c_ptr, co_p
     item = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < HD
-    start = tl.load(bounds_ptr + 2 * item)
-    end = tl.load(bounds_ptr + 2 * item + 1)
+    start, end = _item_rows(bounds_ptr, item)
     a, b = _feature_coefs(T1P, ORDER)
     da, db, dkeep = _deriv_coefs(T1P, ORDER)
     soff, nm = _state_offsets(item, c, HD, D, T1, T1P)
@@ -391,8 +398,7 @@ def ea_nc_out(q_ptr, o_ptr, bounds_ptr, item_seq_ptr, s_ptr, z_ptr, r, HD, D,
     item = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < HD
-    start = tl.load(bounds_ptr + 2 * item)
-    end = tl.load(bounds_ptr + 2 * item + 1)
+    start, end = _item_rows(bounds_ptr, item)
     seq = tl.load(item_seq_ptr + item)
     a, b = _feature_coefs(T1P, ORDER)
     soff, nm = _state_offsets(seq, c, HD, D, T1, T1P)
@@ -419,8 +425,7 @@ def ea_nc_bwd_dx(q_ptr, g_ptr, dq_ptr, bounds_ptr, item_seq_ptr, s_ptr, z_ptr, u
     item = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < HD
-    start = tl.load(bounds_ptr + 2 * item)
-    end = tl.load(bounds_ptr + 2 * item + 1)
+    start, end = _item_rows(bounds_ptr, item)
     seq = tl.load(item_seq_ptr + item)
     a, b = _feature_coefs(T1P, ORDER)
     da, db, dkeep = _deriv_coefs(T1P, ORDER)
@@ -456,8 +461,7 @@ def ea_nc_bwd_dkdv(k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, item_seq_ptr, u_ptr
     item = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < HD
-    start = tl.load(bounds_ptr + 2 * item)
-    end = tl.load(bounds_ptr + 2 * item + 1)
+    start, end = _item_rows(bounds_ptr, item)
     seq = tl.load(item_seq_ptr + item)
     a, b = _feature_coefs(T1P, ORDER)
     da, db, dkeep = _deriv_coefs(T1P, ORDER)

@@ -156,13 +156,16 @@ def backward(q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: tuple[Tensor, Te
         _chunk_states(k, v, plan, HD, D, r, meta, config, None, gs)
         if plan.n_items == 0:
             return dq, dk, dv
-        up = new_buffer((plan.n_items, H, t1, D), torch.float32, dev)
-        wp = new_buffer((plan.n_items, H, t1, D), torch.float32, dev)
+        # per-item partial sums, and a zero row (index n_items) that pads plan.seq_items
+        up = new_buffer((plan.n_items + 1, H, t1, D), torch.float32, dev)
+        wp = new_buffer((plan.n_items + 1, H, t1, D), torch.float32, dev)
+        up[plan.n_items:].zero_()
+        wp[plan.n_items:].zero_()
         grid = _grid(plan.n_items, HD, config)
         K.ea_nc_bwd_dx[grid](q, g, dq, plan.bounds, plan.item_seq, gs[0], gs[1], up, wp, r, HD, D, **meta)
-        idx = plan.item_seq[:plan.n_items].long()
-        U = torch.zeros((n_seqs, H, t1, D), dtype=torch.float32, device=dev).index_add_(0, idx, up)
-        W = torch.zeros((n_seqs, H, t1, D), dtype=torch.float32, device=dev).index_add_(0, idx, wp)
+        # each sequence's sum over its items by a gather and a reduction, not index_add_ (atomic on CUDA:
+        # the order of the float additions, and so the gradients' last bits, would change from run to run)
+        U, W = up[plan.seq_items].sum(1), wp[plan.seq_items].sum(1)
         K.ea_nc_bwd_dkdv[grid](k, v, dk, dv, plan.bounds, plan.item_seq, U, W, gs[2], r, HD, D, **meta)
         return dq, dk, dv
     f32 = torch.float32

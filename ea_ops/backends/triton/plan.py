@@ -8,7 +8,7 @@ of one (the split-T variant; empty sequences have no chunks).
 
 from __future__ import annotations
 
-import functools
+import collections
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +17,8 @@ import torch
 @dataclass(frozen=True)
 class Plan:
     """``bounds [2*items]`` int32 (begin, end per item), ``item_seq [items]`` the sequence of each item,
-    ``seq_chunks [seqs+1]`` the first item of each sequence (chunked plans), all on the inputs' device."""
+    ``seq_chunks [seqs+1]`` the first item of each sequence (chunked plans), ``seq_items`` each sequence's
+    items (for deterministic per-sequence sums), all on the inputs' device."""
 
     n_seqs: int
     n_items: int
@@ -26,6 +27,7 @@ class Plan:
     item_seq: torch.Tensor
     seq_chunks: torch.Tensor
     max_rows: int
+    seq_items: torch.Tensor  # [seqs, most items of a sequence] int64: its items, padded with n_items
 
 
 def sequences(B: int, T: int, segments: list[tuple[int, int]] | None) -> tuple[tuple[int, int], ...]:
@@ -55,16 +57,81 @@ def items_of(seqs: tuple[tuple[int, int], ...],
     return items, item_seq, seq_chunks
 
 
-@functools.lru_cache(maxsize=128)
+def _capturing(device: torch.device) -> bool:
+    """Whether the current CUDA stream of ``device`` is being captured into a CUDA graph."""
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+_CACHE: collections.OrderedDict = collections.OrderedDict()
+_CACHE_SIZE = 128
+
+
 def make_plan(seqs: tuple[tuple[int, int], ...], chunk: int | None, device: torch.device) -> Plan:
-    """The plan of ``seqs`` split into chunks of ``chunk`` rows (or not); cached per shape and device."""
+    """The plan of ``seqs`` split into chunks of ``chunk`` rows (or not); cached per shape and device.
+
+    A cache hit copies nothing. A miss builds the tables on the host and copies them, except while a CUDA graph
+    is captured on ``device`` (a copy from pageable host memory is not allowed there): then the tables of
+    equal-length sequences (a batch) are computed on the device by kernels the graph records, and are not
+    cached (they live in the graph's memory pool); varlen tables cannot be, and raise (warm the call up once
+    before capturing, so the plan is cached).
+    """
+    key = (seqs, chunk, torch.device(device))
+    hit = _CACHE.get(key)
+    if hit is not None:
+        _CACHE.move_to_end(key)
+        return hit
+    if _capturing(key[2]):
+        return _device_plan(seqs, chunk, key[2])
+    plan = _host_plan(seqs, chunk, key[2])
+    _CACHE[key] = plan
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return plan
+
+
+def _host_plan(seqs: tuple[tuple[int, int], ...], chunk: int | None, device: torch.device) -> Plan:
     items, item_seq, seq_chunks = items_of(seqs, chunk)
     flat = [x for it in items for x in it]
+    width = max((b - a for a, b in zip(seq_chunks, seq_chunks[1:])), default=0)
+    n = len(items)  # the padding index: a zero row appended to the per-item sums
+    table = [[first + j if first + j < last else n for j in range(width)]
+             for first, last in zip(seq_chunks, seq_chunks[1:])]
 
     def i32(xs: list[int]) -> torch.Tensor:
         return torch.tensor(xs if xs else [0], dtype=torch.int32, device=device)
 
     return Plan(
-        n_seqs=len(seqs), n_items=len(items), chunk=chunk, bounds=i32(flat), item_seq=i32(item_seq),
+        n_seqs=len(seqs), n_items=n, chunk=chunk, bounds=i32(flat), item_seq=i32(item_seq),
         seq_chunks=i32(seq_chunks), max_rows=max((e - s for s, e in items), default=0),
+        seq_items=torch.tensor(table, dtype=torch.int64, device=device).reshape(len(seqs), width),
+    )
+
+
+def _device_plan(seqs: tuple[tuple[int, int], ...], chunk: int | None, device: torch.device) -> Plan:
+    """``_host_plan`` of a batch (sequence ``b`` is rows ``[b*T, (b+1)*T)``) computed on ``device`` from its
+    sizes alone, without a copy from the host."""
+    B = len(seqs)
+    T = seqs[0][1] - seqs[0][0] if B else 0
+    if any(seqs[b] != (b * T, (b + 1) * T) for b in range(B)):
+        raise RuntimeError("ea_ops triton: a varlen (cu_seqlens) work table cannot be built while a CUDA graph is "
+                           "captured; run the same call once before capturing, so its table is cached")
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    L = T if chunk is None else chunk
+    per = 1 if chunk is None else -(-T // chunk)
+    n = B * per
+    i64 = dict(dtype=torch.int64, device=device)
+    idx = torch.arange(n, **i64)
+    seq = idx // max(per, 1)
+    begin = seq * T + (idx - seq * per) * L
+    end = torch.minimum(begin + L, (seq + 1) * T)
+    if n:
+        bounds = torch.stack((begin, end), 1).reshape(-1).to(torch.int32)
+        item_seq = seq.to(torch.int32)
+    else:
+        bounds = item_seq = torch.zeros(1, dtype=torch.int32, device=device)
+    return Plan(
+        n_seqs=B, n_items=n, chunk=chunk, bounds=bounds, item_seq=item_seq,
+        seq_chunks=(torch.arange(B + 1, **i64) * per).to(torch.int32), max_rows=min(L, T) if n else 0,
+        seq_items=idx.reshape(B, per),
     )
