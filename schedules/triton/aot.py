@@ -201,6 +201,28 @@ def _bundled_tool(name: str) -> Path | None:
     return None
 
 
+def build_of(compiled) -> Build | None:
+    """The ``Build`` a compiled kernel (the JIT's, from ``fn.device_caches``, or ``compile_build``'s) was made
+    for, from its source's constants and signature; None for a kernel that is not one of ours. The chunk passes
+    take no input-dtype tensor: their builds are the same for every dtype, named float32 here."""
+    from ea_ops.backends.triton import cuda_kernels, launch
+
+    src = compiled.src
+    fn = getattr(src, "fn", None)
+    kernel = next((k for k, f in cuda_kernels.KERNELS.items() if f is fn), None)
+    if kernel is None:
+        return None
+    consts = {fn.arg_names[k[0]]: v for k, v in src.constants.items()}  # ASTSource keys them by (index,)
+    names = {name for _, flags in launch.LAUNCHES for name in flags}
+    flags = tuple(sorted((k, bool(v)) for k, v in consts.items() if k in names))
+    io = next((src.signature[n] for n in fn.arg_names if n in _IO_POINTERS), "*fp32")
+    dtype = {v: k for k, v in _DTYPE_CODES.items()}[io[1:]]  # float32 for the chunk passes: none of their own
+    div = tuple(fn.arg_names[k[0]] for k, v in src.attrs.items()
+                if v and not fn.arg_names[k[0]].endswith("_ptr") and ["tt.divisibility", 16] in v)
+    return Build(kernel, flags, int(consts["T1"]) - 1, dtype, int(compiled.metadata.num_warps),
+                 int(compiled.metadata.target.arch), div)
+
+
 def cuobjdump_path() -> Path | None:
     """The ``cuobjdump`` bundled with Triton (``TRITON_CUOBJDUMP_PATH`` first), else one on PATH."""
     return _bundled_tool("cuobjdump")

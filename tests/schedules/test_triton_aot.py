@@ -180,3 +180,35 @@ def test_sass_counts_of_the_forward_scan():
     loop = got["loop"]
     assert loop is not None and loop["mem"] >= 3 * ROWS  # k, v, q loads and the o stores of ROWS rows
     assert loop["fp"] > loop["int_other"] and 0 < loop["instructions"] < got["instructions"]
+
+
+ROW_KERNELS = ("fwd_scan", "bwd_dx_scan", "bwd_rev_scan", "nc_out", "nc_bwd_dx", "nc_bwd_dkdv")
+
+
+def test_row_loops_count_in_int64():
+    """The work tables admit 2^31 - 1 rows; a row loop stepping ROWS at a time in int32 would wrap past
+    2^31 - ROWS (the interpreter counts in Python ints and cannot show it): every row kernel's loop is i64."""
+    import re
+
+    seen = set()
+    for b in aot.builds_for([2], ["float32"], [1], [90]):
+        if b.kernel not in ROW_KERNELS:
+            continue
+        loops = [ln for ln in aot.compile_build(b).asm["ttir"].splitlines() if "scf.for" in ln]
+        assert loops, b.name
+        for ln in loops:
+            assert re.search(r":\s*i64\s*\{\s*$", ln), (b.name, ln.strip())
+        seen.add(b.kernel)
+    assert seen == set(ROW_KERNELS)
+
+
+def test_build_of_a_compiled_kernel_names_its_build():
+    """The GPU test reads the JIT's compiled kernels back into builds this way (to compare registers)."""
+    import dataclasses
+
+    for b in aot.builds_for([6], ["bfloat16"], [2], [90]) + aot.builds_for([2], ["float16"], [1], [80])[:3]:
+        want = dataclasses.replace(b, dtype="float32") if b.kernel.startswith("chunk_") else b
+        assert aot.build_of(aot.compile_build(b)) == want
+    b = aot.builds_for([6], ["float32"], [4], [90])[0]
+    odd = dataclasses.replace(b, divisible_ints=("HD",))
+    assert aot.build_of(aot.compile_build(odd)) == odd
