@@ -254,16 +254,18 @@ def check_strided_equals_contiguous(backend: str, case: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------- non-finite inputs
-def results(backend: str, dtype, q, k, v, go, *, order: int, causal: bool, cu: list[int] | None) -> dict:
-    """Named results of one call: ``o``, (causal) the final ``S, Z, m``, and ``dq, dk, dv`` of ``sum(go * o)``."""
-    ins = [t.to(dtype, copy=True).requires_grad_() for t in (q, k, v)]
-    cut = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+def results(backend: str, dtype, q, k, v, go, *, order: int, causal: bool, cu: list[int] | None,
+            device: str = "cpu") -> dict:
+    """Named results of one call on ``device``: ``o``, (causal) the final ``S, Z, m``, and ``dq, dk, dv`` of
+    ``sum(go * o)``, all returned on the CPU."""
+    ins = [t.to(device, dtype, copy=True).requires_grad_() for t in (q, k, v)]
+    cut = None if cu is None else torch.tensor(cu, dtype=torch.int32, device=device)
     o, st = ea_ops.ea_attention(*ins, order=order, causal=causal, cu_seqlens=cut, output_final_state=causal,
                                 backend=backend)
-    out = {"o": o.detach(), **dict(zip(("dq", "dk", "dv"), _grads(o, ins, go.to(dtype))))}
+    out = {"o": o.detach(), **dict(zip(("dq", "dk", "dv"), _grads(o, ins, go.to(device, dtype))))}
     if causal:
         out.update(S=st.S, Z=st.Z, m=st.m)
-    return out
+    return {name: t.cpu() for name, t in out.items()}
 
 
 @st.composite
@@ -338,13 +340,14 @@ def large_inputs(T: int, seed: int, B: int = 1, H: int = 1, D: int = 4):
 
 
 def check_large_keys(backend: str, T: int, cu: list[int] | None, causal: bool, *, order: int = 4,
-                     seed: int = 0, H: int = 1) -> None:
+                     seed: int = 0, H: int = 1, device: str = "cpu") -> None:
     """Outputs, final state, gradients and one decoding step from that state: finite, and within the measured
-    tolerance of the torch backend in float64. ``H``: heads (4 on 2 threads gives TVM's blocked schedule, whose
-    causal forward is stabilised per block of 64 steps from T = 64 on)."""
+    tolerance of the torch backend in float64 (on the CPU). ``H``: heads (4 on 2 threads gives TVM's blocked
+    schedule, whose causal forward is stabilised per block of 64 steps from T = 64 on); ``device``: where
+    ``backend`` runs."""
     q, k, v, go = large_inputs(T, seed, H=H)
     kw = dict(order=order, causal=causal, cu=cu)
-    got = results(backend, torch.float32, q, k, v, go, **kw)
+    got = results(backend, torch.float32, q, k, v, go, device=device, **kw)
     want = results("torch", torch.float64, q, k, v, go, **kw)
     terms = (2 * torch.maximum(q.abs().max(), k.abs().max()) * go.abs().max() * v.abs().max()).item()
     for name, w in want.items():
@@ -358,8 +361,10 @@ def check_large_keys(backend: str, T: int, cu: list[int] | None, causal: bool, *
             assert err < LARGE_TOL, f"{backend}: {name} relative error {err:.3g} (T={T}, cu={cu}, causal={causal})"
     if causal and cu is None:  # decode one more large token from the final state
         qt, kt, vt, _ = (t[:, 0] for t in large_inputs(1, seed + 1, H=H))
-        o32, s32 = ea_ops.ea_recurrent_step(qt, kt, vt, EAState(got["S"], got["Z"], got["m"]), order=order,
+        st32 = EAState(*(got[n].to(device) for n in ("S", "Z", "m")))
+        o32, s32 = ea_ops.ea_recurrent_step(qt.to(device), kt.to(device), vt.to(device), st32, order=order,
                                             backend=backend)
+        o32, s32 = o32.cpu(), EAState(s32.S.cpu(), s32.Z.cpu(), s32.m.cpu())
         st64 = EAState(want["S"], want["Z"], want["m"])
         o64, s64 = ea_ops.ea_recurrent_step(qt.double(), kt.double(), vt.double(), st64, order=order,
                                             backend="torch")
