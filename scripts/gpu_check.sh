@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
 # GPU check of the Triton backend, sized for a short GPU slot: at most 7 minutes in all (the per-step limits,
-# their kill-after grace and the set-up; checked below), in four steps:
+# their kill-after grace and the set-up; checked below), in five steps:
 #   env    python3 with the preinstalled torch + triton (nothing is downloaded), ea-ops from this checkout
 #   tests  the GPU-marked tests (pytest -m gpu) against the torch reference
+#   timings  per-pass times of the default configuration at B = 1 and 8, and the decode step in a CUDA graph
+#          (scripts/gpu_timings.py; untuned, before the tuning run)
 #   tune   a small tuning run (ea-ops tune --backend triton --workloads small); the bench reads its records
 #   bench  ea-ops bench --workload gpu-goal: the correctness gate, then the H200 goal shapes against the untuned
 #          config, eager PyTorch, torch.compile, SDPA, FlashAttention if installed and a copy of the same bytes
 # Results under --out DIR (else $OUT, else ./gpu_check_out), 8 files:
 #   summary.json                  env, limits, each step's rc and seconds, test counts, the gate, the goals;
 #                                 rewritten as each step ends
-#   logs/{env,tests,tune,bench}.log
-#   bench-gpu-goal.json, .txt     the bench document (rewritten after each workload) and its table
-#   artifacts.tar.gz              records/ (tuned), tests.xml, tune.json, the bench plot
+#   logs/{env,tests,timings,tune,bench}.log
+#   bench-gpu-goal.json           the bench document (rewritten after each workload)
+#   artifacts.tar.gz              records/ (tuned), tests.xml, timings.json, tune.json, the bench's table and plot
 # Exit status: 0 every step passed; 1 a correctness failure (the bench's gate, a GPU test); 2 no usable
 # environment; 3 a step timed out or failed otherwise.
-# --dry-run (no GPU needed): runs the steps that need none (env, the tests' collection, the bench's plan),
-# logs the others as skipped, and writes the same files.
+# --dry-run (no GPU needed): runs the steps that need none (env, the tests' collection, the timings' and the
+# bench's plans), logs the others as skipped, and writes the same files.
 # Usage: scripts/gpu_check.sh [--out DIR] [--dry-run]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,17 +37,19 @@ export DRY_RUN
 PY="${PYTHON:-python3}"
 
 # Limits in seconds. Steps + their kill-after grace + SLACK (the summaries and the tarball) <= TOTAL.
-T_ENV="${T_ENV:-30}"
-T_TESTS="${T_TESTS:-140}"    # mostly Triton's JIT compiles, one per configuration the tests cover
-T_TUNE="${T_TUNE:-50}"
-TUNE_BUDGET="${TUNE_BUDGET:-30}"
-T_BENCH="${T_BENCH:-150}"    # torch.compile comes last in the preset: a time-out there keeps the rest
+T_ENV="${T_ENV:-25}"
+T_TESTS="${T_TESTS:-150}"    # mostly Triton's JIT compiles, one per configuration the tests cover
+T_TIMINGS="${T_TIMINGS:-30}" # the JIT builds are on disk by then (Triton's cache)
+T_TUNE="${T_TUNE:-45}"
+TUNE_BUDGET="${TUNE_BUDGET:-25}"
+T_BENCH="${T_BENCH:-120}"    # torch.compile comes last in the preset: a time-out there keeps the rest
 KILL_AFTER=5
 SLACK=20
 TOTAL=420
-SUM=$(( T_ENV + T_TESTS + T_TUNE + T_BENCH + 4 * KILL_AFTER + SLACK ))
+SUM=$(( T_ENV + T_TESTS + T_TIMINGS + T_TUNE + T_BENCH + 5 * KILL_AFTER + SLACK ))
 if [ "$SUM" -gt "$TOTAL" ]; then
-  echo "gpu_check.sh: the limits add up to ${SUM}s, over ${TOTAL}s (T_ENV, T_TESTS, T_TUNE, T_BENCH)" >&2; exit 2
+  echo "gpu_check.sh: the limits add up to ${SUM}s, over ${TOTAL}s (T_ENV, T_TESTS, T_TIMINGS, T_TUNE, T_BENCH)" >&2
+  exit 2
 fi
 
 mkdir -p "$OUT_DIR/logs" || exit 2
@@ -54,8 +58,8 @@ LOGS="$OUT_DIR/logs"
 WORK="$(mktemp -d)"  # scratch: what is packed into artifacts.tar.gz, the step records
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/pack/records"
-printf '{"env": %d, "tests": %d, "tune": %d, "tune_budget": %d, "bench": %d, "kill_after": %d, "total": %d}\n' \
-  "$T_ENV" "$T_TESTS" "$T_TUNE" "$TUNE_BUDGET" "$T_BENCH" "$KILL_AFTER" "$TOTAL" > "$WORK/limits.json"
+printf '{"env": %d, "tests": %d, "timings": %d, "tune": %d, "tune_budget": %d, "bench": %d, "kill_after": %d, "total": %d}\n' \
+  "$T_ENV" "$T_TESTS" "$T_TIMINGS" "$T_TUNE" "$TUNE_BUDGET" "$T_BENCH" "$KILL_AFTER" "$TOTAL" > "$WORK/limits.json"
 
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export EA_OPS_CACHE_DIR="$WORK/pack/records"     # the tuned records land here, and the bench reads them
@@ -95,7 +99,7 @@ skip() {
 }
 
 finish() {
-  [ -f "$OUT_DIR/bench-gpu-goal.png" ] && mv "$OUT_DIR/bench-gpu-goal.png" "$WORK/pack/"
+  for f in bench-gpu-goal.png bench-gpu-goal.txt; do [ -f "$OUT_DIR/$f" ] && mv "$OUT_DIR/$f" "$WORK/pack/"; done
   find "$OUT_DIR" -maxdepth 1 -name '.*.tmp' -delete  # a write cut short by a time limit left its temporary
   tar -czf "$OUT_DIR/artifacts.tar.gz" -C "$WORK/pack" .
   summarize --final
@@ -144,6 +148,11 @@ else
   step tests "$T_TESTS" "$PY" -m pytest -q -m gpu -p no:cacheprovider "${GPU_FILES[@]}" \
     --junitxml="$WORK/pack/tests.xml"
 fi
+
+# ---- timings: per pass at B = 1 and 8, the decode step in a CUDA graph (a dry run writes the plan)
+TIMINGS=("$PY" scripts/gpu_timings.py "$WORK/pack/timings.json")
+[ "$DRY_RUN" = 1 ] && TIMINGS+=(--dry-run)
+step timings "$T_TIMINGS" "${TIMINGS[@]}"
 
 # ---- tune: a small run; records to $EA_OPS_CACHE_DIR/triton/<fingerprint>/records.json, its JSON to tune.json
 TUNE=(sh -c '"$0" -m ea_ops.cli tune --backend triton --workloads small --orders 6 --time-budget "$1" --json > "$2"'

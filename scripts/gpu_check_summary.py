@@ -3,9 +3,10 @@
 
     python3 scripts/gpu_check_summary.py WORK OUT [--final]
 
-Reads what the steps left in the scratch folder ``WORK`` (``steps.jsonl``, ``env.json``, ``pack/tune.json``,
-``pack/tests.xml``) and the bench document in ``OUT``; writes ``OUT/summary.json``. With ``--final`` it exits
-with the script's status (``exit_status``). Standard library only: it runs even where torch does not import.
+Reads what the steps left in the scratch folder ``WORK`` (``steps.jsonl``, ``env.json``, ``pack/timings.json``,
+``pack/tune.json``, ``pack/tests.xml``) and the bench document in ``OUT``; writes ``OUT/summary.json``. With
+``--final`` it exits with the script's status (``exit_status``). Standard library only: it runs even where
+torch does not import.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def summarize(work: Path, out: Path, *, final: bool) -> dict:
         "limits_s": _load(work / "limits.json"),
         "steps": _steps(work),
         "tests": _tests(work),
+        "timings": _load(work / "pack" / "timings.json"),
         "tune": _load(work / "pack" / "tune.json"),
         "bench": _bench(out),
     }

@@ -16,8 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 SUMMARY = ROOT / "scripts" / "gpu_check_summary.py"
-LAYOUT = {"summary.json", "logs/env.log", "logs/tests.log", "logs/tune.log", "logs/bench.log",
-          "bench-gpu-goal.json", "bench-gpu-goal.txt", "artifacts.tar.gz"}
+LAYOUT = {"summary.json", "logs/env.log", "logs/tests.log", "logs/timings.log", "logs/tune.log", "logs/bench.log",
+          "bench-gpu-goal.json", "artifacts.tar.gz"}
 
 
 def _summary_module():
@@ -48,9 +48,13 @@ def test_dry_run_runs_what_needs_no_gpu_and_writes_the_layout(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["complete"] and summary["dry_run"] and summary["exit_status"] == 0
     steps = {s["step"]: s for s in summary["steps"]}
-    assert list(steps) == ["env", "tests", "tune", "bench"]
+    assert list(steps) == ["env", "tests", "timings", "tune", "bench"]
     assert steps["tune"]["rc"] is None and steps["tune"]["skipped"] == "needs a GPU"
-    assert steps["env"]["rc"] == steps["tests"]["rc"] == steps["bench"]["rc"] == 0
+    assert steps["env"]["rc"] == steps["tests"]["rc"] == steps["timings"]["rc"] == steps["bench"]["rc"] == 0
+    timings = summary["timings"]
+    assert timings["dry_run"] and [(r["what"], r["B"]) for r in timings["rows"]] == [
+        ("passes", 1), ("passes", 1), ("passes", 8), ("passes", 8), ("decode", 1), ("decode", 8), ("decode", 64)]
+    assert all(r["result"] is None for r in timings["rows"])
     assert summary["env"]["torch"] and summary["env"]["triton"]
     assert "tests/ea_ops/test_triton_gpu.py" in (tmp_path / "logs" / "tests.log").read_text()  # collected
     bench = summary["bench"]
@@ -59,7 +63,8 @@ def test_dry_run_runs_what_needs_no_gpu_and_writes_the_layout(tmp_path):
     assert [g["met"] for g in bench["goals"]] == [None, None, None]
     assert json.loads((tmp_path / "bench-gpu-goal.json").read_text())["preset"] == "gpu-goal"
     with tarfile.open(tmp_path / "artifacts.tar.gz") as tar:
-        assert "./records" in tar.getnames()
+        names = tar.getnames()
+    assert {"./records", "./timings.json", "./bench-gpu-goal.txt"} <= set(names)
 
 
 def test_limits_that_do_not_fit_seven_minutes_are_refused(tmp_path):
