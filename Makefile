@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints-ci.txt
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the CPU build of 2.13.0 is what the test machines carry (a range pulls a CUDA build).
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints-ci.txt torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints-ci.txt -e '.[tvm,triton,analysis,dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints-ci.txt -e '.[tvm,triton,analysis,hf,dev]'
 	touch $(STAMP)
 
 lint: $(STAMP)

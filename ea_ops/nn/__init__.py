@@ -5,12 +5,12 @@ from .accuracy import (
     AccuracyReport,
     EAAccuracyWarning,
     LayerAccuracy,
-    accuracy_report,
     auto_scale,
     predicted_error,
     worst_case_bound,
 )
 from .layer import ElementwiseAttention, ElementwiseAttentionReference, padding_segments, rotary
+from .report import accuracy_report
 
 __all__ = [
     "AccuracyReport",

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 TABLE_PATH = Path(__file__).with_name("accuracy_table.json")
 DEFAULT_BUDGET = 1e-3
 # the per-channel RMS that scale="auto" allows for (q, k after qk_norm="rms" have RMS 1 per token; see auto_scale)
@@ -154,14 +152,3 @@ class AccuracyReport(list):
                          f"{r.max_x:>7.3g} {r.max_y:>7.3g} {r.predicted_error:>10.2e} {r.worst_case_bound:>10.2e} "
                          f"{r.error_budget:>8.1e}  {'yes' if r.within_budget else 'NO'}")
         return "\n".join(lines)
-
-
-def accuracy_report(model: torch.nn.Module) -> AccuracyReport:
-    """One :class:`LayerAccuracy` per ``ElementwiseAttention`` in ``model`` (itself included), in module order.
-    Layers that have not tracked anything yet (``updates == 0``) report ``nan`` ranges and errors."""
-    from .layer import ElementwiseAttention
-
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return AccuracyReport(m.accuracy(name or type(m).__name__) for name, m in model.named_modules()
-                          if isinstance(m, ElementwiseAttention))

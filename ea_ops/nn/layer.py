@@ -18,7 +18,9 @@ from . import accuracy
 QK_NORMS = ("rms", None)
 # the tracker's running mean square is an exponential moving average with this weight for each new batch
 TRACK_MOMENTUM = 0.05
-# the tracker compares its prediction with the budget (a host sync) on the 1st tracked call and every CHECK_EVERY
+# the tracker compares its prediction with the budget (a host sync) once it has seen CHECK_AFTER_TOKENS positions
+# (a per-channel RMS from fewer is noisy, and its max over channels biased up), then every CHECK_EVERY calls
+CHECK_AFTER_TOKENS = 1024
 CHECK_EVERY = 50
 
 
@@ -124,12 +126,15 @@ class ElementwiseAttention(nn.Module):
             self.k_norm = nn.RMSNorm(head_dim, eps=norm_eps)
         else:
             self.q_norm = self.k_norm = None
-        # the accuracy tracker: running mean square (EMA) and max of |x|, |y| per channel; not saved with weights
+        # the accuracy tracker: running mean square (EMA) and max of |x|, |y| per channel; saved with the weights,
+        # so that a checkpoint's report survives save and load
         for name, heads in (("x", num_heads), ("y", num_kv_heads)):
-            self.register_buffer(f"_ms_{name}", torch.zeros(heads, head_dim), persistent=False)
-            self.register_buffer(f"_max_{name}", torch.zeros(heads, head_dim), persistent=False)
-        self.register_buffer("_updates", torch.zeros((), dtype=torch.int64), persistent=False)
+            self.register_buffer(f"_ms_{name}", torch.zeros(heads, head_dim))
+            self.register_buffer(f"_max_{name}", torch.zeros(heads, head_dim))
+        self.register_buffer("_updates", torch.zeros((), dtype=torch.int64))
         self._tracked_calls = 0
+        self._tracked_tokens = 0
+        self._next_check = 0
         self._warned = False
 
     def extra_repr(self) -> str:
@@ -221,7 +226,8 @@ class ElementwiseAttention(nn.Module):
     @torch.no_grad()
     def _track(self, q: Tensor, k: Tensor, mask: Tensor | None) -> None:
         """Fold this batch's per-channel mean square and max of ``x = sqrt(s) q``, ``y = sqrt(s) k`` into the
-        tracker (O(B T H D), no host sync; every CHECK_EVERY eager calls, one sync to compare with the budget)."""
+        tracker (O(B T H D), no host sync; in eager mode, after CHECK_AFTER_TOKENS positions and then every
+        CHECK_EVERY calls, one sync to compare the prediction with the budget)."""
         r = math.sqrt(self.scale)
         w = None if mask is None else mask.bool()[:, :, None, None]
         first = self._updates == 0
@@ -240,7 +246,9 @@ class ElementwiseAttention(nn.Module):
         if torch.compiler.is_compiling():
             return
         self._tracked_calls += 1
-        if not self._warned and (self._tracked_calls - 1) % CHECK_EVERY == 0:
+        self._tracked_tokens += q.shape[0] * q.shape[1]
+        if not self._warned and self._tracked_tokens >= CHECK_AFTER_TOKENS and self._tracked_calls >= self._next_check:
+            self._next_check = self._tracked_calls + CHECK_EVERY
             rep = self.accuracy(f"layer {self.layer_idx}" if self.layer_idx is not None else type(self).__name__)
             if not rep.within_budget:
                 self._warned = True
@@ -255,7 +263,7 @@ class ElementwiseAttention(nn.Module):
         """Forget what the tracker has seen (and allow its warning again)."""
         for b in (self._ms_x, self._ms_y, self._max_x, self._max_y, self._updates):
             b.zero_()
-        self._tracked_calls = 0
+        self._tracked_calls = self._tracked_tokens = self._next_check = 0
         self._warned = False
 
     def accuracy(self, name: str = "") -> accuracy.LayerAccuracy:
