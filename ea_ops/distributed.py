@@ -228,29 +228,31 @@ class _CausalCP(torch.autograd.Function):
         starts = _start_states(plan, me, carries, init, H_kv, D, order, q)
         local = _local_init(plan, me, starts, init, H_kv, D, order, q)
         cu = _local_cu(plan, me, q)
-        o, fin = _local_forward(q, k, v, order, scale, backend, local, cu, want_final)
+        # the local pass keeps its own autograd graph for the backward (no second forward there)
+        leaves = [t.detach().requires_grad_(t.requires_grad) for t in (q, k, v)]
+        with torch.enable_grad():
+            o, fin = _local_forward(*leaves, order, scale, backend, local, cu, want_final)
         final = _final(plan, me, fin, init, want_final, comm, H_kv, D, order, q)
         ctx.save_for_backward(q, k, v)
-        ctx.meta = (order, scale, backend, comm, plan, init, carries, starts, local, cu)
+        ctx.meta = (order, scale, backend, comm, plan, init, carries, starts, local, cu, leaves, o)
         ctx.mark_non_differentiable(*final)
-        return (o, *final)
+        return (o.detach(), *final)
 
     @staticmethod
     def backward(ctx, go, *_):
         q, k, v = ctx.saved_tensors
-        order, scale, backend, comm, plan, init, carries, starts, local, cu = ctx.meta
+        order, scale, backend, comm, plan, init, carries, starts, local, cu, leaves, o = ctx.meta
+        ctx.meta = None  # the local graph goes with this backward
         me, r = comm.rank, math.sqrt(scale)
         H_kv, D = k.shape[2], k.shape[3]
         go = go.contiguous()
-        if q.shape[1]:
-            with torch.enable_grad():
-                leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-                o, _ = ea_attention(*leaves, order=order, scale=scale, initial_state=local, cu_seqlens=cu,
-                                    backend=backend)
-                dq, dk, dv = torch.autograd.grad(o, leaves, go)
-            o = o.detach()
+        wrt = [t for t in leaves if t.requires_grad]
+        if q.shape[1] and wrt and o.requires_grad:
+            found = iter(torch.autograd.grad(o, wrt, go))
+            dq, dk, dv = (next(found) if t.requires_grad else torch.zeros_like(t) for t in leaves)
         else:
             dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        o = o.detach()
         # the gradient with respect to the state this rank's first piece started from
         rows = starts.S.shape[0] if starts is not None else (q.shape[0] if not plan.packed else 1)
         dstart = torch.zeros(rows, H_kv, 2 * (order + 1) + 1, D, dtype=checks.state_dtype(q.dtype),
