@@ -14,6 +14,14 @@ compiled code by the ahead-of-time test). Rows are taken ``ROWS`` at a time: the
 together as ``[ROWS, BLOCK_C]`` tiles (rows again inside one thread), then scanned one by one from registers,
 so each thread has several rows in flight instead of one.
 
+Basis. Inside the kernels the sums are held in the monomial basis, ``S_n / c_n = sum w y^n v`` with
+``c_n = sqrt(2^n / n!)`` (``f_n(y) = c_n y^n``): keys enter as powers of ``y`` with no coefficient, and queries
+evaluate ``sum_n a_n x^n M_n`` (``a_n = c_n^2 = 2^n / n!``) and its derivative by Horner with ``a_n`` folded
+into the steps (``2x / k``). States in and out (``EAState``, chunk states) are in the feature basis: divided by
+``c_n`` on load, multiplied on store. The backward's reverse sums (``u/w``) are internal and stay monomial.
+This is the constant folding of the CPU's block-stabilised forward (issue 14 item 3); SASS instructions per
+element before and after are in docs/triton_builds.md.
+
 Stabilisation: every ``exp`` argument is ``<= 0`` (``m`` is the running minimum of ``y^2``; suffix sums of
 the backward are referenced to the position's own ``m``), as in ``ea_ops.backends.torch``.
 
@@ -48,30 +56,9 @@ def _feature_coefs(T1P: tl.constexpr, ORDER: tl.constexpr):
 
 
 @triton.jit
-def _deriv_coefs(T1P: tl.constexpr, ORDER: tl.constexpr):
-    """``(a, b, keep)`` with ``f'_n = sqrt(2n) f_{n-1} = keep * cumprod(a + b*x)``.
-
-    ``f'_1 = sqrt(2)``, ``f'_n / f'_{n-1} = sqrt(2n) x / (n-1)``; row 0 holds a 1 to seed the product.
-    """
-    n = tl.arange(0, T1P)
-    nf = n.to(tl.float32)
-    live = (n >= 2) & (n <= ORDER)
-    a = tl.where(n == 0, 1.0, tl.where((n == 1) & (n <= ORDER), 1.4142135623730951, 0.0))
-    b = tl.where(live, tl.sqrt(2.0 * nf) / tl.maximum(nf - 1.0, 1.0), 0.0)
-    keep = tl.where(n >= 1, 1.0, 0.0)
-    return a, b, keep
-
-
-@triton.jit
 def _feats(x, a, b):
     """``[C] -> [T1P, C]``: the features ``f_n(x)`` (``0`` for padded ``n``)."""
     return tl.cumprod(a[:, None] + b[:, None] * x[None, :], axis=0)
-
-
-@triton.jit
-def _dfeats(x, a, b, keep):
-    """``[C] -> [T1P, C]``: ``d f_n / dx``."""
-    return tl.cumprod(a[:, None] + b[:, None] * x[None, :], axis=0) * keep[:, None]
 
 
 @triton.jit
@@ -94,31 +81,86 @@ def _put(tile, ridx, i: tl.constexpr, x):
 
 
 @triton.jit
-def _absorb(S, Z, m, y, v, valid, a, b):
-    """Key ``y`` and value ``v`` into the stabilised state ``S, Z [T1P, BLOCK_C]`` with running minimum
-    ``m``; a row past the item (``valid`` False) changes nothing (weight 0, ``m`` kept). Returns
-    ``S, Z, m``."""
-    y2 = y * y
-    mn = tl.where(valid, tl.minimum(m, y2), m)
-    keep = _rebase(mn, m)
-    # a select, not a multiply by the mask: past the item y = 0, and exp(m) is inf once m > 88.7 (inf * 0 = NaN)
-    w = tl.where(valid, tl.exp(mn - y2), 0.0)
-    F = _feats(y, a, b)
-    S = keep[None, :] * S + (w * v)[None, :] * F
-    Z = keep[None, :] * Z + w[None, :] * F
-    return S, Z, mn
+def _basis(T1P: tl.constexpr, ORDER: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``[T1P, BLOCK_C]``: ``c_n = sqrt(2^n / n!)``, the features' coefficients (``f_n(y) = c_n y^n``), 1 in the
+    padded rows (so dividing by it is safe). A 2-D tile: a scan over a 1-D one crosses threads (shared memory)."""
+    a, b = _feature_coefs(T1P, ORDER)
+    n = tl.arange(0, T1P)
+    return tl.where((n <= ORDER)[:, None], _feats(tl.full([BLOCK_C], 1.0, tl.float32), a, b), 1.0)
 
 
 @triton.jit
-def _query_grad(x, g, S, Z, a, b, da, db, dkeep):
-    """For query ``x`` with upstream gradient ``g`` against state ``S, Z``: ``(dx, c, o, G)`` with
-    ``c = g / den`` and ``G`` the query's features (docs/math.md section 5 gradients, before the ``r`` factor)."""
-    G = _feats(x, a, b)
-    dG = _dfeats(x, da, db, dkeep)
-    den = tl.sum(G * Z, axis=0)
-    o = tl.sum(G * S, axis=0) / den
-    c = g / den
-    return c * (tl.sum(dG * S, axis=0) - o * tl.sum(dG * Z, axis=0)), c, o, G
+def _powers(y, T1P: tl.constexpr, ORDER: tl.constexpr):
+    """``[C] -> [T1P, C]``: ``y^n`` for ``n <= ORDER``, 0 in the padded rows."""
+    n = tl.arange(0, T1P)
+    P = tl.cumprod(tl.where(n[:, None] == 0, 1.0, y[None, :]), axis=0)
+    return tl.where((n <= ORDER)[:, None], P, 0.0)
+
+
+@triton.jit
+def _absorb(M, N, m, y, v, valid, T1P: tl.constexpr, ORDER: tl.constexpr):
+    """Key ``y`` and value ``v`` into the stabilised state with running minimum ``m``, held in the monomial basis
+    ``[T1P, BLOCK_C]``: ``M_n = S_n / c_n = sum w y^n v``, ``N_n = Z_n / c_n`` (the features' constant
+    coefficients are folded into the query side, ``_ratio_horner``). A row past the item (``valid`` False)
+    changes nothing (weight 0, ``m`` kept). Returns ``M, N, m``."""
+    y2 = y * y
+    mn = tl.where(valid, tl.minimum(m, y2), m)
+    keep = _rebase(mn, m)
+    # a select, not a multiply by the mask (inf * 0 = NaN past the item once m > 88.7)
+    w = tl.where(valid, tl.exp(mn - y2), 0.0)
+    P = _powers(y, T1P, ORDER)
+    M = keep[None, :] * M + (w * v)[None, :] * P
+    N = keep[None, :] * N + w[None, :] * P
+    return M, N, mn
+
+
+@triton.jit
+def _ratio_horner(M, N, x, ORDER: tl.constexpr):
+    """``o = sum_n a_n x^n M_n / sum_n a_n x^n N_n`` with ``a_n = 2^n/n!`` folded into Horner's steps
+    (``a_n x^n = prod_{k<=n} 2x/k``): one multiply by a constant and two FMAs per order. The division is
+    ``div.full.f32`` (2 ulp; the denominator is at least ``min P_t`` times the largest weight, 1 here)."""
+    n = tl.arange(0, M.shape[0])
+    num = _row(M, n, ORDER)
+    den = _row(N, n, ORDER)
+    for j in tl.static_range(ORDER):  # n = ORDER - 1 - j
+        t = x * (2.0 / (ORDER - j))
+        num = _row(M, n, ORDER - 1 - j) + t * num
+        den = _row(N, n, ORDER - 1 - j) + t * den
+    return tl.fdiv(num, den)
+
+
+@triton.jit
+def _horner2(M, N, x, ORDER: tl.constexpr):
+    """``(p_M, p_N, h_M, h_N)``: ``p = sum_n a_n x^n M_n`` and ``h = sum_{n>=1} a_{n-1} x^{n-1} M_n`` (so that
+    ``dp/dx = 2h``, as ``n a_n = 2 a_{n-1}``), for ``M`` and ``N``, by Horner with ``a_n`` folded in: with
+    ``t_k = 2x/k``, ``p = M_0 + t_1 (M_1 + t_2 (...))`` and ``h = M_1 + t_1 (M_2 + t_2 (...))``."""
+    n = tl.arange(0, M.shape[0])
+    pm = _row(M, n, ORDER)
+    pn = _row(N, n, ORDER)
+    if ORDER == 0:
+        hm = tl.zeros_like(x)
+        hn = tl.zeros_like(x)
+    else:
+        hm = pm
+        hn = pn
+    for j in tl.static_range(ORDER):  # k = ORDER - j
+        t = x * (2.0 / (ORDER - j))
+        pm = _row(M, n, ORDER - 1 - j) + t * pm
+        pn = _row(N, n, ORDER - 1 - j) + t * pn
+        if j > 0:
+            hm = _row(M, n, ORDER - j) + t * hm
+            hn = _row(N, n, ORDER - j) + t * hn
+    return pm, pn, hm, hn
+
+
+@triton.jit
+def _query_grad(x, g, M, N, ORDER: tl.constexpr):
+    """For query ``x`` with upstream gradient ``g`` against the monomial-basis state ``M, N``: ``(dx, c, o)``
+    with ``c = g / den`` and ``dx = c (N' - o Dn')`` (docs/math.md section 5, before the ``r`` factor)."""
+    pm, pn, hm, hn = _horner2(M, N, x, ORDER)
+    o = tl.fdiv(pm, pn)
+    c = tl.fdiv(g, pn)
+    return 2.0 * c * (hm - o * hn), c, o
 
 
 @triton.jit
@@ -155,13 +197,13 @@ def ea_fwd_scan(q_ptr, k_ptr, v_ptr, o_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < HD
     start, end = _item_rows(bounds_ptr, item)
-    a, b = _feature_coefs(T1P, ORDER)
+    coef = _basis(T1P, ORDER, BLOCK_C)  # the state is scanned in the monomial basis, S / c_n
     soff, nm = _state_offsets(item, c, HD, D, T1, T1P)
     smask = nm[:, None] & cm[None, :]
     moff = tl.cast(item, tl.int64) * HD + c
     if LOAD_STATE:
-        S = tl.load(s_in_ptr + soff, mask=smask, other=0.0)
-        Z = tl.load(z_in_ptr + soff, mask=smask, other=0.0)
+        S = tl.load(s_in_ptr + soff, mask=smask, other=0.0) / coef
+        Z = tl.load(z_in_ptr + soff, mask=smask, other=0.0) / coef
         m = tl.load(m_in_ptr + moff, mask=cm, other=float("inf"))
     else:
         S = tl.zeros([T1P, BLOCK_C], tl.float32)
@@ -178,13 +220,17 @@ def ea_fwd_scan(q_ptr, k_ptr, v_ptr, o_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in
             X = tl.load(q_ptr + toff, mask=tmask, other=0.0).to(tl.float32) * r
             O = tl.zeros([ROWS, BLOCK_C], tl.float32)
         for i in tl.static_range(ROWS):
-            S, Z, m = _absorb(S, Z, m, _row(Y, ridx, i), _row(V, ridx, i), blk + i < end, a, b)
+            S, Z, m = _absorb(S, Z, m, _row(Y, ridx, i), _row(V, ridx, i), blk + i < end, T1P, ORDER)
             if WRITE_O:
-                G = _feats(_row(X, ridx, i), a, b)
-                O = _put(O, ridx, i, tl.sum(G * S, axis=0) / tl.sum(G * Z, axis=0))
+                O = _put(O, ridx, i, _ratio_horner(S, Z, _row(X, ridx, i), ORDER))
         if WRITE_O:
             tl.store(o_ptr + toff, O.to(o_ptr.dtype.element_ty), mask=tmask)
     if STORE_STATE:
+        S = S * coef
+        Z = Z * coef
+        if LOAD_STATE:  # an item without rows hands its state on bit for bit (S / c * c is not S)
+            S = tl.where(end <= start, tl.load(s_in_ptr + soff, mask=smask, other=0.0), S)
+            Z = tl.where(end <= start, tl.load(z_in_ptr + soff, mask=smask, other=0.0), Z)
         tl.store(s_out_ptr + soff, S, mask=smask)
         tl.store(z_out_ptr + soff, Z, mask=smask)
         tl.store(m_out_ptr + moff, m, mask=cm)
@@ -252,13 +298,12 @@ def ea_bwd_dx_scan(q_ptr, k_ptr, v_ptr, g_ptr, dq_ptr, bounds_ptr, s_in_ptr, z_i
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < HD
     start, end = _item_rows(bounds_ptr, item)
-    a, b = _feature_coefs(T1P, ORDER)
-    da, db, dkeep = _deriv_coefs(T1P, ORDER)
+    coef = _basis(T1P, ORDER, BLOCK_C)  # the re-scan runs in the monomial basis, as ea_fwd_scan
     soff, nm = _state_offsets(item, c, HD, D, T1, T1P)
     smask = nm[:, None] & cm[None, :]
     moff = tl.cast(item, tl.int64) * HD + c
-    S = tl.load(s_in_ptr + soff, mask=smask, other=0.0)
-    Z = tl.load(z_in_ptr + soff, mask=smask, other=0.0)
+    S = tl.load(s_in_ptr + soff, mask=smask, other=0.0) / coef
+    Z = tl.load(z_in_ptr + soff, mask=smask, other=0.0) / coef
     m = tl.load(m_in_ptr + moff, mask=cm, other=float("inf"))
     ridx = tl.arange(0, ROWS)
     for blk in range(start, end, ROWS):
@@ -273,8 +318,8 @@ def ea_bwd_dx_scan(q_ptr, k_ptr, v_ptr, g_ptr, dq_ptr, bounds_ptr, s_in_ptr, z_i
         CO = tl.zeros([ROWS, BLOCK_C], tl.float32)
         MM = tl.zeros([ROWS, BLOCK_C], tl.float32)
         for i in tl.static_range(ROWS):
-            S, Z, m = _absorb(S, Z, m, _row(Y, ridx, i), _row(V, ridx, i), blk + i < end, a, b)
-            dx, cc, o, _ = _query_grad(_row(X, ridx, i), _row(Gr, ridx, i), S, Z, a, b, da, db, dkeep)
+            S, Z, m = _absorb(S, Z, m, _row(Y, ridx, i), _row(V, ridx, i), blk + i < end, T1P, ORDER)
+            dx, cc, o = _query_grad(_row(X, ridx, i), _row(Gr, ridx, i), S, Z, ORDER)
             DX = _put(DX, ridx, i, dx)
             CC = _put(CC, ridx, i, cc)
             CO = _put(CO, ridx, i, cc * o)
@@ -293,7 +338,9 @@ def ea_bwd_rev_scan(q_ptr, k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, c_ptr, co_p
     """Reverse scan of the backward over one work item, last row first.
 
     ``U = sum_{i >= j} c_i f(x_i) exp(m_i - m_j)`` and ``W`` (with ``c_i o_i``) are held referenced to the
-    current row's ``m_j`` (all factors ``<= 1``: ``m`` is non-increasing in ``i``). Starts from the sums
+    current row's ``m_j`` (all factors ``<= 1``: ``m`` is non-increasing in ``i``), in the monomial basis
+    (``U_n / c_n = sum c_i x_i^n ...``; the chunk sums ``u/w`` are internal and stay in it); the key side
+    evaluates them by Horner (``_horner2``). Starts from the sums
     of the rows after the item, ``u/w_in[item]`` referenced to ``mr_in[item]`` (``LOAD_STATE``), or from
     zero; writes ``dk, dv`` (``WRITE_GRADS``); stores the item's sums referenced to its first row's ``m``
     (``STORE_STATE``). Grid as ``ea_fwd_scan``.
@@ -302,8 +349,6 @@ def ea_bwd_rev_scan(q_ptr, k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, c_ptr, co_p
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < HD
     start, end = _item_rows(bounds_ptr, item)
-    a, b = _feature_coefs(T1P, ORDER)
-    da, db, dkeep = _deriv_coefs(T1P, ORDER)
     soff, nm = _state_offsets(item, c, HD, D, T1, T1P)
     smask = nm[:, None] & cm[None, :]
     moff = tl.cast(item, tl.int64) * HD + c
@@ -333,18 +378,18 @@ def ea_bwd_rev_scan(q_ptr, k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, c_ptr, co_p
             valid = top - i >= start  # rows before the item change nothing: c = 0, reference kept
             mi = tl.where(valid, _row(MI, ridx, i), mref)
             keep = _rebase(mref, mi)
-            G = _feats(_row(X, ridx, i), a, b)
-            U = keep[None, :] * U + _row(CC, ridx, i)[None, :] * G
-            W = keep[None, :] * W + _row(CO, ridx, i)[None, :] * G
+            P = _powers(_row(X, ridx, i), T1P, ORDER)
+            U = keep[None, :] * U + _row(CC, ridx, i)[None, :] * P
+            W = keep[None, :] * W + _row(CO, ridx, i)[None, :] * P
             mref = mi
             if WRITE_GRADS:
                 y = _row(Y, ridx, i)
                 v = _row(V, ridx, i)
                 e = tl.exp(mi - y * y)
-                F = _feats(y, a, b)
-                dF = _dfeats(y, da, db, dkeep) - (2.0 * y)[None, :] * F
-                DV = _put(DV, ridx, i, e * tl.sum(F * U, axis=0))
-                DY = _put(DY, ridx, i, e * (v * tl.sum(dF * U, axis=0) - tl.sum(dF * W, axis=0)))
+                pu, pw, hu, hw = _horner2(U, W, y, ORDER)
+                DV = _put(DV, ridx, i, e * pu)
+                # sum_n f_n'(y) U_n = 2 h_U, and d/dy exp(-y^2) brings -2y p_U
+                DY = _put(DY, ridx, i, 2.0 * e * (v * (hu - y * pu) - (hw - y * pw)))
         if WRITE_GRADS:
             tl.store(dk_ptr + toff, (DY * r).to(dk_ptr.dtype.element_ty), mask=tmask)
             tl.store(dv_ptr + toff, DV.to(dv_ptr.dtype.element_ty), mask=tmask)
@@ -400,11 +445,11 @@ def ea_nc_out(q_ptr, o_ptr, bounds_ptr, item_seq_ptr, s_ptr, z_ptr, r, HD, D,
     cm = c < HD
     start, end = _item_rows(bounds_ptr, item)
     seq = tl.load(item_seq_ptr + item)
-    a, b = _feature_coefs(T1P, ORDER)
+    coef = _basis(T1P, ORDER, BLOCK_C)  # outputs by Horner in the monomial basis, as ea_fwd_scan
     soff, nm = _state_offsets(seq, c, HD, D, T1, T1P)
     smask = nm[:, None] & cm[None, :]
-    S = tl.load(s_ptr + soff, mask=smask, other=0.0)
-    Z = tl.load(z_ptr + soff, mask=smask, other=0.0)
+    S = tl.load(s_ptr + soff, mask=smask, other=0.0) / coef
+    Z = tl.load(z_ptr + soff, mask=smask, other=0.0) / coef
     ridx = tl.arange(0, ROWS)
     for blk in range(start, end, ROWS):
         toff = tl.cast(blk, tl.int64) * HD + ridx[:, None] * HD + c[None, :]
@@ -412,8 +457,7 @@ def ea_nc_out(q_ptr, o_ptr, bounds_ptr, item_seq_ptr, s_ptr, z_ptr, r, HD, D,
         X = tl.load(q_ptr + toff, mask=tmask, other=0.0).to(tl.float32) * r
         O = tl.zeros([ROWS, BLOCK_C], tl.float32)
         for i in tl.static_range(ROWS):
-            G = _feats(_row(X, ridx, i), a, b)
-            O = _put(O, ridx, i, tl.sum(G * S, axis=0) / tl.sum(G * Z, axis=0))
+            O = _put(O, ridx, i, _ratio_horner(S, Z, _row(X, ridx, i), ORDER))
         tl.store(o_ptr + toff, O.to(o_ptr.dtype.element_ty), mask=tmask)
 
 
@@ -421,18 +465,18 @@ def ea_nc_out(q_ptr, o_ptr, bounds_ptr, item_seq_ptr, s_ptr, z_ptr, r, HD, D,
 def ea_nc_bwd_dx(q_ptr, g_ptr, dq_ptr, bounds_ptr, item_seq_ptr, s_ptr, z_ptr, u_part_ptr, w_part_ptr,
                  r, HD, D, ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
                  ROWS: tl.constexpr):
-    """Non-causal backward, query side: ``dq`` per row and the item's partial ``U = sum c f(x)``, ``W``."""
+    """Non-causal backward, query side: ``dq`` per row and the item's partial ``U = sum c f(x)``, ``W`` (in the
+    monomial basis, ``U_n / c_n``, read only by ``ea_nc_bwd_dkdv``)."""
     item = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < HD
     start, end = _item_rows(bounds_ptr, item)
     seq = tl.load(item_seq_ptr + item)
-    a, b = _feature_coefs(T1P, ORDER)
-    da, db, dkeep = _deriv_coefs(T1P, ORDER)
+    coef = _basis(T1P, ORDER, BLOCK_C)
     soff, nm = _state_offsets(seq, c, HD, D, T1, T1P)
     smask = nm[:, None] & cm[None, :]
-    S = tl.load(s_ptr + soff, mask=smask, other=0.0)
-    Z = tl.load(z_ptr + soff, mask=smask, other=0.0)
+    S = tl.load(s_ptr + soff, mask=smask, other=0.0) / coef
+    Z = tl.load(z_ptr + soff, mask=smask, other=0.0) / coef
     U = tl.zeros([T1P, BLOCK_C], tl.float32)
     W = tl.zeros([T1P, BLOCK_C], tl.float32)
     ridx = tl.arange(0, ROWS)
@@ -443,10 +487,12 @@ def ea_nc_bwd_dx(q_ptr, g_ptr, dq_ptr, bounds_ptr, item_seq_ptr, s_ptr, z_ptr, u
         Gr = tl.load(g_ptr + toff, mask=tmask, other=0.0).to(tl.float32)  # 0 past the item: no U, W
         DX = tl.zeros([ROWS, BLOCK_C], tl.float32)
         for i in tl.static_range(ROWS):
-            dx, cc, o, G = _query_grad(_row(X, ridx, i), _row(Gr, ridx, i), S, Z, a, b, da, db, dkeep)
+            x = _row(X, ridx, i)
+            dx, cc, o = _query_grad(x, _row(Gr, ridx, i), S, Z, ORDER)
             DX = _put(DX, ridx, i, dx)
-            U += cc[None, :] * G
-            W += (cc * o)[None, :] * G
+            P = _powers(x, T1P, ORDER)
+            U += cc[None, :] * P
+            W += (cc * o)[None, :] * P
         tl.store(dq_ptr + toff, (DX * r).to(dq_ptr.dtype.element_ty), mask=tmask)
     poff, _ = _state_offsets(item, c, HD, D, T1, T1P)
     tl.store(u_part_ptr + poff, U, mask=smask)
@@ -457,14 +503,13 @@ def ea_nc_bwd_dx(q_ptr, g_ptr, dq_ptr, bounds_ptr, item_seq_ptr, s_ptr, z_ptr, u
 def ea_nc_bwd_dkdv(k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, item_seq_ptr, u_ptr, w_ptr, m_ptr, r, HD, D,
                    ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
                    ROWS: tl.constexpr):
-    """Non-causal backward, key side: ``dk, dv`` per row from the sequence's ``U, W`` and ``m``."""
+    """Non-causal backward, key side: ``dk, dv`` per row from the sequence's ``U, W`` (monomial basis) and
+    ``m``, by Horner as ``ea_bwd_rev_scan``."""
     item = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < HD
     start, end = _item_rows(bounds_ptr, item)
     seq = tl.load(item_seq_ptr + item)
-    a, b = _feature_coefs(T1P, ORDER)
-    da, db, dkeep = _deriv_coefs(T1P, ORDER)
     soff, nm = _state_offsets(seq, c, HD, D, T1, T1P)
     smask = nm[:, None] & cm[None, :]
     U = tl.load(u_ptr + soff, mask=smask, other=0.0)
@@ -482,10 +527,9 @@ def ea_nc_bwd_dkdv(k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, item_seq_ptr, u_ptr
             y = _row(Y, ridx, i)
             v = _row(V, ridx, i)
             e = tl.exp(m - y * y)
-            F = _feats(y, a, b)
-            dF = _dfeats(y, da, db, dkeep) - (2.0 * y)[None, :] * F
-            DV = _put(DV, ridx, i, e * tl.sum(F * U, axis=0))
-            DY = _put(DY, ridx, i, e * (v * tl.sum(dF * U, axis=0) - tl.sum(dF * W, axis=0)))
+            pu, pw, hu, hw = _horner2(U, W, y, ORDER)
+            DV = _put(DV, ridx, i, e * pu)
+            DY = _put(DY, ridx, i, 2.0 * e * (v * (hu - y * pu) - (hw - y * pw)))
         tl.store(dk_ptr + toff, (DY * r).to(dk_ptr.dtype.element_ty), mask=tmask)
         tl.store(dv_ptr + toff, DV.to(dv_ptr.dtype.element_ty), mask=tmask)
 
