@@ -32,8 +32,9 @@ from .select import _measure, _upper_quantile
 ORDERS = [2, 4, 6, 8, 10, 12, 16]
 # channel RMS grid: 2^(k/4), k = -20..4 (0.031 .. 2.0)
 SIGMAS = [round(2.0 ** (k / 4), 6) for k in range(-20, 5)]
-# worst-case grid: Z = 2 a b from 1e-3 to 64
-ZS = [round(10.0 ** (k / 4), 6) for k in range(-12, 8)]
+# worst-case grid: Z = 2 a b from 1e-3 to 63, 20 points a decade (the layer's scale="auto" for bounded channels
+# takes the largest grid point meeting the budget: at most 12% below the exact Z)
+ZS = [round(10.0 ** (k / 20), 8) for k in range(-60, 37)]
 SEQ_LEN = 256
 CHANNELS = 2000  # ceil(20 / (1 - CONFIDENCE)): the select_order default for this confidence
 ROWS = 16

@@ -91,29 +91,43 @@ def worst_case_bound(order: int, Z: float) -> float:
 
 
 def layer_errors(order: int, sigma: float, Z: float) -> tuple[float, float]:
-    """``(predicted_error, worst_case_bound)``; ``nan`` for an order the table does not cover."""
+    """``(predicted, worst_case)`` for channels of RMS ``sigma`` whose ``|2 x y|`` stays within ``Z``: the proven bound
+    at ``Z``, and the prediction: the typical error at ``sigma``, or the proven bound where that is smaller (the
+    typical curve assumes Gaussian channels, whose tails a bounded channel does not have). ``nan`` for an order the
+    table does not cover."""
     if order not in table_orders():
         return math.nan, math.nan
-    return predicted_error(order, sigma), worst_case_bound(order, Z)
+    worst = worst_case_bound(order, Z)
+    return min(predicted_error(order, sigma), worst), worst
 
 
-def auto_scale(order: int, error_budget: float = DEFAULT_BUDGET, channel_rms: float = AUTO_CHANNEL_RMS) -> float:
-    """The EA ``scale`` for which channels of ``q, k`` with RMS up to ``channel_rms`` meet ``error_budget``:
-    ``(sigma / channel_rms)^2`` with ``sigma`` the largest RMS of ``x = sqrt(s) q`` on the table's grid whose
-    predicted error meets the budget. ValueError when none does.
+def auto_scale(order: int, error_budget: float = DEFAULT_BUDGET, *, bound: float | None = None,
+               channel_rms: float = AUTO_CHANNEL_RMS) -> float:
+    """The EA ``scale`` that meets ``error_budget`` at ``order``. ValueError when none on the table's grid does.
 
-    ``qk_norm="rms"`` makes each token's RMS over a head's channels 1; a single channel's RMS over tokens varies
-    around it (by the spread of the projection's rows: up to about 1.3x at head_dim 8, 1.15x at 64, at
-    initialisation), hence the default ``channel_rms`` of 1.25. The tracker measures the real one."""
+    - ``bound=c`` (channels of ``q, k`` within ``|q|, |k| <= c``, as ``qk_norm="rms"`` makes them): the largest
+      ``s = Z / (2 c^2)`` on the worst-case grid whose proven bound meets the budget, so that every input with
+      ``|x|, |y| <= c sqrt(s)`` does.
+    - ``bound=None``: ``(sigma / channel_rms)^2`` with ``sigma`` the largest RMS of ``x = sqrt(s) q`` on the typical
+      grid whose predicted error meets the budget, for channels of RMS up to ``channel_rms``. An RMS normalisation
+      makes each token's RMS over a head's channels 1; one channel's RMS over tokens varies around it (up to about
+      1.3x at head_dim 8, 1.15x at 64, at initialisation, and training may concentrate the energy in a few
+      channels), hence the default 1.25. The tracker measures the real one."""
     order = _check_order(order)
     budget = _check_budget(error_budget)
-    if isinstance(channel_rms, bool) or not isinstance(channel_rms, int | float) or not channel_rms > 0:
-        raise ValueError(f"channel_rms must be a number > 0, got {channel_rms!r}")
-    t = load_accuracy_table()["typical"]
-    ok = [s for s, e in zip(t["sigma"], t["error"][str(order)]) if e <= budget]
+    for name, val in (("bound", bound), ("channel_rms", channel_rms)):
+        if val is not None and (isinstance(val, bool) or not isinstance(val, int | float) or not val > 0
+                                or not math.isfinite(val)):
+            raise ValueError(f"{name} must be a finite number > 0, got {val!r}")
+    table = load_accuracy_table()
+    part, axis = ("worst_case", "Z") if bound is not None else ("typical", "sigma")
+    errs = table[part]["error"][str(order)]
+    ok = [x for x, e in zip(table[part][axis], errs) if e <= budget]
     if not ok:
         raise ValueError(f"no channel scale in the accuracy table meets error_budget={budget:g} at order {order} "
-                         f"(the best is {min(t['error'][str(order)]):.2g}); raise the budget or the order")
+                         f"(the best is {min(errs):.2g}); raise the budget or the order")
+    if bound is not None:
+        return max(ok) / (2 * bound * bound)
     return (max(ok) / channel_rms) ** 2
 
 
@@ -130,7 +144,7 @@ class LayerAccuracy:
     rms_y: float  # of y = sqrt(s) k
     max_x: float  # largest |x| seen
     max_y: float
-    predicted_error: float  # table "typical" at max(rms_x, rms_y)
+    predicted_error: float  # table "typical" at max(rms_x, rms_y), or worst_case_bound when smaller
     worst_case_bound: float  # proven, at Z = max over channels of 2 max|x| max|y|
 
     @property

@@ -15,7 +15,9 @@ from ..naive import naive_attention
 from ..state import EAState
 from . import accuracy
 
-QK_NORMS = ("rms", None)
+QK_NORMS = ("rms", "rms_unbounded", None)
+# qk_norm="rms" bounds every normalised channel softly at QK_BOUND: c tanh(q / c), so |sqrt(s) q| < c sqrt(s)
+QK_BOUND = 2.0
 # the tracker's running mean square is an exponential moving average with this weight for each new batch
 TRACK_MOMENTUM = 0.05
 # the tracker compares its prediction with the budget (a host sync) once it has seen CHECK_AFTER_TOKENS positions
@@ -57,10 +59,13 @@ class ElementwiseAttention(nn.Module):
     - ``num_heads`` query heads of ``head_dim = hidden_size // num_heads`` channels; ``num_kv_heads`` (default
       ``num_heads``) key/value heads dividing it: query head ``h`` reads kv head ``h // (num_heads // num_kv_heads)``
       and the state holds one entry per kv head.
-    - ``qk_norm="rms"``: q and k are RMS-normalised over each head's channels (with a learnable per-channel
-      weight, initialised to 1), so their channels have RMS about 1; ``None`` leaves the projections as they are.
-    - ``scale="auto"``: the EA scale ``s`` for unit-RMS channels whose predicted error (the analysis suite's table,
-      ``ea_ops.nn.accuracy``) meets ``error_budget`` at ``order``; a float fixes ``s``.
+    - ``qk_norm="rms"`` (default): q and k are RMS-normalised over each head's channels (learnable per-channel
+      weight, initialised to 1), then bounded softly, ``c tanh(q / c)`` with ``c = QK_BOUND = 2``. Every channel then
+      stays within ``|x| = |sqrt(s) q| < 2 sqrt(s)`` whatever the weights learn, and ``scale="auto"`` picks the ``s``
+      for which the *proven* error bound of EA-``order`` over that range meets ``error_budget``.
+      ``"rms_unbounded"``: the RMS normalisation alone (sharper attention is possible, accuracy is not guaranteed:
+      ``scale="auto"`` then assumes channel RMS up to 1.25 and the table's typical error; the tracker watches).
+      ``None`` leaves the projections as they are. A float ``scale`` fixes ``s``.
     - ``forward(x, state=None, attention_mask=None, use_cache=False) -> (y, state)``: ``attention_mask [B, T']``
       (``T' >= T``, its last ``T`` columns are this call's; 1 = token, 0 = padding, left or right) is exact:
       rows are packed as separate sequences (``cu_seqlens``), padded positions give 0 and leave the state as it was.
@@ -107,7 +112,8 @@ class ElementwiseAttention(nn.Module):
         if isinstance(scale, str):
             if scale != "auto":
                 raise ValueError(f"scale must be 'auto' or a positive float, got {scale!r}")
-            self.scale = accuracy.auto_scale(self.order, self.error_budget)
+            bound = QK_BOUND if qk_norm == "rms" else None
+            self.scale = accuracy.auto_scale(self.order, self.error_budget, bound=bound)
         elif isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"scale must be 'auto' or a finite float > 0, got {scale!r}")
         else:
@@ -121,7 +127,7 @@ class ElementwiseAttention(nn.Module):
         self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=bias)
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=bias)
-        if qk_norm == "rms":
+        if qk_norm is not None:
             self.q_norm = nn.RMSNorm(head_dim, eps=norm_eps)
             self.k_norm = nn.RMSNorm(head_dim, eps=norm_eps)
         else:
@@ -151,6 +157,9 @@ class ElementwiseAttention(nn.Module):
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        if self.qk_norm == "rms":
+            c = QK_BOUND
+            q, k = c * torch.tanh(q / c), c * torch.tanh(k / c)
         return q, k, v
 
     def forward(
@@ -256,8 +265,9 @@ class ElementwiseAttention(nn.Module):
                     f"ElementwiseAttention ({rep.name}): channels of RMS {max(rep.rms_x, rep.rms_y):.3g} (max |x| "
                     f"{rep.max_x:.3g}, |y| {rep.max_y:.3g}) predict an EA-{self.order} error of "
                     f"{rep.predicted_error:.2g} of the values' spread, above error_budget={self.error_budget:g}. "
-                    "Use qk_norm='rms', a smaller scale, or a higher order (ea_ops.nn.accuracy_report(model) lists "
-                    "every layer; this warning is given once per layer).", accuracy.EAAccuracyWarning, stacklevel=4)
+                    "Use qk_norm='rms' (bounded), a smaller scale, or a higher order "
+                    "(ea_ops.nn.accuracy_report(model) lists every layer; this warning is given once per layer).",
+                    accuracy.EAAccuracyWarning, stacklevel=4)
 
     def reset_accuracy_tracking(self) -> None:
         """Forget what the tracker has seen (and allow its warning again)."""

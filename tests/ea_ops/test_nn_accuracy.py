@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 
+import ea_ops
 from ea_ops.nn import (
     EAAccuracyWarning,
     ElementwiseAttention,
@@ -43,11 +44,38 @@ def test_auto_scale_meets_the_budget_and_grows_with_it():
         for b, si in zip((1e-4, 1e-3, 1e-2), s):
             assert predicted_error(order, math.sqrt(si) * AUTO_CHANNEL_RMS) <= b * (1 + 1e-12)
     assert [auto_scale(t, 1e-3) for t in (2, 6, 16)] == sorted(auto_scale(t, 1e-3) for t in (2, 6, 16))
+    for order in (2, 6, 16):  # bounded channels: the proven bound at |x|, |y| <= c sqrt(s) meets the budget
+        for b in (1e-4, 1e-3, 1e-2):
+            s = auto_scale(order, b, bound=2.0)
+            assert worst_case_bound(order, 2 * 4.0 * s) <= b
+            assert worst_case_bound(order, 2 * 4.0 * s * 1.3) > b  # and is the largest grid point doing so
     with pytest.raises(ValueError, match="error_budget"):
         auto_scale(6, 1e-12)
     with pytest.raises(ValueError, match="error_budget"):
         auto_scale(6, -1.0)
-    assert ElementwiseAttention(32, 4, order=8).scale == auto_scale(8, 1e-3)
+    assert ElementwiseAttention(32, 4, order=8).scale == auto_scale(8, 1e-3, bound=layer_mod.QK_BOUND)
+    assert ElementwiseAttention(32, 4, order=8, qk_norm="rms_unbounded").scale == auto_scale(8, 1e-3)
+
+
+@pytest.mark.parametrize("qk_norm", ["rms", "rms_unbounded"])
+def test_bounded_norm_keeps_the_error_within_budget_whatever_the_weights(qk_norm):
+    """qk_norm="rms": with q/k norm weights grown 10x, every |x|, |y| stays within 2 sqrt(s) and EA-6 stays within
+    the budget of exact EA at every position; the unbounded normalisation leaves it (so the test can fail)."""
+    torch.manual_seed(0)
+    lay = ElementwiseAttention(64, 2, order=6, qk_norm=qk_norm, backend="torch").eval()
+    with torch.no_grad():
+        lay.q_norm.weight.mul_(10)
+        lay.k_norm.weight.mul_(10)
+        q, k, v = lay.project(torch.randn(2, 48, 64))
+    o = ea_ops.ea_attention(q.double(), k.double(), v.double(), order=6, scale=lay.scale, backend="torch")[0]
+    exact = ea_ops.ea_attention_exact(q.double(), k.double(), v.double(), scale=lay.scale)
+    spread = (v.amax(1, keepdim=True) - v.amin(1, keepdim=True)).double()
+    err = float(((o - exact).abs() / spread).max())
+    if qk_norm == "rms":
+        assert float(q.abs().max()) <= layer_mod.QK_BOUND and float(k.abs().max()) <= layer_mod.QK_BOUND
+        assert err <= lay.error_budget
+    else:
+        assert err > 10 * lay.error_budget
 
 
 def _layer(**kw):
@@ -77,9 +105,10 @@ def test_tracker_measures_rms_and_max_of_x_and_y():
     rep = lay.accuracy("me")
     assert rep.updates == 2 and rep.name == "me"
     assert rep.rms_x == pytest.approx(float(want_q.max().sqrt()), rel=1e-5)
-    assert rep.predicted_error == pytest.approx(predicted_error(6, max(rep.rms_x, rep.rms_y)), rel=1e-9)
     Z = 2 * float((max_q.view(2, 2, 8) * max_k[:, None]).max())
     assert rep.worst_case_bound == pytest.approx(worst_case_bound(6, Z), rel=1e-5)
+    typical = predicted_error(6, max(rep.rms_x, rep.rms_y))
+    assert rep.predicted_error == pytest.approx(min(typical, rep.worst_case_bound), rel=1e-9)
     lay.eval()
     lay(torch.randn(2, 4, 32) * 100)  # eval mode: not tracked
     assert lay.accuracy().updates == 2
