@@ -28,6 +28,7 @@ bench: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/ea-ops info
 	$(PY) examples/basic.py
+	$(PY) examples/train_lm.py --quick
 	$(VENV)/bin/ea-ops report --quick --out demo-out/report
 	$(VENV)/bin/ea-ops select-order --budget 1e-3 --scale 1.0
 	$(VENV)/bin/ea-ops select-order --budget 1e-3 --sigma 0.5 --json

@@ -130,6 +130,8 @@ class EAModel(EAPreTrainedModel):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, T = x.shape[:2]
         attention_mask = _check_mask(attention_mask, B, T)
+        if attention_mask is not None and not torch.compiler.is_compiling() and bool(attention_mask.bool().all()):
+            attention_mask = None  # no padding: every layer takes the plain form (checked once, not per layer)
         if use_cache and cache is None:
             cache = EACache(self.config.num_hidden_layers)
         for layer in self.layers:
