@@ -144,9 +144,11 @@ def test_auto_backend_matches_the_torch_backend():
     assert (torch.cat([y, yt], 1) - ref(x)[0]).abs().max() < TOL
 
 
-def test_compiles_fullgraph_on_its_first_call():
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_compiles_fullgraph_on_its_first_call(backend):
     """Training mode (the accuracy tracker updates its buffers inside the graph), forward and backward."""
     lay, _ = pair(kv_heads=2)
+    lay.backend = backend
     lay.train()
     x = torch.randn(2, 16, 32)
     comp = torch.compile(lay, fullgraph=True, backend="aot_eager")
