@@ -1,14 +1,20 @@
-"""``ea-ops compile --backend tvm``: build the EA kernels for a target and export them with a manifest.
+"""``ea-ops compile --backend tvm``: build the EA kernels for a target into a kernel pack (a folder with a manifest),
+which ``ea_ops.load_kernels`` / ``EA_OPS_KERNELS`` run without compiling (``ea_ops/backends/tvm/packs.py``).
 
-- ``--target cpu``: one shared library per kernel (``<kernel>.so``, LLVM for this CPU), scheduled with the
-  tuned record for this target when one exists, else the default schedule.
-- ``--target cuda:sm_90`` (no GPU needed): CUDA C source per kernel (``<kernel>.cu``) and, when ``nvcc`` is
-  on the PATH, its PTX for that arch (``<kernel>.ptx``). Variants: one thread per channel, and the chunked
-  (split-T) causal forward.
+Targets:
 
-``manifest.json`` lists target, fingerprint, per kernel the variant, schedule and its source, the
-argument order (``ea_ops.backends.tvm.cpu_kernels``), the files with their sizes, and the tool versions. The head count
-and head size default to 8 x 64 (``EA_OPS_COMPILE_SHAPE=HxD`` overrides them).
+- ``cpu``: this CPU (its LLVM ``mcpu``); ``cpu:<mcpu>``: another x86 model or a generic level such as
+  ``x86-64-v3`` (runs on every CPU of that level). One shared library per kernel (``<name>.so``).
+- ``aarch64`` or ``aarch64-linux-gnu[:<mcpu>]``: a cross build for 64-bit Arm Linux. Without a linker for it
+  here, each kernel is an archive of objects (``<name>.tar``), linked by ``load_kernels`` on the device.
+- ``cuda:sm_XX`` (no GPU needed): CUDA C per kernel (``<name>.cu``) and, with ``nvcc`` on the PATH, its PTX.
+  Variants: one thread per channel, and the chunked (split-T) causal forward. Checked here, not run.
+
+Kernels: the forward and backward, causal and not, and the decoding step, for each ``--shapes`` ``HxD`` (default
+8x64; ``EA_OPS_COMPILE_SHAPE`` and ``--heads/--dim`` still name one), order and dtype, or for the calls a
+``--from-log`` file recorded. CPU kernels take this target's tuned records (the best one at T = 4096), else the
+default schedule. ``manifest.json`` (``packs.write_manifest``) holds the target, versions, the kernel sources'
+sha256, per kernel its schedule and where it came from, its argument order, and each file's size and sha256.
 """
 
 from __future__ import annotations
@@ -22,18 +28,24 @@ from pathlib import Path
 
 from ea_ops.backends.common import CHUNKED, SCAN
 from ea_ops.backends.tvm import args as kernel_args
+from ea_ops.backends.tvm import packs
 from ea_ops.outdir import prepare_out_dir
-from ea_ops.records import atomic_write_json
 
 from . import targets
 
 _GLOBAL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\(\d+\)\s+)?(\w+)")
 KERNELS = (("forward", True), ("forward", False), ("backward", True), ("backward", False))
+CPU_KERNELS = (*KERNELS, ("step", True))
 CUDA_VARIANTS = tuple((k, c, SCAN) for k, c in KERNELS) + (("forward", True, CHUNKED),)
-MANIFEST = "manifest.json"
+MANIFEST = packs.MANIFEST
+CROSS = {"aarch64": ("aarch64-linux-gnu", "generic", ["+neon"]), "aarch64-linux-gnu": ("aarch64-linux-gnu", "generic",
+                                                                                    ["+neon"])}
 
 
-def _shape(args) -> tuple[int, int]:
+def _shapes(args) -> list[tuple[int, int]]:
+    """``(H, D)`` pairs: ``--shapes``, else ``--heads/--dim`` or ``EA_OPS_COMPILE_SHAPE``, else 8x64."""
+    if getattr(args, "shapes", None):
+        return list(args.shapes)
     H = getattr(args, "heads", None)
     D = getattr(args, "dim", None)
     text = os.environ.get("EA_OPS_COMPILE_SHAPE")
@@ -42,7 +54,26 @@ def _shape(args) -> tuple[int, int]:
         if not m:
             raise SystemExit(f"EA_OPS_COMPILE_SHAPE must look like 8x64, got {text!r}")
         H, D = int(m.group(1)), int(m.group(2))
-    return int(H or 8), int(D or 64)
+    return [(int(H or 8), int(D or 64))]
+
+
+def _cpu_target(text: str) -> dict:
+    """The pack target of ``cpu``, ``cpu:<mcpu>`` or a cross name: kind, arch, mcpu, the LLVM target, how kernels
+    are written (``library``: a shared object; ``objects``: an archive to link on the device)."""
+    from ea_ops.backends.tvm.target import cpu_target_dict, host_mcpu, usable_cores
+
+    name, _, mcpu = text.partition(":")
+    if name in ("cpu", "llvm"):
+        mcpu = mcpu or host_mcpu()
+        return {"kind": "cpu", "arch": packs.host_arch(), "mcpu": mcpu,
+                "llvm": cpu_target_dict(mcpu, usable_cores()), "files": "library"}
+    if name in CROSS:
+        triple, default_mcpu, mattr = CROSS[name]
+        arch = triple.split("-")[0]
+        llvm = {"kind": "llvm", "mtriple": triple, "mcpu": mcpu or default_mcpu, "mattr": mattr}
+        files = "library" if arch == packs.host_arch() else "objects"
+        return {"kind": "cpu", "arch": arch, "mcpu": mcpu or default_mcpu, "llvm": llvm, "files": files}
+    raise SystemExit(f"--target must be cpu, cpu:<mcpu>, aarch64[-linux-gnu][:<mcpu>] or cuda:sm_XX, got {text!r}")
 
 
 def _name(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, variant: str | None = None) -> str:
@@ -50,14 +81,16 @@ def _name(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, var
     return f"{kernel}-{'causal' if causal else 'full'}{mid}-t{order}-{dtype}-H{H}D{D}"
 
 
-def output_names(kind: str, orders, dtypes, H: int, D: int, nvcc: str | None) -> list[str]:
+def output_names(kind: str, orders, dtypes, shapes, nvcc: str | None, files: str = "library") -> list[str]:
     """Every file ``run`` writes into the output folder."""
     if kind == "cpu":
-        names = [f"{_name(k, c, o, dt, H, D)}.so" for o in orders for dt in dtypes for k, c in KERNELS]
+        ext = "so" if files == "library" else "tar"
+        names = [f"{_name(k, c, o, dt, H, D)}.{ext}" for H, D in shapes for o in orders for dt in dtypes
+                 for k, c in CPU_KERNELS]
     else:
         exts = ("cu", "ptx") if nvcc else ("cu",)
-        names = [f"{_name(k, c, o, dt, H, D, v)}.{e}" for o in orders for dt in dtypes for k, c, v in CUDA_VARIANTS
-                 for e in exts]
+        names = [f"{_name(k, c, o, dt, H, D, v)}.{e}" for H, D in shapes for o in orders for dt in dtypes
+                 for k, c, v in CUDA_VARIANTS for e in exts]
     return [*names, MANIFEST]
 
 
@@ -73,26 +106,35 @@ def _nvcc() -> str | None:
     return m.group(1) if m else "unknown"
 
 
-def _cpu(out: Path, orders, dtypes, H: int, D: int) -> list[dict]:
-    from ea_ops.backends.tvm import build
+def _cpu(out: Path, tgt: dict, work: list[tuple]) -> list[dict]:
+    """Build every ``(kernel, causal, order, dtype, H, D)`` of ``work`` for the CPU target ``tgt``."""
+    import tvm
 
+    from ea_ops.backends.tvm import build, schedule
+
+    target = tvm.target.Target(tgt["llvm"])
+    here = tgt["files"] == "library" and tgt["mcpu"] == _cpu_target("cpu")["mcpu"]
     entries = []
-    for order in orders:
-        for dtype in dtypes:
-            for kernel, causal in KERNELS:
-                cfg, source = build.choose_cpu_config(kernel, causal, order, dtype, H, D, 4096)
-                lib = build.build_cpu(kernel, causal, order, dtype, H, D, cfg)
-                name = _name(kernel, causal, order, dtype, H, D)
-                path = out / f"{name}.so"
-                lib.export_library(str(path))
-                entries.append({"name": name, "kernel": kernel, "causal": causal, "order": order,
-                                "dtype": dtype, "variant": "cpu", "schedule": cfg, "schedule_source": source,
-                                "args": kernel_args.names(kernel, causal),
-                                "files": {"library": _file(path)}})
+    for kernel, causal, order, dtype, H, D in work:
+        if here:  # this CPU: its tuned records (or their transfer), as the runtime would choose
+            cfg, source = build.choose_cpu_config(kernel, causal, order, dtype, H, D, 1 if kernel == "step" else 4096)
+        else:
+            cfg, source = schedule.default_cpu_config(kernel, H, D), "default"
+        lib = tvm.compile(schedule.cpu_module(kernel, causal, order, dtype, H, D, cfg), target=target)
+        name = _name(kernel, causal, order, dtype, H, D)
+        if tgt["files"] == "library":
+            lib.export_library(str(out / f"{name}.so"))
+            files = {"library": f"{name}.so"}
+        else:  # objects only: this host has no linker for the target
+            lib.export_library(str(out / f"{name}.tar"))
+            files = {"objects": f"{name}.tar"}
+        entries.append({"name": name, "kernel": kernel, "causal": causal, "order": order, "dtype": dtype,
+                        "H": H, "D": D, "variant": "cpu", "schedule": cfg, "schedule_source": source,
+                        "args": kernel_args.names(kernel, causal), "files": files})
     return entries
 
 
-def _cuda(out: Path, arch: str, orders, dtypes, H: int, D: int, nvcc: str | None) -> list[dict]:
+def _cuda(out: Path, arch: str, orders, dtypes, shapes, nvcc: str | None) -> list[dict]:
     import tvm
 
     from ea_ops.backends.tvm import cuda_kernels
@@ -100,59 +142,88 @@ def _cuda(out: Path, arch: str, orders, dtypes, H: int, D: int, nvcc: str | None
 
     target = tvm.target.Target(cuda_target(arch), host="llvm")
     entries = []
-    for order in orders:
-        for dtype in dtypes:
-            for kernel, causal, variant in CUDA_VARIANTS:
-                cfg = {**cuda_kernels.default_config(kernel, causal), "variant": variant}
-                mod = cuda_kernels.scheduled_module(kernel, causal, order, dtype, H, D, cfg)
-                lib = tvm.compile(mod, target=target)
-                src = lib.mod.imports[0].inspect_source("cuda")
-                name = _name(kernel, causal, order, dtype, H, D, variant)
-                files = {}
-                cu = out / f"{name}.cu"
-                cu.write_text(src)
-                files["source"] = _file(cu)
-                if nvcc:
-                    p = out / f"{name}.ptx"
-                    res = subprocess.run(["nvcc", "--ptx", f"-arch={arch}", "-O3", "-o", str(p), str(cu)],
-                                         capture_output=True, text=True, timeout=600)
-                    if res.returncode != 0:
-                        raise SystemExit(f"nvcc failed on {cu.name}:\n{res.stderr[-3000:]}")
-                    files["ptx"] = _file(p)
-                entries.append({"name": name, "kernel": kernel, "causal": causal, "order": order,
-                                "dtype": dtype, "variant": variant, "schedule": cfg,
-                                "schedule_source": "default", "args": kernel_args.names(kernel, causal, variant),
-                                "kernels": sorted(set(_GLOBAL.findall(src))),
-                                "files": files})
+    for (H, D), order, dtype in ((hd, o, dt) for hd in shapes for o in orders for dt in dtypes):
+        for kernel, causal, variant in CUDA_VARIANTS:
+            cfg = {**cuda_kernels.default_config(kernel, causal), "variant": variant}
+            mod = cuda_kernels.scheduled_module(kernel, causal, order, dtype, H, D, cfg)
+            lib = tvm.compile(mod, target=target)
+            src = lib.mod.imports[0].inspect_source("cuda")
+            name = _name(kernel, causal, order, dtype, H, D, variant)
+            files = {}
+            cu = out / f"{name}.cu"
+            cu.write_text(src)
+            files["source"] = cu.name
+            if nvcc:
+                p = out / f"{name}.ptx"
+                res = subprocess.run(["nvcc", "--ptx", f"-arch={arch}", "-O3", "-o", str(p), str(cu)],
+                                     capture_output=True, text=True, timeout=600)
+                if res.returncode != 0:
+                    raise SystemExit(f"nvcc failed on {cu.name}:\n{res.stderr[-3000:]}")
+                files["ptx"] = p.name
+            entries.append({"name": name, "kernel": kernel, "causal": causal, "order": order,
+                            "dtype": dtype, "H": H, "D": D, "variant": variant, "schedule": cfg,
+                            "schedule_source": "default", "args": kernel_args.names(kernel, causal, variant),
+                            "kernels": sorted(set(_GLOBAL.findall(src))),
+                            "files": files})
     return entries
 
 
-def _file(path: Path) -> dict:
-    return {"path": path.name, "bytes": path.stat().st_size}
+def _work(args, shapes) -> list[tuple]:
+    """``(kernel, causal, order, dtype, H, D)`` of every CPU kernel to build: the grid, plus a log's calls."""
+    work = [(k, c, o, dt, H, D) for H, D in shapes for o in args.orders for dt in args.dtypes for k, c in CPU_KERNELS]
+    log = getattr(args, "from_log", None)
+    if log:
+        from ea_ops import call_log
+
+        try:
+            lines, bad = call_log.read_log(log)
+        except OSError as exc:
+            raise SystemExit(f"--from-log {log}: cannot read it ({exc.strerror or exc})") from None
+        for why in bad[:5]:
+            print(f"ea-ops compile: --from-log {log}: {why}, skipped", file=sys.stderr)
+        if getattr(args, "shapes", None) is None:
+            work = []  # the log names the shapes; --orders/--dtypes still add their grid with --shapes
+        from ea_ops.backends.tvm.cpu_kernels import DTYPES
+
+        for line in lines:
+            if line["device"] != "cpu" or line["dtype"] not in DTYPES:
+                continue  # not a call the TVM CPU kernels run
+            for kernel in call_log.kernels_of(line):
+                causal = True if kernel == "step" else bool(line["causal"])
+                work.append((kernel, causal, int(line["order"]), line["dtype"], int(line["H"]), int(line["D"])))
+        if not work:
+            raise SystemExit(f"--from-log {log}: no call to compile ({len(lines)} valid lines, {len(bad)} bad)")
+    return sorted(set(work))
 
 
 def run(args) -> int:
-    tgt = targets.parse(args.target)
-    H, D = _shape(args)
-    nvcc = _nvcc() if tgt.kind == "cuda" else None
-    out = prepare_out_dir(args.out, output_names(tgt.kind, args.orders, args.dtypes, H, D, nvcc))
-    if tgt.kind == "cpu":
-        entries = _cpu(out, args.orders, args.dtypes, H, D)
-    else:
-        entries = _cuda(out, tgt.arch, args.orders, args.dtypes, H, D, nvcc)
+    from ea_ops.backends.tvm import disk_cache
+
+    shapes = _shapes(args)
+    if args.target.startswith("cuda"):
+        tgt = targets.parse(args.target)
+        nvcc = _nvcc()
+        out = prepare_out_dir(args.out, output_names("cuda", args.orders, args.dtypes, shapes, nvcc))
+        entries = _cuda(out, tgt.arch, args.orders, args.dtypes, shapes, nvcc)
         if nvcc is None:
             print("nvcc not found: exported CUDA source only (no PTX)", file=sys.stderr)
-    manifest = {
-        "backend": "tvm",
-        "target": tgt.describe(),
-        "fingerprint": tgt.fingerprint,
-        "orders": list(args.orders),
-        "dtypes": list(args.dtypes),
-        "shape": {"H": H, "D": D, "B": "any", "T": "any"},
-        "arg_roles": {f"{k}-{'causal' if c else 'full'}": " ".join(kernel_args.roles(k, c)) for k, c in KERNELS},
-        "kernels": entries,
-        "versions": {**targets.versions(), "nvcc": nvcc},
-    }
-    atomic_write_json(out / MANIFEST, manifest)
-    print(f"{len(entries)} kernels for {tgt.fingerprint} in {out} ({MANIFEST})")
+        target = {"kind": "cuda", "arch": tgt.arch, "fingerprint": tgt.fingerprint}
+        extra = {"versions": {"nvcc": nvcc}}
+    else:
+        target = _cpu_target(args.target)
+        work = _work(args, shapes)
+        names = [f"{_name(k, c, o, dt, H, D)}.{'so' if target['files'] == 'library' else 'tar'}"
+                 for k, c, o, dt, H, D in work]
+        out = prepare_out_dir(args.out, [*names, MANIFEST])
+        entries = _cpu(out, target, work)
+        if target["files"] == "library" and target["mcpu"] == _cpu_target("cpu")["mcpu"]:
+            target["fingerprint"] = targets.TuneTarget("cpu").fingerprint
+        extra = {}
+    versions = {**targets.versions(), **disk_cache.versions(), **extra.pop("versions", {})}
+    packs.write_manifest(out, target=target, kernels=entries, versions=versions,
+                         sources_sha256=disk_cache.sources_sha256(),
+                         extra={**extra, "arg_roles": {f"{k}-{'causal' if c else 'full'}": " ".join(
+                             kernel_args.roles(k, c)) for k, c in KERNELS}})
+    where = target.get("fingerprint") or f"{target['kind']} {target.get('arch')} {target.get('mcpu', '')}".strip()
+    print(f"{len(entries)} kernels for {where} in {out} ({MANIFEST})")
     return 0

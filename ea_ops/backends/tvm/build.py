@@ -9,27 +9,12 @@ LLVM for this CPU and stores it there. Later calls with any ``B`` and ``T`` reus
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 from ...records import t_bucket, warn_once
-from . import tuned
+from . import packs, tuned
+from .compiled import Compiled
 from .target import cpu_fingerprint
-
-
-@dataclass(frozen=True)
-class Compiled:
-    """A kernel ready to run: ``fn(*tensors, r)``, where its schedule came from and where its code came from."""
-
-    fn: Any = field(repr=False)
-    lib: Any = field(repr=False)
-    kernel: str
-    config: dict
-    source: str  # the schedule's: "record", "transferred", "default" or "given"
-    build_s: float  # seconds this process spent building it (0.0 when loaded)
-    origin: str = "built"  # "built" in this process, or "disk" (loaded from the compiled-kernel cache)
-    load_s: float = 0.0  # seconds spent loading it from disk
-
 
 _modules: dict[tuple, Compiled] = {}
 _fast: dict[tuple, Compiled] = {}
@@ -88,10 +73,15 @@ def kernel_for(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int
         causal = True
     stamp = tuned.stamp() if config is None else None
     fast_key = (kernel, causal, order, dtype, H, D, t_bucket(T), stamp,
-                None if config is None else _freeze(config))
+                None if config is None else _freeze(config), packs.generation())
     hit = _fast.get(fast_key)
     if hit is not None:
         return hit
+    if config is None:  # a loaded kernel pack serves this call: never compile (packs.py)
+        comp = packs.lookup(kernel, causal, order, dtype, H, D)
+        if comp is not None:
+            _fast[fast_key] = comp
+            return comp
     if config is None:
         cfg, source = choose_cpu_config(kernel, causal, order, dtype, H, D, T)
     else:
