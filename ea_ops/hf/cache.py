@@ -9,11 +9,6 @@ from transformers.cache_utils import Cache
 from ..state import EAState
 
 
-def _select(state: EAState, index: torch.Tensor) -> EAState:
-    index = index.to(state.S.device)
-    return EAState(state.S.index_select(0, index), state.Z.index_select(0, index), state.m.index_select(0, index))
-
-
 class EACacheLayer:
     """One layer's state: ``state`` (``EAState`` with sums ``[B, H_kv, t+1, D]``, or None before any token) and the
     number of positions it has seen (padding included, as a KV cache counts them)."""
@@ -47,16 +42,19 @@ class EACacheLayer:
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         if self.state is not None:
-            self.state = _select(self.state, beam_idx)
+            self.state = self.state.index_select(beam_idx)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.state is not None:
-            self.state = _select(self.state, indices)
+            indices = torch.as_tensor(indices)
+            if indices.dtype == torch.bool:  # a mask of the rows to keep, as a KV cache's indexing takes it
+                indices = indices.nonzero()[:, 0]
+            self.state = self.state.index_select(indices.to(torch.int64))
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self.state is not None:
             idx = torch.arange(self.state.S.shape[0], device=self.state.S.device).repeat_interleave(repeats)
-            self.state = _select(self.state, idx)
+            self.state = self.state.index_select(idx)
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError("an EA state cannot forget tokens (no crop: assisted decoding is not supported)")

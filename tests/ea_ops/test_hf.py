@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM  # noqa: E4
 import ea_ops  # noqa: E402
 from ea_ops.hf import EACache, EAConfig, EAForCausalLM, EAModel  # noqa: E402
 from ea_ops.nn import accuracy_report  # noqa: E402
+from ea_ops.testing import rel_err  # noqa: E402
 
 V = 61
 
@@ -93,6 +94,10 @@ def test_batch_selection_and_repetition():
     sel = model(nxt[[2, 0]], cache=cache, use_cache=True).logits[:, -1]
     full = model(torch.cat([ids, nxt], 1)[[2, 0]], use_cache=False).logits[:, -1]
     assert (sel - full).abs().max() < 1e-5
+    cache = model(ids, use_cache=True).cache
+    cache.batch_select_indices(torch.tensor([True, False, True]))  # a row mask selects alike
+    want = model(ids[[0, 2]], use_cache=True).cache.get_state(0).S
+    assert cache.get_state(0).S.shape == want.shape and rel_err(cache.get_state(0).S, want) < 1e-5
     cache = model(ids, use_cache=True).cache
     cache.batch_repeat_interleave(2)
     assert cache.get_state(1).S.shape[0] == 6
