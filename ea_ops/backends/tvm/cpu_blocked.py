@@ -99,29 +99,35 @@ def _scale(S, Z, b, h, d, factors: list) -> None:
         T.buffer_store(Z, Z[b, h, n, d] * f, [b, h, n, d])
 
 
-def _block(order: int, a: dict, *, locals_, b, h, vec, t0, do, d_tile: int, block: int, unroll: int, r2,
-           steps: list) -> None:
-    """One block of ``block`` steps of one vector of channels: stabilised once, or per step if it must be."""
-    mono, bm, flag = locals_
-    k, M, S, Z = a["k"], a["M"], a["S"], a["Z"]
-    t1 = order + 1
-    inf = tm.const(math.inf)
+def _block_reference(a: dict, bm, flag, *, b, h, t0, do, d_tile: int, block: int, r2, spread: float) -> None:
+    """The pre-pass of one block of one vector of channels: ``bm`` the block's smallest ``k^2`` (NaN keys left
+    out), ``flag[0]`` 1 when any lane's minimum falls by more than ``spread`` within the block (run it per step)."""
+    k, M = a["k"], a["M"]
     with T.vectorized(d_tile) as di:
-        T.buffer_store(bm, inf, [di])
-    with T.serial(block) as j:  # the block's smallest k^2 (NaN keys left out)
+        T.buffer_store(bm, tm.const(math.inf), [di])
+    with T.serial(block) as j:
         with T.vectorized(d_tile) as di:
             kk = let("kk", _load(k, b, t0 + j, h, do * d_tile + di))
             # LLVM gets select(kk^2 < bm, kk^2, bm) (vminps), which keeps bm for a NaN key (test_tvm_blocked)
             T.buffer_store(bm, T.min(kk * kk, bm[di]), [di])
     T.buffer_store(flag, 0, [0])
-    with T.serial(d_tile) as di:  # scalar: does any lane's minimum drop by more than MAX_SPREAD in this block?
+    with T.serial(d_tile) as di:  # scalar, once a block
         d = do * d_tile + di
         m_old = let("m_old", M[b, h, d])
         y0 = let("y0", _load(k, b, t0, h, d) * a["r"])
         c = let("c", T.min(bm[di] * r2, m_old))
         drop = T.min(y0 * y0, m_old) - c
-        over = tirx.Select(drop > tm.const(MAX_SPREAD), tirx.const(1, "int32"), tirx.const(0, "int32"))
+        over = tirx.Select(drop > tm.const(spread), tirx.const(1, "int32"), tirx.const(0, "int32"))
         T.buffer_store(flag, T.max(flag[0], over), [0])
+
+
+def _block(order: int, a: dict, *, locals_, b, h, vec, t0, do, d_tile: int, block: int, unroll: int, r2,
+           steps: list) -> None:
+    """One block of ``block`` steps of one vector of channels: stabilised once, or per step if it must be."""
+    mono, bm, flag = locals_
+    M, S, Z = a["M"], a["S"], a["Z"]
+    t1 = order + 1
+    _block_reference(a, bm, flag, b=b, h=h, t0=t0, do=do, d_tile=d_tile, block=block, r2=r2, spread=MAX_SPREAD)
     with T.If(flag[0] != 0):
         with T.Then():
             with T.If(mono[vec] != 0):
@@ -250,23 +256,9 @@ def _rescan_block(order: int, a: dict, c: dict, locals_, *, b, h, t0, do, d_tile
                   unroll: int) -> None:
     """One block of the re-scan for one vector of channels: stabilised once, or per step if it must be."""
     bm, flag = locals_
-    k, M, S, Z = a["k"], a["M"], a["S"], a["Z"]
-    inf = tm.const(math.inf)
-    with T.vectorized(d_tile) as di:
-        T.buffer_store(bm, inf, [di])
-    with T.serial(block) as j:  # the block's smallest k^2 (NaN keys left out, as in the forward)
-        with T.vectorized(d_tile) as di:
-            kk = let("kk", _load(k, b, t0 + j, h, do * d_tile + di))
-            T.buffer_store(bm, T.min(kk * kk, bm[di]), [di])
-    T.buffer_store(flag, 0, [0])
-    with T.serial(d_tile) as di:
-        d = do * d_tile + di
-        m_old = let("m_old", M[b, h, d])
-        y0 = let("y0", _load(k, b, t0, h, d) * a["r"])
-        ref = let("c", T.min(bm[di] * c["r2"], m_old))
-        drop = T.min(y0 * y0, m_old) - ref
-        over = tirx.Select(drop > tm.const(MAX_SPREAD_GRAD), tirx.const(1, "int32"), tirx.const(0, "int32"))
-        T.buffer_store(flag, T.max(flag[0], over), [0])
+    M, S, Z = a["M"], a["S"], a["Z"]
+    _block_reference(a, bm, flag, b=b, h=h, t0=t0, do=do, d_tile=d_tile, block=block, r2=c["r2"],
+                     spread=MAX_SPREAD_GRAD)
     with T.If(flag[0] != 0):
         with T.Then():
             with T.serial(block) as j:
