@@ -47,6 +47,7 @@ def test_the_wheel_contains_every_shipped_record(wheel):
         if rel.parts[0] in ("ea_ops", "schedules", "analysis"):
             assert rel.as_posix() in names, f"{rel.parent} is missing from pyproject's package list"
     assert not any(n.startswith(("tests/", "autotune_cache/", ".venv/")) for n in names)
+    assert "ea_ops/nn/accuracy_table.json" in names  # the layer's scale="auto" and accuracy tracking read it
 
 
 def test_the_package_installed_from_the_wheel_finds_them(wheel, tmp_path):
