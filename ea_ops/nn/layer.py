@@ -190,7 +190,6 @@ class ElementwiseAttention(nn.Module):
                use_cache: bool) -> tuple[Tensor, EAState | None]:
         """EA-t over projected ``q [B, T, H, D]``, ``k, v [B, T, H_kv, D]`` with ``mask [B, T]`` or None."""
         B, T = q.shape[:2]
-        keep = None
         if mask is not None and not torch.compiler.is_compiling() and bool(mask.bool().all()):
             mask = None  # every token real: the plain form
         if self.training and self.track_accuracy:
@@ -198,17 +197,13 @@ class ElementwiseAttention(nn.Module):
         kw = {"order": self.order, "scale": self.scale}
         if T == 1:  # decode: the recurrent step, O(t D) whatever came before
             o, new = ea_recurrent_step(q[:, 0], k[:, 0], v[:, 0], state, backend=self.backend, **kw)
-            if mask is not None:
+            if mask is not None:  # a padded step: output 0, the state as it was
                 keep = mask[:, 0].bool()
-                if state is not None:
-                    sel = keep[:, None, None, None]
-                    new = EAState(torch.where(sel, new.S, state.S), torch.where(sel, new.Z, state.Z),
-                                  torch.where(sel[..., 0], new.m, state.m))
-                else:
-                    empty = EAState.empty(B, k.shape[2], k.shape[3], self.order, device=q.device, dtype=new.S.dtype)
-                    sel = keep[:, None, None, None]
-                    new = EAState(torch.where(sel, new.S, empty.S), torch.where(sel, new.Z, empty.Z),
-                                  torch.where(sel[..., 0], new.m, empty.m))
+                old = state if state is not None else EAState.empty(B, k.shape[2], k.shape[3], self.order,
+                                                                     device=q.device, dtype=new.S.dtype)
+                sel = keep[:, None, None, None]
+                new = EAState(torch.where(sel, new.S, old.S), torch.where(sel, new.Z, old.Z),
+                              torch.where(sel[..., 0], new.m, old.m))
                 o = torch.where(keep[:, None, None], o, torch.zeros_like(o))
             return o[:, None], (new if use_cache else None)
         if mask is None:

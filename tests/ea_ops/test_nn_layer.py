@@ -104,6 +104,10 @@ def test_left_padded_prefill_then_decode_with_the_growing_mask():
     assert torch.equal(st.S[0], before.S[0]) and torch.equal(st.m[2], before.m[2])
     assert not torch.equal(st.S[1], before.S[1])
     assert yt[0].abs().max() == 0
+    _, fresh = lay(x[:, :1], attention_mask=pad_step, use_cache=True)  # no state yet: padded rows stay empty
+    empty = ea_ops.EAState.empty(3, 4, 8, 6)
+    assert torch.equal(fresh.S[0], empty.S[0]) and torch.equal(fresh.m[2], empty.m[2])
+    assert not torch.equal(fresh.S[1], empty.S[1])
 
 
 def test_mask_with_holes_is_refused():
