@@ -98,3 +98,25 @@ def test_merged_piece_states_equal_the_scan():
     parts = [piece_sums(k[:, a:b], v[:, a:b], 4) for a, b in ((0, 7), (7, 7), (7, 31), (31, 40))]
     got = merge(parts)
     assert torch.allclose(got.S, st.S, rtol=1e-12, atol=1e-14) and torch.equal(got.m, st.m)
+
+
+def test_the_example_runs_under_torchrun():
+    """README's way to run it: torchrun starts 2 ranks of examples/context_parallel.py (127.0.0.1, time-limited)."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not beside this python")
+    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port",
+           str(_free_port()), "examples/context_parallel.py"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TVM_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:  # torchrun and its ranks share a session: end them all
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    line = next(x for x in out.splitlines() if x.startswith("2 ranks"))
+    err_o = float(line.split("one process| = ")[1].split(";")[0])
+    assert err_o < 1e-5, line
