@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--backend", default="auto", help="ea_ops backend (auto: TVM on CPU when installed)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--new-tokens", type=int, default=None, help="tokens generated per speed measurement "
+                   "(default 64, --quick 32)")
+    p.add_argument("--contexts", default=None, help="prompt lengths of the speed comparison (default 128,1024,4096; "
+                   "--quick 128,1024)")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -124,16 +128,17 @@ def main(argv: list[str] | None = None) -> int:
     print(accuracy_report(model))
 
     prompt = vocab.encode("Element-wise attention ")[None]
-    out = model.generate(prompt, max_new_tokens=120 if not args.quick else 60, do_sample=False, pad_token_id=0,
+    out = model.generate(prompt, max_new_tokens=60 if args.quick else 160, do_sample=False, pad_token_id=0,
                          eos_token_id=None)
     print(f"\ngreedy sample from the EACache:\n{vocab.decode(out[0])!r}\n")
 
     # decoding speed: EA from its O(t D) state against softmax with a KV cache, same sizes, same prompt lengths
     twin = softmax_twin(cfg)
-    new = 32 if args.quick else 64
+    new = args.new_tokens or (32 if args.quick else 64)
     print(f"greedy decoding, {new} new tokens after the prompt, batch 1 (tokens/s; prefill excluded):")
     print(f"{'context':>8} {'EA (EACache)':>14} {'softmax (KV cache)':>20} {'EA / softmax':>13}")
-    for ctx in ((128, 1024) if args.quick else (128, 1024, 4096)):
+    contexts = args.contexts or ("128,1024" if args.quick else "128,1024,4096")
+    for ctx in (int(c) for c in contexts.split(",")):
         prompt = data[:ctx][None]
         ea_tps, sm_tps = decode_speed(model, prompt, new), decode_speed(twin, prompt, new)
         print(f"{ctx:>8} {ea_tps:>14.0f} {sm_tps:>20.0f} {ea_tps / sm_tps:>12.2f}x")
