@@ -76,12 +76,40 @@ def decode_speed(model, prompt: torch.Tensor, new: int) -> float:
     return new / max((t2 - t1) - (t1 - t0), 1e-9)
 
 
+def train(model, data: torch.Tensor, steps: int, batch: int, seq: int, seed: int, name: str) -> float:
+    """AdamW with warm-up and cosine decay on random windows of ``data``; the mean loss of the last 10% of steps."""
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(
+        math.pi * min(s, steps) / steps)))
+    it = batches(data, batch, seq, torch.Generator().manual_seed(seed))
+    model.train()
+    t0, tail = time.perf_counter(), []
+    for step in range(1, steps + 1):
+        ids = next(it)
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step > steps - max(1, steps // 10):
+            tail.append(loss.item())
+        if step == 1 or step % max(1, steps // 8) == 0 or step == steps:
+            el = time.perf_counter() - t0
+            print(f"{name}: step {step:4d}  loss {loss.item():.3f}  ({el:.0f} s, "
+                  f"{step * batch * seq / el:.0f} tokens/s)")
+    model.eval()
+    return sum(tail) / len(tail)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a short run (make demo)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--backend", default="auto", help="ea_ops backend (auto: TVM on CPU when installed)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-softmax", action="store_true", help="also train the softmax twin on the same batches "
+                   "and compare the losses")
     p.add_argument("--new-tokens", type=int, default=None, help="tokens generated per speed measurement "
                    "(default 64, --quick 32)")
     p.add_argument("--contexts", default=None, help="prompt lengths of the speed comparison (default 128,1024,4096; "
@@ -104,26 +132,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(kv {cfg.num_key_value_heads}), EA-{cfg.ea_order}, scale {model.model.layers[0].attn.scale:.3g} (auto), "
           f"backend {args.backend!r}")
 
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(
-        math.pi * min(s, steps) / steps)))
-    gen = torch.Generator().manual_seed(args.seed)
-    it = batches(data, batch, seq, gen)
-    model.train()
-    t0 = time.perf_counter()
-    for step in range(1, steps + 1):
-        ids = next(it)
-        loss = model(ids, labels=ids, use_cache=False).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if step == 1 or step % max(1, steps // 8) == 0 or step == steps:
-            el = time.perf_counter() - t0
-            print(f"step {step:4d}  loss {loss.item():.3f}  ({el:.0f} s, {step * batch * seq / el:.0f} tokens/s)")
-    model.eval()
-
+    ea_loss = train(model, data, steps, batch, seq, args.seed, "EA")
     print("\naccuracy of each EA layer over training (ea_ops.nn.accuracy_report):")
     print(accuracy_report(model))
 
@@ -134,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # decoding speed: EA from its O(t D) state against softmax with a KV cache, same sizes, same prompt lengths
     twin = softmax_twin(cfg)
+    if args.train_softmax:
+        sm_loss = train(twin, data, steps, batch, seq, args.seed, "softmax + RoPE")
+        print(f"\nmean loss of the last 10% of steps, same batches: EA (no positional encoding) {ea_loss:.3f}, "
+              f"softmax + RoPE {sm_loss:.3f}\n")
     new = args.new_tokens or (32 if args.quick else 64)
     print(f"greedy decoding, {new} new tokens after the prompt, batch 1 (tokens/s; prefill excluded):")
     print(f"{'context':>8} {'EA (EACache)':>14} {'softmax (KV cache)':>20} {'EA / softmax':>13}")

@@ -19,7 +19,7 @@ def test_train_lm_runs(capsys):
     spec.loader.exec_module(mod)
     assert mod.main(["--quick", "--steps", "3", "--contexts", "16", "--new-tokens", "4", "--backend", "torch"]) == 0
     text = capsys.readouterr().out
-    assert "step    3  loss" in text
+    assert "EA: step    3  loss" in text
     assert "model.layers.3.attn" in text and "predicted" in text  # the accuracy report, one row per layer
     assert "greedy sample from the EACache" in text
     assert "softmax (KV cache)" in text and "\n      16 " in text
