@@ -137,8 +137,8 @@ def _problems(draw, spec: _Spec, *, min_T: int = 0, edge: float | None = None) -
     shape = (draw(st.integers(1, 2)), T, draw(st.sampled_from(spec.heads)), draw(st.sampled_from(spec.dims)))
     dtype = draw(st.sampled_from(spec.dtypes))
     offsets = _magnitudes(MAGNITUDE)
-    if edge is not None:
-        offsets = st.one_of(offsets, st.sampled_from([edge, -edge]))
+    if edge is not None:  # up to the radius, and at it; a failure with |y| <= 12 shrinks into the first branch
+        offsets = st.one_of(offsets, st.floats(-edge, edge), st.sampled_from([edge, -edge]))
     x_offset, x_std = draw(offsets), draw(st.floats(0.0, 1.0))
     y_offset, y_std = draw(offsets), draw(st.floats(0.0, 1.0))
     v_offset, v_std = draw(_magnitudes(2.0)), draw(st.floats(0.0, 2.0))
@@ -248,7 +248,7 @@ class PropertyResult:
         err = "" if self.error is None else f"  error {self.error:.3g} (tolerance {self.tolerance:.3g})"
         text = f"{head} {self.examples:>4} examples{err}  {self.seconds:.1f}s"
         if self.status == "fail":
-            text += f"\n     {self.message}\n     counterexample: {json.dumps(self.counterexample, default=str)}"
+            text += f"\n     {self.message}\n     counterexample: {json.dumps(_strict(self.counterexample))}"
         return text
 
 
@@ -276,9 +276,10 @@ class Report:
         return [r for r in self.results if r.status == "fail"]
 
     def to_json(self) -> dict:
+        """A dict that ``json.dumps`` writes as strict JSON (NaN and infinities as strings)."""
         d = asdict(self)
         d["passed"] = self.passed
-        return d
+        return _strict(d)
 
     def __str__(self) -> str:
         order = "exact EA" if self.order is None else f"order {self.order}"
@@ -286,6 +287,16 @@ class Report:
         head = (f"EA property check: {order}, {'causal' if self.causal else 'non-causal'}, reference "
                 f"{self.reference}, {', '.join(self.dtypes)}: {'PASSED' if self.passed else f'{n_fail} FAILED'}")
         return "\n".join([head, *(r.line() for r in self.results)])
+
+
+def _strict(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
 
 
 # ------------------------------------------------------------------------------------------- the checks
@@ -398,6 +409,8 @@ def _rows(o: torch.Tensor) -> torch.Tensor:
 def _agreement(c: _Checker, prob: Problem, extra: dict) -> None:
     q, k, v = c.inputs(prob)
     o, _ = c.call(q, k, v)
+    if q.shape[1] == 0:  # an empty output of the right shape and dtype is all there is to check
+        return
     x, y, vv = c.rows(q, k, v)
     tol = c.tolerance(x, y, vv, q.dtype)
     exact = c.reference == "exact"
@@ -409,6 +422,8 @@ def _agreement(c: _Checker, prob: Problem, extra: dict) -> None:
 def _worst_case(c: _Checker, prob: Problem, extra: dict) -> None:
     q, k, v = c.inputs(prob)
     o, _ = c.call(q, k, v)
+    if q.shape[1] == 0:  # an empty output of the right shape and dtype is all there is to check
+        return
     x, y, vv = c.rows(q, k, v)
     tol = c.tolerance(x, y, vv, q.dtype) + worst_case_rows(x, y, vv, c.spec.order, causal=c.spec.causal)
     c.compare(_rows(o), c.reference_rows(x, y, vv, exact=True), tol, "against exact EA (worst-case bound)")
@@ -450,6 +465,8 @@ def _non_finite(c: _Checker, prob: Problem, extra: dict) -> None:
 def _convexity(c: _Checker, prob: Problem, extra: dict) -> None:
     q, k, v = c.inputs(prob)
     o, _ = c.call(q, k, v)
+    if q.shape[1] == 0:  # an empty output of the right shape and dtype is all there is to check
+        return
     x, y, vv = c.rows(q, k, v)
     if c.spec.causal:
         lo, hi = vv.cummin(1).values, vv.cummax(1).values

@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str | None]] = {
                "analysis"),
     "select-order": ("analysis.cli_select", "smallest even order meeting an error budget, with evidence",
                      "analysis"),
+    "check": ("analysis.cli_check", "check an EA implementation against EA's properties (smallest failing input)",
+              "analysis"),
 }
 
 

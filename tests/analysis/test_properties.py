@@ -4,13 +4,17 @@ passes it: tests/ea_ops/test_properties.py and tests/ea_ops/triton_interp/interp
 
 from __future__ import annotations
 
+import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import ea_ops
-from analysis.properties import PROPERTIES, Problem, check_implementation, rounding_tolerance
+from analysis.properties import MAGNITUDE, PROPERTIES, Problem, check_implementation, rounding_tolerance
+from ea_ops import cli
 
 EXAMPLES = 20
 
@@ -69,6 +73,8 @@ def test_each_broken_implementation_is_caught_by_its_property(broken, prop, max_
     result = report[prop]
     assert result.status == "fail", str(report)
     assert small(result, max_T), result.counterexample
+    if prop == "finite":  # NaN already for keys near 12, far inside the radius
+        assert max(abs(a) for a in result.counterexample["values"]["k"]) <= MAGNITUDE
     # the counterexample rebuilds the failing input exactly, and it is small enough to print its values
     ce = dict(result.counterexample)
     assert "values" in ce
@@ -148,3 +154,28 @@ def test_bad_arguments_name_themselves(kwargs, match):
         check_implementation(dense_ea, **kwargs)
     with pytest.raises(TypeError, match="fn"):
         check_implementation(None)
+
+
+def _readme_example() -> str:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("## Checking your own implementation", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_example_passes_from_the_command_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_ea.py").write_text(_readme_example())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert cli.main(["check", "my_ea:attention", "--max-examples", "5", "--json"]) == 0
+    out = capsys.readouterr()
+    report = json.loads(out.out)
+    assert report["passed"] and len(report["results"]) == len(PROPERTIES)
+    assert out.err.count("ea-ops check: ") == len(PROPERTIES)  # one progress line per property
+    # a causal implementation checked as non-causal fails, with exit status 1
+    assert cli.main(["check", "my_ea:attention", "--non-causal", "--property", "agreement", "--max-examples",
+                     "5"]) == 1
+    assert "FAIL agreement" in capsys.readouterr().out
+    assert cli.main(["check", "my_ea:nothing"]) == 2
+    assert "cannot load" in capsys.readouterr().err
+    assert cli.main(["check", "my_ea:attention", "--order", "-2"]) == 2
+    assert "order" in capsys.readouterr().err
