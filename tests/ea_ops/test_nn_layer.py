@@ -219,3 +219,32 @@ def test_rope_breaks_shift_invariance_and_no_positions_keeps_it():
         shifted[name] = float((a - b).abs().max() / a.square().mean().sqrt())
     assert shifted["softmax_rope"] < 1e-10
     assert shifted["ea_rope"] > 1e-2
+
+
+def test_nn_needs_only_torch_and_hf_names_its_extra():
+    """ea_ops.nn imports (and builds its scale="auto" from the shipped table) with analysis, transformers and the
+    compiled backends' libraries blocked; ea_ops.hf without transformers names the extra to install."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in {'analysis', 'schedules', 'transformers', 'tvm', 'triton', 'mpmath', 'scipy'}:
+                    raise ImportError('blocked: ' + name)
+        sys.meta_path.insert(0, Block())
+        import torch
+        from ea_ops.nn import ElementwiseAttention
+        lay = ElementwiseAttention(16, 2, backend='torch')
+        print(lay(torch.randn(1, 3, 16))[0].shape, round(lay.scale, 4))
+        try:
+            import ea_ops.hf
+        except ImportError as e:
+            print('hf:', e)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "torch.Size([1, 3, 16]) 0.1574" in out.stdout
+    assert "hf: ea_ops.hf needs the 'hf' extra" in out.stdout
