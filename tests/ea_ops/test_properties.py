@@ -39,6 +39,14 @@ def test_torch_backend_has_every_property(config):
             max_T=40)
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 8])
+def test_torch_non_finite_inputs_stay_in_their_channel_and_after_their_position(chunk):
+    """More NaN/Inf draws per chunk length: a chunk's stabilising reference is where one could leak backwards."""
+    for order, causal in ((6, True), (2, False)):
+        P.check("torch", order=order, causal=causal, chunk=chunk, dtypes=(torch.float64, torch.float32),
+                properties=["non_finite"], max_T=16)
+
+
 @pytest.mark.skipif(not HAS_TVM, reason="needs the tvm extra")
 @pytest.mark.parametrize(("order", "causal", "scale"), [(6, True, 1.0), (2, False, 0.5)])
 def test_tvm_backend_has_every_property(order, causal, scale):
