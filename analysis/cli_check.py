@@ -3,7 +3,8 @@
     ea-ops check MODULE:FUNCTION [--step MODULE:FUNCTION] [--order t] [--non-causal] [--max-examples N] [--json]
 
 ``FUNCTION(q, k, v)`` returns ``o`` or ``(o, state)``; ``--step`` names ``step(q_t, k_t, v_t, state) -> (o_t,
-state)``. The current directory is importable. One progress line per property goes to stderr. Exit status 0
+state)``. The current directory is importable. One progress line per property goes to stderr.
+``HYPOTHESIS_PROFILE`` names the Hypothesis settings profile to load (``ci``: Hypothesis' own). Exit status 0
 when every property holds, 1 when one fails, 2 for bad arguments or a name that does not import.
 """
 
@@ -15,6 +16,9 @@ import json
 import os
 import sys
 from collections.abc import Callable
+
+from hypothesis import settings
+from hypothesis.errors import InvalidArgument
 
 from .properties import PROPERTIES, check_implementation
 from .rounding import DTYPES
@@ -58,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    profile = os.environ.get("HYPOTHESIS_PROFILE")
+    if profile:  # as the test suite does; Hypothesis registers "default" and "ci" itself
+        try:
+            settings.load_profile(profile)
+        except InvalidArgument:
+            print(f"ea-ops check: no Hypothesis profile {profile!r} here; using the loaded one", file=sys.stderr)
     try:
         fn = load(args.target)
         step = None if args.step is None else load(args.step)

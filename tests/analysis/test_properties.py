@@ -186,3 +186,32 @@ def test_the_readme_example_passes_from_the_command_line(tmp_path, monkeypatch, 
     assert "cannot load" in capsys.readouterr().err
     assert cli.main(["check", "my_ea:attention", "--order", "-2"]) == 2
     assert "order" in capsys.readouterr().err
+
+
+STEPPED = '''
+import ea_ops
+
+
+def prefill(q, k, v):
+    return ea_ops.ea_attention(q, k, v, backend="torch", output_final_state=True)
+
+
+def short_prefill(q, k, v):  # hands on the state one token short
+    n = max(q.shape[1] - 1, 0)
+    return prefill(q, k, v)[0], prefill(q[:, :n], k[:, :n], v[:, :n])[1]
+
+
+def decode(q_t, k_t, v_t, state):
+    return ea_ops.ea_recurrent_step(q_t, k_t, v_t, state, backend="torch")
+'''
+
+
+def test_the_command_line_with_a_recurrent_step(tmp_path, monkeypatch, capsys):
+    (tmp_path / "yours.py").write_text(STEPPED)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    args = ["--step", "yours:decode", "--property", "recurrent", "--max-examples", "5"]
+    assert cli.main(["check", "yours:prefill", *args]) == 0
+    assert "PASS recurrent" in capsys.readouterr().out
+    assert cli.main(["check", "yours:short_prefill", *args]) == 1
+    assert "FAIL recurrent" in capsys.readouterr().out
