@@ -657,7 +657,7 @@ _BODIES: dict[str, Callable[[_Checker, Problem, dict], None]] = {
 }
 
 
-def _skip_reason(name: str, order: int | None, causal: bool, step_fn, reference: str) -> str | None:
+def _skip_reason(name: str, order: int | None, causal: bool, step_fn) -> str | None:
     if name == "worst_case" and order is None:
         return "exact EA has no approximation error to bound"
     if name == "causality" and not causal:
@@ -754,7 +754,7 @@ def check_implementation(
     report = Report(order, causal, reference, list(names))
     start = time.monotonic()
     for n, name in enumerate(chosen):
-        reason = _skip_reason(name, order, causal, step_fn, reference)
+        reason = _skip_reason(name, order, causal, step_fn)
         if reason is None and budget is not None and n and time.monotonic() - start > budget:
             reason = f"not run: the budget of {budget:g} s was spent"
         if reason is not None:
