@@ -1,7 +1,7 @@
 """Speed of the tiny model of examples/train_lm.py: EA (backend auto) against softmax attention (SDPA, the same
 sizes as transformers' Llama), on this CPU.
 
-    python examples/model_speed.py [--lengths 256,1024,4096] [--contexts 128,4096] [--repeats 3]
+    python examples/model_speed.py [--lengths 256,1024,4096] [--contexts 128,4096] [--repeats 3] [--threads N]
 
 - a training step (forward, backward, AdamW step) at batch 1 and T tokens, median of ``--repeats`` after a warm-up;
 - greedy decoding tokens/s after a prompt of ``context`` tokens (prefill excluded; median of ``--repeats``), EA from
@@ -52,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--backend", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (1 keeps a busy machine's other "
+                   "processes from stalling every parallel region)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     V = 97
     cfg = EAConfig(vocab_size=V, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,

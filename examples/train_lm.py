@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--backend", default="auto", help="ea_ops backend (auto: TVM on CPU when installed)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--order", type=int, default=6, help="EA order")
+    p.add_argument("--qk-norm", default="rms", choices=["rms", "rms_unbounded", "none"])
+    p.add_argument("--error-budget", type=float, default=1e-3, help="what scale='auto' and the tracker aim at")
     p.add_argument("--train-softmax", action="store_true", help="also train the softmax twin on the same batches "
                    "and compare the losses")
     p.add_argument("--new-tokens", type=int, default=None, help="tokens generated per speed measurement "
@@ -124,12 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     vocab = Chars(text)
     data = vocab.encode(text)
     cfg = EAConfig(vocab_size=len(vocab.itos), hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                   num_key_value_heads=2, ea_order=6, ea_backend=args.backend, pad_token_id=0)
+                   num_key_value_heads=2, ea_order=args.order, ea_backend=args.backend, pad_token_id=0,
+                   ea_qk_norm=None if args.qk_norm == "none" else args.qk_norm, ea_error_budget=args.error_budget)
     model = EAForCausalLM(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"corpus: {len(text)} characters, vocab {len(vocab.itos)}; model: {n_params / 1e3:.0f}k parameters, "
           f"{cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, heads {cfg.num_attention_heads} "
-          f"(kv {cfg.num_key_value_heads}), EA-{cfg.ea_order}, scale {model.model.layers[0].attn.scale:.3g} (auto), "
+          f"(kv {cfg.num_key_value_heads}), EA-{cfg.ea_order}, qk_norm {cfg.ea_qk_norm!r}, scale "
+          f"{model.model.layers[0].attn.scale:.3g} (auto, error budget {cfg.ea_error_budget:g}), "
           f"backend {args.backend!r}")
 
     ea_loss = train(model, data, steps, batch, seq, args.seed, "EA")
