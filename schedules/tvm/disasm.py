@@ -17,11 +17,11 @@ syntax: the same instructions the shared object holds) and counts the hot time l
   non-causal ``out`` block, two steps an iteration), not for the scans; the division and the exponentials'
   rounds per step (``arith_per_step``) show which.
 - The causal forward under ``blocked`` is written as loops (``cpu_blocked``), not scheduled blocks: its hot
-  loops are told apart by what they hold (``analyse_blocked``): the ``block minimum`` pre-pass (a multiply and
-  a min per step, as many steps an iteration as it has multiplies), the ``stabilised`` steps (``t_unroll`` an
-  iteration; one select per step, the division's count), the ``per step`` fallback (three selects a step) and
-  its ``tail`` (one step, in the second parallel function); loops of multiplies alone (changes of basis, once
-  per block) are left out.
+  loops are told apart by what they hold (``analyse_blocked``): the ``block minimum`` pre-pass (``y = r k``,
+  ``y^2`` and a min per step, kept for the steps; as many steps an iteration as it has mins), the ``stabilised``
+  steps (``t_unroll`` an iteration; at most one select per step, the division's count), the ``per step``
+  fallback (three selects a step) and its ``tail`` (one step, in the second parallel function); loops of
+  multiplies alone (changes of basis, once per block) are left out.
 - Each instruction gets one class from ``CLASSES`` (mnemonic -> class, the one copy of the rule) or from
   its operands where the mnemonic alone does not say: a vector move is a load (memory source), a store
   (memory destination), a select (register to register under a mask, ``{%k1}``) or a register move;
@@ -397,7 +397,7 @@ def analyse_blocked(asm: str, cfg: dict[str, Any]) -> list[dict]:
             if set(arith) <= {"mul"}:
                 continue  # a change of basis or a rebase: once per block, not per step
             if set(arith) <= {"mul", "min/max"}:
-                role, steps = "block minimum", arith["mul"]
+                role, steps = "block minimum", arith["min/max"]
             elif i == len(funcs) - 1 and len(funcs) > 1:
                 role, steps = "tail", 1
             elif arith.get("blend/select", 0) <= 1.5 * max(1, arith["div"]):  # one division a step, both forms;
@@ -436,7 +436,7 @@ def analyse_blocked_backward(asm: str, cfg: dict[str, Any], order: int) -> list[
             if i in (1, 2):
                 role, steps = ("re-scan tail", "reverse tail")[i - 1], 1
             elif i == 0 and set(arith) <= {"mul", "min/max"}:
-                role, steps = "re-scan block minimum", arith["mul"]
+                role, steps = "re-scan block minimum", arith["min/max"]
             elif i == 0:
                 fast = arith.get("blend/select", 0) <= 1.5 * max(1, arith["div"])
                 role, steps = ("re-scan stabilised", cfg["t_unroll"]) if fast else ("re-scan per step", 1)

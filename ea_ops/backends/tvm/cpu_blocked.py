@@ -53,7 +53,6 @@ def forward(order: int, dtype: str, H: int, D: int, cfg: dict, static: dict | No
             sig = _Sig(H, D, order, static, align=block)
             a = sig.declare("forward", True, dtype)
             S, Z, r = a["S"], a["Z"], a["r"]
-            r2 = let("r2", r * r)
             steps = [let(f"qs{n}", r * tm.const(2.0 / n)) for n in range(1, t1)]  # x g_n = q (2 r / n)
             main = (sig.T // block) * block
             tasks = sig.B * (H // h_tile)
@@ -64,14 +63,15 @@ def forward(order: int, dtype: str, H: int, D: int, cfg: dict, static: dict | No
                 mono = T.alloc_buffer((h_tile * n_vec,), "int32", scope="local")
                 bm = T.alloc_buffer((d_tile,), F32, scope="local")
                 flag = T.alloc_buffer((1,), "int32", scope="local")
+                keys = T.alloc_buffer((block, 2, d_tile), F32, scope="local")
                 with T.serial(h_tile * n_vec) as i:
                     T.buffer_store(mono, 0, [i])
                 with T.serial(sig.T // block) as tb:
                     with T.serial(h_tile) as hi:
                         with T.serial(n_vec) as do:
                             h, vec, t0 = h0 + hi, hi * n_vec + do, tb * block
-                            _block(order, a, locals_=(mono, bm, flag), b=b, h=h, vec=vec, t0=t0, do=do,
-                                   d_tile=d_tile, block=block, unroll=unroll, r2=r2, steps=steps)
+                            _block(order, a, locals_=(mono, bm, flag, keys), b=b, h=h, vec=vec, t0=t0, do=do,
+                                   d_tile=d_tile, block=block, unroll=unroll, steps=steps)
                 with T.serial(h_tile) as hi:  # back to the public basis
                     with T.serial(n_vec) as do:
                         with T.If(mono[hi * n_vec + do] != 0):
@@ -99,35 +99,38 @@ def _scale(S, Z, b, h, d, factors: list) -> None:
         T.buffer_store(Z, Z[b, h, n, d] * f, [b, h, n, d])
 
 
-def _block_reference(a: dict, bm, flag, *, b, h, t0, do, d_tile: int, block: int, r2, spread: float) -> None:
-    """The pre-pass of one block of one vector of channels: ``bm`` the block's smallest ``k^2`` (NaN keys left
-    out), ``flag[0]`` 1 when any lane's minimum falls by more than ``spread`` within the block (run it per step)."""
+def _block_reference(a: dict, bm, flag, keys, *, b, h, t0, do, d_tile: int, block: int, spread: float) -> None:
+    """The pre-pass of one block of one vector of channels: the keys ``y = r k`` and ``y^2`` into ``keys [block, 2,
+    d_tile]`` (the stabilised steps read them there: the pre-pass's square is theirs), ``bm`` the block's
+    smallest ``y^2`` (NaN keys left out), ``flag[0]`` 1 when any lane's minimum falls by more than ``spread``
+    within the block (run it per step)."""
     k, M = a["k"], a["M"]
     with T.vectorized(d_tile) as di:
         T.buffer_store(bm, tm.const(math.inf), [di])
     with T.serial(block) as j:
         with T.vectorized(d_tile) as di:
-            kk = let("kk", _load(k, b, t0 + j, h, do * d_tile + di))
-            # LLVM gets select(kk^2 < bm, kk^2, bm) (vminps), which keeps bm for a NaN key (test_tvm_blocked)
-            T.buffer_store(bm, T.min(kk * kk, bm[di]), [di])
+            y = let("yk", _load(k, b, t0 + j, h, do * d_tile + di) * a["r"])
+            y2 = let("yk2", y * y)
+            T.buffer_store(keys, y, [j, 0, di])
+            T.buffer_store(keys, y2, [j, 1, di])
+            # LLVM gets select(y2 < bm, y2, bm) (vminps), which keeps bm for a NaN key (test_tvm_blocked)
+            T.buffer_store(bm, T.min(y2, bm[di]), [di])
     T.buffer_store(flag, 0, [0])
     with T.serial(d_tile) as di:  # scalar, once a block
-        d = do * d_tile + di
-        m_old = let("m_old", M[b, h, d])
-        y0 = let("y0", _load(k, b, t0, h, d) * a["r"])
-        c = let("c", T.min(bm[di] * r2, m_old))
-        drop = T.min(y0 * y0, m_old) - c
+        m_old = let("m_old", M[b, h, do * d_tile + di])
+        c = let("c", T.min(bm[di], m_old))
+        drop = T.min(keys[0, 1, di], m_old) - c
         over = tirx.Select(drop > tm.const(spread), tirx.const(1, "int32"), tirx.const(0, "int32"))
         T.buffer_store(flag, T.max(flag[0], over), [0])
 
 
-def _block(order: int, a: dict, *, locals_, b, h, vec, t0, do, d_tile: int, block: int, unroll: int, r2,
+def _block(order: int, a: dict, *, locals_, b, h, vec, t0, do, d_tile: int, block: int, unroll: int,
            steps: list) -> None:
     """One block of ``block`` steps of one vector of channels: stabilised once, or per step if it must be."""
-    mono, bm, flag = locals_
+    mono, bm, flag, keys = locals_
     M, S, Z = a["M"], a["S"], a["Z"]
     t1 = order + 1
-    _block_reference(a, bm, flag, b=b, h=h, t0=t0, do=do, d_tile=d_tile, block=block, r2=r2, spread=MAX_SPREAD)
+    _block_reference(a, bm, flag, keys, b=b, h=h, t0=t0, do=do, d_tile=d_tile, block=block, spread=MAX_SPREAD)
     with T.If(flag[0] != 0):
         with T.Then():
             with T.If(mono[vec] != 0):
@@ -141,7 +144,7 @@ def _block(order: int, a: dict, *, locals_, b, h, vec, t0, do, d_tile: int, bloc
             with T.vectorized(d_tile) as di:  # rebase to the block's reference (and into the monomial basis)
                 d = do * d_tile + di
                 m_old = let("m_old", M[b, h, d])
-                c = let("c", T.min(bm[di] * r2, m_old))
+                c = let("c", T.min(bm[di], m_old))
                 e = tm.exp_neg(c - m_old, "ea")
                 was = mono[vec] != 0
                 for n in range(t1):
@@ -153,21 +156,21 @@ def _block(order: int, a: dict, *, locals_, b, h, vec, t0, do, d_tile: int, bloc
             with T.serial(block // unroll) as jo:
                 with T.unroll(unroll) as ji:
                     with T.vectorized(d_tile) as di:
-                        _fast_step(order, a, b, t0 + jo * unroll + ji, h, do * d_tile + di, steps)
+                        j = jo * unroll + ji
+                        _fast_step(order, a, b, t0 + j, h, do * d_tile + di, steps, keys[j, 0, di], keys[j, 1, di])
 
 
-def _fast_step(order: int, a: dict, b, t, h, d, steps: list) -> None:
-    """One position of a stabilised block: the key enters with ``exp(c - y^2)`` (``c = M``, the block's
-    reference) into the monomial-basis state, and the query reads it with Horner steps ``q (2 r / n)``."""
-    S, Z, r = a["S"], a["Z"], a["r"]
+def _fast_step(order: int, a: dict, b, t, h, d, steps: list, y, y2) -> None:
+    """One position of a stabilised block: the key ``y`` (``y2 = y^2``, from the pre-pass) enters with
+    ``exp(c - y^2)`` (``c = M``, the block's reference; floored at exp(-86), no select) into the monomial-basis
+    state, and the query reads it with Horner steps ``q (2 r / n)``."""
+    S, Z = a["S"], a["Z"]
     t1 = order + 1
-    y = let("y", _load(a["k"], b, t, h, d) * r)
+    y = let("y", y)
     vv = let("v", _load(a["v"], b, t, h, d))
-    e = tm.exp_neg(a["M"][b, h, d] - y * y, "e")
+    e = tm.exp_neg(a["M"][b, h, d] - y2, "e", floor=True)
     ev = let("ev", e * vv)
-    powers = [None, y]
-    for n in range(2, t1):
-        powers.append(let(f"y{n}", powers[-1] * y))
+    powers = _powers(y, order, "y", y2)
     A, B = [], []
     for n in range(t1):
         s_n = let(f"A{n}", S[b, h, n, d] + ev if n == 0 else tm.fma(ev, powers[n], S[b, h, n, d]))
@@ -222,13 +225,14 @@ def backward(order: int, dtype: str, H: int, D: int, cfg: dict, static: dict | N
                 h0 = (task % (H // h_tile)) * h_tile
                 bm = T.alloc_buffer((d_tile,), F32, scope="local")
                 flag = T.alloc_buffer((1,), "int32", scope="local")
+                keys = T.alloc_buffer((block, 2, d_tile), F32, scope="local")
                 with T.serial(h_tile) as hi:  # into the monomial basis, once
                     with T.serial(n_vec) as do:
                         _rebase(S, Z, b, h0 + hi, do, d_tile, t1, [tm.const(1.0 / _gamma(n)) for n in range(t1)])
                 with T.serial(n_blocks) as tb:
                     with T.serial(h_tile) as hi:
                         with T.serial(n_vec) as do:
-                            _rescan_block(order, a, c, (bm, flag), b=b, h=h0 + hi, t0=tb * block, do=do,
+                            _rescan_block(order, a, c, (bm, flag, keys), b=b, h=h0 + hi, t0=tb * block, do=do,
                                           d_tile=d_tile, block=block, unroll=unroll)
             with loop(sig.B * H * n_vec) as task:  # the re-scan's last T % t_block steps, per step
                 b, h, do = task // (H * n_vec), task % (H * n_vec) // n_vec, task % n_vec
@@ -255,9 +259,9 @@ def backward(order: int, dtype: str, H: int, D: int, cfg: dict, static: dict | N
 def _rescan_block(order: int, a: dict, c: dict, locals_, *, b, h, t0, do, d_tile: int, block: int,
                   unroll: int) -> None:
     """One block of the re-scan for one vector of channels: stabilised once, or per step if it must be."""
-    bm, flag = locals_
+    bm, flag, keys = locals_
     M, S, Z = a["M"], a["S"], a["Z"]
-    _block_reference(a, bm, flag, b=b, h=h, t0=t0, do=do, d_tile=d_tile, block=block, r2=c["r2"],
+    _block_reference(a, bm, flag, keys, b=b, h=h, t0=t0, do=do, d_tile=d_tile, block=block,
                      spread=MAX_SPREAD_GRAD)
     with T.If(flag[0] != 0):
         with T.Then():
@@ -268,20 +272,22 @@ def _rescan_block(order: int, a: dict, c: dict, locals_, *, b, h, t0, do, d_tile
             with T.vectorized(d_tile) as di:  # rebase to the block's reference
                 d = do * d_tile + di
                 m_old = let("m_old", M[b, h, d])
-                ref = let("c", T.min(bm[di] * c["r2"], m_old))
+                ref = let("c", T.min(bm[di], m_old))
                 e = tm.exp_neg(ref - m_old, "ea")
                 _scale(S, Z, b, h, d, [e] * (order + 1))
                 T.buffer_store(M, ref, [b, h, d])
             with T.serial(block // unroll) as jo:
                 with T.unroll(unroll) as ji:
                     with T.vectorized(d_tile) as di:
-                        _rescan_fast(order, a, c, b, t0 + jo * unroll + ji, h, do * d_tile + di)
+                        j = jo * unroll + ji
+                        _rescan_fast(order, a, c, b, t0 + j, h, do * d_tile + di, keys[j, 0, di], keys[j, 1, di])
 
 
-def _powers(y, order: int, name: str) -> list:
+def _powers(y, order: int, name: str, y2=None) -> list:
+    """``[None, y, y^2, ..., y^t]`` (``y2``: ``y^2`` when already at hand)."""
     out = [None, y]
     for n in range(2, order + 1):
-        out.append(let(f"{name}{n}", out[-1] * y))
+        out.append(let(f"{name}{n}", y2 if n == 2 and y2 is not None else out[-1] * y))
     return out
 
 
@@ -302,13 +308,14 @@ def _absorb(order: int, a: dict, b, h, d, ev, e, powers, scale=None) -> tuple[li
     return A, B
 
 
-def _rescan_fast(order: int, a: dict, c: dict, b, t, h, d) -> None:
-    """One position of a stabilised re-scan block: the key enters with ``exp(ref - y^2)``; then ``dq``."""
-    y = let("y", _load(a["k"], b, t, h, d) * a["r"])
+def _rescan_fast(order: int, a: dict, c: dict, b, t, h, d, y, y2) -> None:
+    """One position of a stabilised re-scan block: the key ``y`` (``y2``, from the pre-pass) enters with
+    ``exp(ref - y^2)`` (floored at exp(-86), as the forward's); then ``dq``."""
+    y = let("y", y)
     vv = let("v", _load(a["v"], b, t, h, d))
     ref = let("ref", a["M"][b, h, d])
-    e = tm.exp_neg(ref - y * y, "e")
-    A, B = _absorb(order, a, b, h, d, let("ev", e * vv), e, _powers(y, order, "y"))
+    e = tm.exp_neg(ref - y2, "e", floor=True)
+    A, B = _absorb(order, a, b, h, d, let("ev", e * vv), e, _powers(y, order, "y", y2))
     _rescan_query(order, a, c, b, t, h, d, A, B, ref)
 
 

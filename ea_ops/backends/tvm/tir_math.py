@@ -98,7 +98,7 @@ EXP_POLY = (1.0000000006, 1.0000000363, 0.4999999208, 0.1666642017, 0.0416682255
             0.0013836845999)
 
 
-def exp_neg(z, name: str = "e") -> tirx.Var:
+def exp_neg(z, name: str = "e", floor: bool = False) -> tirx.Var:
     """``exp(z)`` for ``z <= 0`` as a vectorisable polynomial; ``-inf`` and ``z < -86`` give exactly 0.
 
     ``T.exp`` lowers to scalar ``expf`` calls that block vectorisation. Range reduction ``z = k ln2 + r``
@@ -107,8 +107,13 @@ def exp_neg(z, name: str = "e") -> tirx.Var:
     shifter (``ROUND_SHIFT``: the sum's low mantissa bits hold ``k``, rounded to nearest), whose bits shifted
     left by 23 are ``k << 23`` (mod 2^32): no float-to-int conversion, no clamp. Below ``EXP_FLOOR`` (and for
     ``-inf``, where the reduction gives NaN) the final select gives 0; 12 vector instructions and the select's 2.
+    ``floor``: instead clamp ``z`` to ``EXP_FLOOR`` first (one ``max``), so ``exp(z) >= exp(-86)`` (4.4e-38, a
+    normal float) for every ``z``; a NaN ``z`` stays NaN (the compare is false for it). For weights whose
+    largest is 1, where 4.4e-38 in place of 0 is below any rounding.
     """
     z = let(name + "_arg", z)
+    if floor:
+        z = let(name + "_cl", select(z < const(EXP_FLOOR), const(EXP_FLOOR), z))
     t = let(name + "_t", fma(z, const(1.4426950408889634), const(ROUND_SHIFT)))
     k = let(name + "_k", t - const(ROUND_SHIFT))
     r = let(name + "_r", fma(k, const(2.12194440e-4), fma(k, const(-0.693359375), z)))
@@ -117,6 +122,8 @@ def exp_neg(z, name: str = "e") -> tirx.Var:
         p = fma(p, r, const(c))
     p = let(name + "_p", p)
     bits = T.reinterpret("int32", p) + T.shift_left(T.reinterpret("int32", t), 23)
+    if floor:
+        return let(name, T.reinterpret(F32, bits))
     return let(name, select(z < const(EXP_FLOOR), const(0.0), T.reinterpret(F32, bits)))
 
 
