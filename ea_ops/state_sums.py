@@ -19,7 +19,12 @@ from torch import Tensor
 from .features import features, features_grad
 from .state import EAState
 
-CHUNK = 1024  # positions per step of the sums (bounds the [B, chunk, H, D, t+1] features)
+CHUNK_ELEMENTS = 1 << 16  # elements of [B, chunk, H, D] per step of the sums: their features stay in cache
+
+
+def chunk_of(x: Tensor) -> int:
+    """Positions per step for ``x [B, T, H, D]`` (at least 16; 128 at B1 H8 D64)."""
+    return max(16, CHUNK_ELEMENTS // max(1, x.shape[0] * x.shape[2] * x.shape[3]))
 
 
 def piece_sums(y: Tensor, v: Tensor, order: int) -> EAState:
@@ -31,8 +36,9 @@ def piece_sums(y: Tensor, v: Tensor, order: int) -> EAState:
     m = (y * y).amin(dim=1)
     S = y.new_zeros(B, H, order + 1, D)
     Z = torch.zeros_like(S)
-    for s in range(0, T, CHUNK):
-        yc, vc = y[:, s:s + CHUNK], v[:, s:s + CHUNK]
+    step = chunk_of(y)
+    for s in range(0, T, step):
+        yc, vc = y[:, s:s + step], v[:, s:s + step]
         w = torch.exp(m[:, None] - yc * yc)
         f = features(yc, order) * w[..., None]  # [B, c, H, D, t+1]
         S += (f * vc[..., None]).sum(1).transpose(-1, -2)
@@ -46,13 +52,14 @@ def piece_sums_grad(y: Tensor, v: Tensor, m: Tensor, dS: Tensor, dZ: Tensor) -> 
     T, order = y.shape[1], dS.shape[2] - 1
     dy, dv = torch.empty_like(y), torch.empty_like(v)
     dSt, dZt = dS.transpose(-1, -2)[:, None], dZ.transpose(-1, -2)[:, None]  # [B, 1, H, D, t+1]
-    for s in range(0, T, CHUNK):
-        yc, vc = y[:, s:s + CHUNK], v[:, s:s + CHUNK]
+    step = chunk_of(y)
+    for s in range(0, T, step):
+        yc, vc = y[:, s:s + step], v[:, s:s + step]
         w = torch.exp(m[:, None] - yc * yc)
         f = features(yc, order)
         fg = features_grad(f) - 2 * yc[..., None] * f
-        dv[:, s:s + CHUNK] = w * (f * dSt).sum(-1)
-        dy[:, s:s + CHUNK] = w * (fg * (vc[..., None] * dSt + dZt)).sum(-1)
+        dv[:, s:s + step] = w * (f * dSt).sum(-1)
+        dy[:, s:s + step] = w * (fg * (vc[..., None] * dSt + dZt)).sum(-1)
     return dy, dv
 
 
