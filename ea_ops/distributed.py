@@ -21,7 +21,7 @@ from . import checks, gqa
 from .api import ea_attention
 from .features import features
 from .state import EAState
-from .state_sums import chunk_of, merge, piece_sums_grad, rebase_factor
+from .state_sums import chunk_of, merge, piece_sums, piece_sums_grad, rebase_factor
 
 _SENT: Counter = Counter()  # logical bytes this process sent, by collective (``bytes_sent``)
 
@@ -404,7 +404,8 @@ class _GlobalAttention(torch.autograd.Function):
         m_local = (y * y).amin(dim=1) if y.shape[1] else torch.full((B, H_kv, D), math.inf, dtype=cdt,
                                                                      device=q.device)
         m = torch.stack(comm.all_gather(m_local)).amin(0)  # amin keeps a NaN
-        S, Z = _sums_at(y, vv, m, order)
+        local = piece_sums(y, vv, order, m=m)
+        S, Z = local.S, local.Z
         SZ = comm.all_reduce_sum(torch.cat([S, Z], dim=2))
         S, Z = SZ[:, :, :order + 1], SZ[:, :, order + 1:]
         ctx.save_for_backward(q, k, v, S, Z, m)
@@ -424,20 +425,6 @@ class _GlobalAttention(torch.autograd.Function):
         dSZ = comm.all_reduce_sum(torch.cat([dS, dZ], dim=2))  # every rank's outputs read the same sums
         gy, gv = piece_sums_grad(k.to(cdt) * r, v.to(cdt), m, dSZ[:, :, :order + 1], dSZ[:, :, order + 1:])
         return (dx * r).to(q.dtype), (gy * r).to(k.dtype), gv.to(v.dtype), None, None, None, None
-
-
-def _sums_at(y: Tensor, v: Tensor, m: Tensor, order: int) -> tuple[Tensor, Tensor]:
-    """A piece's sums at the reference ``m`` (at most its own minimum)."""
-    B, T, H, D = y.shape
-    S = y.new_zeros(B, H, order + 1, D)
-    Z = torch.zeros_like(S)
-    step = chunk_of(y)
-    for s in range(0, T, step):
-        yc, vc = y[:, s:s + step], v[:, s:s + step]
-        f = features(yc, order) * rebase_factor(m[:, None], yc * yc)[..., None]
-        S += (f * vc[..., None]).sum(1).transpose(-1, -2)
-        Z += f.sum(1).transpose(-1, -2)
-    return S, Z
 
 
 def _read(x: Tensor, S: Tensor, Z: Tensor, order: int) -> Tensor:

@@ -27,13 +27,15 @@ def chunk_of(x: Tensor) -> int:
     return max(16, CHUNK_ELEMENTS // max(1, x.shape[0] * x.shape[2] * x.shape[3]))
 
 
-def piece_sums(y: Tensor, v: Tensor, order: int) -> EAState:
+def piece_sums(y: Tensor, v: Tensor, order: int, m: Tensor | None = None) -> EAState:
     """The state of one piece: ``y, v [B, T, H, D]`` (keys already scaled) -> sums ``[B, H, t+1, D]``,
-    ``m [B, H, D]``; the empty state for ``T = 0``."""
+    ``m [B, H, D]``; the empty state for ``T = 0``. ``m``: the reference to sum at (at most the piece's own
+    minimum; default that minimum)."""
     B, T, H, D = y.shape
-    if T == 0:
+    if T == 0 and m is None:
         return EAState.empty(B, H, D, order, device=y.device, dtype=y.dtype)
-    m = (y * y).amin(dim=1)
+    if m is None:
+        m = (y * y).amin(dim=1)
     S = y.new_zeros(B, H, order + 1, D)
     Z = torch.zeros_like(S)
     step = chunk_of(y)

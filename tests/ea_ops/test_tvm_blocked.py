@@ -28,13 +28,15 @@ CONFIGS = [
     {"loop": "blocked", "d_tile": 8, "h_tile": 2, "t_unroll": 8, "parallel": False, "t_block": 32},
     {"loop": "blocked", "d_tile": 4, "h_tile": 1, "t_unroll": 1, "parallel": True, "t_block": 16},
 ]
+PER_STEP = {"loop": "d_t", "d_tile": 16, "h_tile": 1, "t_unroll": 1, "parallel": True}
 _LIBS: dict = {}
 
 
-def kernel(cfg: dict, dtype: str = "float32"):
-    key = (tuple(sorted(cfg.items())), dtype)
+def kernel(cfg: dict, dtype: str = "float32", which: str = "forward"):
+    """The causal ``which`` kernel (forward or backward) under ``cfg``, built once per test session."""
+    key = (which, tuple(sorted(cfg.items())), dtype)
     if key not in _LIBS:
-        mod = schedule.cpu_module("forward", True, ORDER, dtype, H, D, schedule.validate_cpu_config(cfg, H, D))
+        mod = schedule.cpu_module(which, True, ORDER, dtype, H, D, schedule.validate_cpu_config(cfg, H, D))
         _LIBS[key] = tvm.compile(mod, target=cpu_target())["main"]
     return _LIBS[key]
 
@@ -90,7 +92,7 @@ def test_a_minimum_falling_within_a_block_is_exact_below_and_above_max_spread(cf
     q[:, : b // 2] += math.sqrt(drop)  # queries that read the large keys
     o, S, Z, M = run(cfg, q, k, v)
     want, st = reference(q, k, v)
-    per_step = run({"loop": "d_t", "d_tile": 16, "h_tile": 1, "t_unroll": 1, "parallel": True}, q, k, v)
+    per_step = run(PER_STEP, q, k, v)
     assert torch.isfinite(o).all()
     for got, base, ref in ((o, per_step[0], want), (S, per_step[1], st.S), (Z, per_step[2], st.Z)):
         assert rel_err(got, ref) <= max(1.5 * rel_err(base, ref), 2e-6)
@@ -157,25 +159,13 @@ def test_property_the_block_form_is_as_exact_as_the_per_step_form(T, far, at, wi
     k[:, lo:hi] += far
     q[:, lo:hi] += far / 2
     o = run(cfg, q, k, v)[0]
-    base = run({"loop": "d_t", "d_tile": 16, "h_tile": 1, "t_unroll": 1, "parallel": True}, q, k, v)[0]
+    base = run(PER_STEP, q, k, v)[0]
     want, _ = reference(q, k, v)
     assert torch.isfinite(o).all()
     assert rel_err(o, want) <= max(1.5 * rel_err(base, want), 2e-6)
 
 
 # ------------------------------------------------------------------------------------------------ backward
-PER_STEP = {"loop": "d_t", "d_tile": 16, "h_tile": 1, "t_unroll": 1, "parallel": True}
-_GRAD_LIBS: dict = {}
-
-
-def grad_kernel(cfg: dict, dtype: str = "float32"):
-    key = (tuple(sorted(cfg.items())), dtype)
-    if key not in _GRAD_LIBS:
-        mod = schedule.cpu_module("backward", True, ORDER, dtype, H, D, schedule.validate_cpu_config(cfg, H, D))
-        _GRAD_LIBS[key] = tvm.compile(mod, target=cpu_target())["main"]
-    return _GRAD_LIBS[key]
-
-
 def run_grads(cfg, q, k, v, g, state=None, scale=1.0, dtype="float32"):
     """``dq, dk, dv`` of ``sum(g * o)`` from the causal backward kernel; outputs and scratch NaN-poisoned."""
     tdt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
@@ -192,7 +182,7 @@ def run_grads(cfg, q, k, v, g, state=None, scale=1.0, dtype="float32"):
         data, passed = [t.view(torch.int16) for t in data], [t.view(torch.int16) for t in grads]
     else:
         passed = grads
-    grad_kernel(cfg, dtype)(*data, S, Z, M, C, CO, MM, U, W, MN, *passed, math.sqrt(scale))
+    kernel(cfg, dtype, "backward")(*data, S, Z, M, C, CO, MM, U, W, MN, *passed, math.sqrt(scale))
     return grads
 
 
