@@ -7,8 +7,11 @@ Targets:
   ``x86-64-v3`` (runs on every CPU of that level). One shared library per kernel (``<name>.so``).
 - ``aarch64`` or ``aarch64-linux-gnu[:<mcpu>]``: a cross build for 64-bit Arm Linux. Without a linker for it
   here, each kernel is an archive of objects (``<name>.tar``), linked by ``load_kernels`` on the device.
-- ``cuda:sm_XX`` (no GPU needed): CUDA C per kernel (``<name>.cu``) and, with ``nvcc`` on the PATH, its PTX.
-  Variants: one thread per channel, and the chunked (split-T) causal forward. Checked here, not run.
+- ``cuda:sm_XX`` (no GPU needed): per kernel a library of its host code holding its CUDA C source
+  (``<name>.so``), the source (``<name>.cu``) and, with ``nvcc`` on the PATH, its PTX and the cubin built from it
+  (``<name>.ptx``, ``<name>.cubin``; the cubin's arch and kernel names are checked, ``cubin.py``). A GPU of that
+  arch runs the pack (``load_kernels``: the loader gets the cubin, nothing is compiled there). Variants: one thread
+  per channel, and the chunked (split-T) causal forward.
 
 Kernels: the forward and backward, causal and not, and the decoding step, for each ``--shapes`` ``HxD`` (default
 8x64; ``EA_OPS_COMPILE_SHAPE`` and ``--heads/--dim`` still name one), order and dtype, or for the calls a
@@ -88,7 +91,7 @@ def output_names(kind: str, orders, dtypes, shapes, nvcc: str | None, files: str
         names = [f"{_name(k, c, o, dt, H, D)}.{ext}" for H, D in shapes for o in orders for dt in dtypes
                  for k, c in CPU_KERNELS]
     else:
-        exts = ("cu", "ptx") if nvcc else ("cu",)
+        exts = ("so", "cu", "ptx", "cubin") if nvcc else ("so", "cu")
         names = [f"{_name(k, c, o, dt, H, D, v)}.{e}" for H, D in shapes for o in orders for dt in dtypes
                  for k, c, v in CUDA_VARIANTS for e in exts]
     return [*names, MANIFEST]
@@ -149,23 +152,52 @@ def _cuda(out: Path, arch: str, orders, dtypes, shapes, nvcc: str | None) -> lis
             lib = tvm.compile(mod, target=target)
             src = lib.mod.imports[0].inspect_source("cuda")
             name = _name(kernel, causal, order, dtype, H, D, variant)
-            files = {}
+            lib.export_library(str(out / f"{name}.so"))  # host code + the CUDA module (its source, here)
+            files = {"library": f"{name}.so"}
             cu = out / f"{name}.cu"
-            cu.write_text(src)
+            cu.write_text(src)  # the bytes the CUDA module holds: the loader hands them to the compile callback
             files["source"] = cu.name
+            kernels = sorted(set(_GLOBAL.findall(src)))
             if nvcc:
-                p = out / f"{name}.ptx"
-                res = subprocess.run(["nvcc", "--ptx", f"-arch={arch}", "-O3", "-o", str(p), str(cu)],
-                                     capture_output=True, text=True, timeout=600)
-                if res.returncode != 0:
-                    raise SystemExit(f"nvcc failed on {cu.name}:\n{res.stderr[-3000:]}")
-                files["ptx"] = p.name
+                files["ptx"], files["cubin"] = _nvcc_build(out, cu, arch, kernels)
             entries.append({"name": name, "kernel": kernel, "causal": causal, "order": order,
                             "dtype": dtype, "H": H, "D": D, "variant": variant, "schedule": cfg,
                             "schedule_source": "default", "args": kernel_args.names(kernel, causal, variant),
-                            "kernels": sorted(set(_GLOBAL.findall(src))),
-                            "files": files})
+                            "signature": signature(mod["main"]), "kernels": kernels, "files": files})
     return entries
+
+
+def signature(func) -> list[dict]:
+    """The built function's parameters in call order, as the runtime must pass them: name, dtype and, for a
+    buffer, its shape (symbols such as ``B`` and ``T`` as their names, the rest as numbers)."""
+    out = []
+    for p in func.params:
+        try:
+            shape = [int(x) if hasattr(x, "value") else str(x) for x in p.shape]
+        except AttributeError:  # a scalar
+            out.append({"name": p.name, "dtype": str(p.ty)})
+            continue
+        out.append({"name": p.name, "dtype": str(p.dtype), "shape": shape})
+    return out
+
+
+def _nvcc_build(out: Path, cu: Path, arch: str, kernels: list[str]) -> tuple[str, str]:
+    """``<name>.ptx`` and the ``<name>.cubin`` ptxas builds from it for ``arch``; the cubin must be of that arch
+    and hold every ``__global__`` function of the source."""
+    from .cubin import cubin_info
+
+    ptx, cubin = cu.with_suffix(".ptx"), cu.with_suffix(".cubin")
+    for cmd in (["nvcc", "--ptx", f"-arch={arch}", "-O3", "-o", str(ptx), str(cu)],
+                ["nvcc", "--cubin", f"-arch={arch}", "-O3", "-o", str(cubin), str(ptx)]):
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if res.returncode != 0:
+            raise SystemExit(f"nvcc failed on {cu.name}:\n{res.stderr[-3000:]}")
+    info = cubin_info(cubin.read_bytes())
+    want = int(arch.removeprefix("sm_").rstrip("abcdefghijklmnopqrstuvwxyz"))
+    if info["sm"] != want or not set(kernels) <= set(info["functions"]):
+        raise SystemExit(f"{cubin.name}: nvcc wrote code for sm_{info['sm']} with {info['functions']}, "
+                         f"expected {arch} with {kernels}")
+    return ptx.name, cubin.name
 
 
 def _work(args, shapes) -> list[tuple]:
@@ -220,8 +252,9 @@ def run(args) -> int:
             target["fingerprint"] = targets.TuneTarget("cpu").fingerprint
         extra = {}
     versions = {**targets.versions(), **disk_cache.versions(), **extra.pop("versions", {})}
+    sources = disk_cache.CUDA_SOURCES if target["kind"] == "cuda" else disk_cache.SOURCES
     packs.write_manifest(out, target=target, kernels=entries, versions=versions,
-                         sources_sha256=disk_cache.sources_sha256(),
+                         sources_sha256=disk_cache.sources_sha256(sources),
                          extra={**extra, "arg_roles": {f"{k}-{'causal' if c else 'full'}": " ".join(
                              kernel_args.roles(k, c)) for k, c in KERNELS}})
     where = target.get("fingerprint") or f"{target['kind']} {target.get('arch')} {target.get('mcpu', '')}".strip()

@@ -2,7 +2,9 @@
 
 Importing this module does not import TVM (``backend="auto"`` asks ``prefers`` on every call): TVM is
 imported when a kernel is first built. CPU tensors run on LLVM code for this CPU; ``auto`` takes this backend
-for every CPU call it supports.
+for every CPU call it supports. CUDA tensors run TVM's CUDA kernels for their GPU's arch (a loaded
+``cuda:sm_XX`` pack's, else built in this process) with ``backend="tvm"`` only: ``auto`` keeps Triton on CUDA,
+so the two can be compared on the same GPU.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ def unavailable_reason() -> str | None:
 
 
 def supports(q: torch.Tensor, *, causal: bool, order: int, needs_grad: bool) -> str | None:
-    if q.device.type != "cpu":
-        return f"the TVM backend runs CPU tensors in this build (got {q.device.type}); " \
-               "CUDA kernels are exported with `ea-ops compile --backend tvm --target cuda:sm_90`"
+    if q.device.type not in ("cpu", "cuda"):
+        return f"the TVM backend runs CPU and CUDA tensors, got {q.device.type}"
+    if q.device.type == "cuda" and not torch.cuda.is_available():
+        return "CUDA tensors need a CUDA build of torch and a GPU (torch.cuda.is_available() is False)"
     if q.dtype not in _FLOATS:
         return f"dtype {q.dtype} (the TVM kernels take float32, bfloat16, float16)"
     if q.numel() > _MAX_ELEMS:
@@ -50,7 +53,8 @@ def supports(q: torch.Tensor, *, causal: bool, order: int, needs_grad: bool) -> 
 
 def prefers(q: torch.Tensor, order: int) -> bool:
     """On any CPU: the compiled kernels run every supported call, with a tuned record where one applies
-    (``tuned.candidates``) and the default schedule otherwise. No file is read here."""
+    (``tuned.candidates``) and the default schedule otherwise. No file is read here. Never on CUDA: there
+    ``auto`` takes Triton (its kernels are tuned for GPUs; TVM's run untuned defaults)."""
     return q.device.type == "cpu" and q.dtype in _FLOATS and q.dim() in (3, 4)
 
 
@@ -64,6 +68,8 @@ def explain(q: torch.Tensor, *, order: int, causal: bool, needs_grad: bool) -> d
     T = 1 if q.dim() == 3 else q.shape[1]
     dtype = str(q.dtype).removeprefix("torch.")
     kernels = ["step"] if q.dim() == 3 else ["forward"] + (["backward"] if needs_grad else [])
+    if q.device.type == "cuda":
+        return _explain_cuda(q, kernels, order=order, causal=causal, dtype=dtype)
     out: dict = {"fingerprint": cpu_fingerprint(), "kernels": {}}
     for kernel in kernels:
         cfg, source, rec = choose_cpu_record(kernel, True if kernel == "step" else causal, order, dtype, H, D, T)
@@ -72,6 +78,24 @@ def explain(q: torch.Tensor, *, order: int, causal: bool, needs_grad: bool) -> d
             entry["record"] = {"fingerprint": rec["fingerprint"], "T_bucket": rec["workload"].get("T_bucket"),
                                "latency_us": rec["latency_us"]}
         out["kernels"][kernel] = entry
+    return out
+
+
+def _explain_cuda(q: torch.Tensor, kernels: list[str], *, order: int, causal: bool, dtype: str) -> dict:
+    """``explain`` on a GPU: the untuned default schedule of each kernel, from a loaded pack or built here."""
+    from . import packs
+    from .cuda_device import default_config, device_arch
+    from .target import cuda_fingerprint
+
+    arch = device_arch(q.device)
+    H, D = q.shape[-2], q.shape[-1]
+    out: dict = {"fingerprint": cuda_fingerprint(arch), "kernels": {}}
+    for kernel in kernels:
+        c = True if kernel == "step" else causal
+        cfg = default_config(kernel, c, q.shape[0] * H * D)
+        hit = packs.lookup(kernel, c, order, dtype, H, D, target=arch, variant=cfg["variant"])
+        out["kernels"][kernel] = {"config": cfg, "source": "default",
+                                  "code": "pack" if hit is not None else "built in this process"}
     return out
 
 

@@ -4,6 +4,10 @@
 default schedule) and finds the module: in a process-wide cache, else in the compiled-kernel cache on disk
 (``disk_cache``: loaded only from the user's own folder, checked against its manifest), else it builds it with
 LLVM for this CPU and stores it there. Later calls with any ``B`` and ``T`` reuse it.
+
+``kernel_for(..., target="sm_90", channels=B*H*D)`` is a CUDA kernel for that GPU arch: a loaded CUDA pack's, else
+built in this process (``build_cuda``: TVM's CUDA code generator, then NVRTC or nvcc; not kept on disk), with the
+untuned default schedule (``cuda_device.default_config``: the variant depends on the channel count).
 """
 
 from __future__ import annotations
@@ -67,10 +71,13 @@ def build_cpu(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int,
 
 
 def kernel_for(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, T: int,
-               config: dict | None = None) -> Compiled:
-    """The compiled CPU kernel for this call (loaded from disk or built on first use, then kept in the process)."""
+               config: dict | None = None, *, target: str = "cpu", channels: int | None = None) -> Compiled:
+    """The compiled kernel for this call (loaded from disk or a pack, or built on first use, then kept in the
+    process). ``target``: ``"cpu"`` or a CUDA arch such as ``"sm_90"`` (``cuda_device.target_of``)."""
     if kernel == "step":
         causal = True
+    if target != "cpu":
+        return _cuda_kernel_for(kernel, causal, order, dtype, H, D, target, channels, config)
     stamp = tuned.stamp() if config is None else None
     fast_key = (kernel, causal, order, dtype, H, D, t_bucket(T), stamp,
                 None if config is None else _freeze(config), packs.generation())
@@ -119,3 +126,83 @@ def _load_or_build(key: tuple, cfg: dict, source: str) -> Compiled:
     BUILD_LOG.append((key, dt))
     disk_cache.save(lib, kernel, causal, order, dtype, H, D, cfg)
     return Compiled(lib["main"], lib, kernel, cfg, source, dt)
+
+
+# ------------------------------------------------------------------------------------------------ CUDA
+def _cuda_kernel_for(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, arch: str,
+                     channels: int | None, config: dict | None) -> Compiled:
+    """A CUDA pack's kernel for ``arch`` and the default schedule's variant, else one built here."""
+    from .cuda_device import default_config
+
+    cfg = dict(config) if config is not None else default_config(kernel, causal, channels)
+    key = ("cuda", kernel, causal, order, dtype, H, D, arch, _freeze(cfg), packs.generation())
+    hit = _fast.get(key)
+    if hit is not None:
+        return hit
+    comp = packs.lookup(kernel, causal, order, dtype, H, D, target=arch, variant=cfg["variant"]) \
+        if config is None else None
+    if comp is None:
+        with _lock:
+            build_key = key[:-1]
+            comp = _modules.get(build_key)
+            if comp is None:
+                import time
+
+                t0 = time.perf_counter()
+                lib = build_cuda(kernel, causal, order, dtype, H, D, cfg, arch)
+                dt = time.perf_counter() - t0
+                BUILD_LOG.append((build_key, dt))
+                comp = Compiled(lib["main"], lib, kernel, cfg, "default" if config is None else "given", dt)
+                _modules[build_key] = comp
+    _fast[key] = comp
+    return comp
+
+
+def cuda_compiler(environ: dict | None = None, *, have_nvrtc: bool | None = None,
+                  nvcc: str | None = None) -> str | None:
+    """How TVM turns CUDA C into code here: ``TVM_CUDA_COMPILE_MODE`` if set, else ``"nvrtc"`` (TVM's default;
+    needs the ``cuda-python`` bindings) when importable, else ``"nvcc"`` on the PATH, else None."""
+    import importlib.util
+    import os
+    import shutil
+
+    env = os.environ if environ is None else environ
+    if env.get("TVM_CUDA_COMPILE_MODE"):
+        return env["TVM_CUDA_COMPILE_MODE"].strip().lower()
+    if have_nvrtc is None:
+        try:
+            have_nvrtc = importlib.util.find_spec("cuda.bindings") is not None
+        except (ImportError, ValueError):
+            have_nvrtc = False
+    if have_nvrtc:
+        return "nvrtc"
+    return "nvcc" if (nvcc or shutil.which("nvcc")) else None
+
+
+def build_cuda(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, cfg: dict, arch: str):
+    """The runnable module of one CUDA kernel for ``arch`` (host code + its CUDA module), built in this process.
+    BackendUnavailableError when this process cannot: no CUDA C compiler, or TVM's CUDA runtime not loaded (then
+    TVM keeps the kernel as source only, ``cuda_runtime``)."""
+    import os
+
+    from ...errors import BackendUnavailableError
+
+    mode = cuda_compiler()
+    if mode is None:
+        raise BackendUnavailableError(
+            "building TVM CUDA kernels needs NVRTC (pip install cuda-python) or nvcc on the PATH; or load a "
+            "kernel pack built for this GPU (ea-ops compile --backend tvm --target cuda:" + arch + ")")
+    os.environ.setdefault("TVM_CUDA_COMPILE_MODE", mode)  # read by TVM's compile callback (tvm/support/nvcc.py)
+    import tvm
+
+    from . import cuda_kernels
+    from .target import cuda_target
+
+    mod = cuda_kernels.scheduled_module(kernel, causal, order, dtype, H, D, cfg)
+    lib = tvm.compile(mod, target=tvm.target.Target(cuda_target(arch), host="llvm"))
+    device_mod = next((m for m in lib.mod.imports if m.kind == "cuda"), None)
+    if device_mod is None or not device_mod.is_runnable():
+        raise BackendUnavailableError(
+            "TVM built the CUDA kernel as source only: its CUDA runtime (libtvm_runtime_cuda.so, which needs the "
+            "CUDA driver and runtime libraries) is not loaded in this process")
+    return lib

@@ -20,16 +20,15 @@ Built here without a GPU (``ea-ops compile --target cuda:sm_90``); running them 
 
 from __future__ import annotations
 
-from typing import Any
-
 import tvm
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from ..common import CHUNKED, LANES_TARGET, SCAN
+from ..common import CHUNKED
 from . import tir_math as tm
 from .cpu_kernels import _load, _Sig, _store, grad_key_row, rescan_row
+from .cuda_device import default_config  # noqa: F401  (chosen without TVM; the tuner reads it here)
 from .tir_math import F32, StateRef, let
 
 
@@ -307,12 +306,6 @@ def channel_backward(order: int, dtype: str, causal: bool, H: int, D: int, stati
 
 
 # ------------------------------------------------------------------------------------------- schedules
-def default_config(kernel: str, causal: bool, channels: int | None = None) -> dict[str, Any]:
-    """Chunked for the causal forward when there are fewer than 2^17 channels, else one per thread."""
-    chunked = kernel == "forward" and causal and (channels is None or channels < LANES_TARGET)
-    return {"variant": CHUNKED if chunked else SCAN, "threads": 128, "chunk": 64}
-
-
 def func_for(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, cfg: dict, static=None):
     if kernel == "backward":
         return channel_backward(order, dtype, causal, H, D, static)

@@ -30,6 +30,8 @@ ENV = "EA_OPS_KERNEL_CACHE"
 # The files the generated code depends on (tests/ea_ops/test_tvm_kernel_cache.py checks that every ea_ops
 # module they import is listed): an edit to any of them is a new key.
 SOURCES = ("args.py", "build.py", "cpu_blocked.py", "cpu_kernels.py", "schedule.py", "target.py", "tir_math.py")
+# The CUDA kernels' (a CUDA kernel pack's key): they share the CPU kernels' row functions and argument table.
+CUDA_SOURCES = (*SOURCES, "cuda_device.py", "cuda_kernels.py")
 _HERE = Path(__file__).resolve().parent
 
 
@@ -44,11 +46,11 @@ def store() -> KernelStore:
     return KernelStore(root, root / "kernels" / "tvm" / cpu_fingerprint())
 
 
-@functools.lru_cache(maxsize=1)
-def sources_sha256() -> str:
-    """One sha256 over the names and bytes of ``SOURCES``."""
+@functools.lru_cache(maxsize=2)
+def sources_sha256(names: tuple[str, ...] = SOURCES) -> str:
+    """One sha256 over the names and bytes of ``names`` (``SOURCES``, or ``CUDA_SOURCES``)."""
     h = hashlib.sha256()
-    for name in SOURCES:
+    for name in names:
         data = (_HERE / name).read_bytes()
         h.update(f"{name}\0{len(data)}\0".encode())
         h.update(data)

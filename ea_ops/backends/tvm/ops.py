@@ -7,6 +7,10 @@ place, so the caller's initial state is copied once. ``cu_seqlens`` runs the ker
 views of the packed tensors (batch size 1, so every view is contiguous). ``common.poison_outputs()`` makes every
 output and scratch buffer start as NaN, so a test sees any element a kernel forgot to write.
 
+CUDA tensors run the CUDA kernels of their GPU's arch (``build.kernel_for(..., target="sm_90")``: a loaded pack's
+or built here), launched on torch's current stream of the tensors' device (``cuda_device.launch``); the chunked
+causal forward gets its chunk-state scratch ``SC, ZC, MC`` here (``args.table``).
+
 ``ea_ops_tvm::forward``, ``ea_ops_tvm::backward`` and ``ea_ops_tvm::step`` are the custom ops of
 ``common.define_ops`` (fake implementations and autograd), so ``torch.compile`` holds them without graph breaks.
 """
@@ -21,8 +25,8 @@ import torch
 from torch import Tensor
 
 from ...records import mean_length
-from ..common import KERNEL_DTYPES, define_ops, float32_state, new_buffer, no_state, poisoning, segments_of
-from . import build
+from ..common import CHUNKED, KERNEL_DTYPES, define_ops, float32_state, new_buffer, no_state, poisoning, segments_of
+from . import build, cuda_device
 
 
 def kernel_dtype(dtype: torch.dtype) -> str:
@@ -35,6 +39,29 @@ def kernel_dtype(dtype: torch.dtype) -> str:
 def _arg(t: Tensor) -> Tensor:
     """A tensor as the kernels take it: bfloat16 as its int16 bits (a view, no copy)."""
     return t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+
+
+def target_of(t: Tensor) -> str:
+    """``"cpu"`` or the CUDA arch of ``t``'s GPU: the kernels' target (``cuda_device.target_of``)."""
+    return "cpu" if t.device.type == "cpu" else cuda_device.target_of(t.device)
+
+
+def run(comp, device: torch.device, args: tuple) -> None:
+    """One kernel call: directly on a CPU, on the current stream of ``device``'s GPU otherwise."""
+    if device.type == "cpu":
+        comp.fn(*args)
+    else:
+        cuda_device.launch(comp.fn, device, args)
+
+
+def chunk_scratch(comp, target: str, n: int, H: int, T: int, t1: int, D: int, device) -> tuple[Tensor, ...]:
+    """``SC, ZC [n, H, NC, t+1, D]`` and ``MC [n, H, NC, D]`` float32, ``NC = ceil(T / chunk)``: the chunked CUDA
+    forward's chunk states (written before they are read), or nothing for every other kernel."""
+    if target == "cpu" or comp.config.get("variant") != CHUNKED:
+        return ()
+    nc = -(-T // int(comp.config["chunk"]))
+    return (new_buffer((n, H, nc, t1, D), torch.float32, device), new_buffer((n, H, nc, t1, D), torch.float32, device),
+            new_buffer((n, H, nc, D), torch.float32, device))
 
 
 def set_threads_once() -> None:
@@ -99,15 +126,19 @@ def forward_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Te
         S, Z, M = no_state(q)
     if o.numel() == 0:  # no token or no channel (the kernels cannot be built for H or D = 0)
         return (o, S, Z, M) if causal and want_state else (o, *no_state(q))
-    comp = build.kernel_for("forward", causal, order, kernel_dtype(q.dtype), H, D, _record_length(T, offsets))
+    target = target_of(q)
+    comp = build.kernel_for("forward", causal, order, kernel_dtype(q.dtype), H, D, _record_length(T, offsets),
+                            target=target, channels=(1 if offsets else B) * H * D)
     for ts, ss in _views(offsets, T, B):
         if ts.stop == ts.start:
             continue
+        n = ss.stop - ss.start
         if causal:
             st = (S[ss], Z[ss], M[ss])
         else:
-            st = _empty_state(ss.stop - ss.start, H, order + 1, D, q.device)
-        comp.fn(*(_arg(t[:, ts]) for t in (q, k, v, o)), *st, r)
+            st = _empty_state(n, H, order + 1, D, q.device)
+        chunks = chunk_scratch(comp, target, n, H, ts.stop - ts.start, order + 1, D, q.device)
+        run(comp, q.device, (*(_arg(t[:, ts]) for t in (q, k, v, o)), *st, *chunks, r))
     return (o, S, Z, M) if causal and want_state else (o, *no_state(q))
 
 
@@ -123,7 +154,8 @@ def backward_impl(q: Tensor, k: Tensor, v: Tensor, g: Tensor, S0: Tensor, Z0: Te
     if dq.numel() == 0:
         return dq, dk, dv
     r = math.sqrt(scale)
-    comp = build.kernel_for("backward", causal, order, kernel_dtype(q.dtype), H, D, _record_length(T, offsets))
+    comp = build.kernel_for("backward", causal, order, kernel_dtype(q.dtype), H, D, _record_length(T, offsets),
+                            target=target_of(q), channels=(1 if offsets else B) * H * D)
     f32 = dict(device=q.device, dtype=torch.float32)
     if causal:
         S, Z, M = float32_state(S0, Z0, M0, copy=True)
@@ -138,9 +170,9 @@ def backward_impl(q: Tensor, k: Tensor, v: Tensor, g: Tensor, S0: Tensor, Z0: Te
         grads = tuple(_arg(t[:, ts]) for t in (dq, dk, dv))
         if causal:
             MN = torch.full((n, H, D), -math.inf, **f32)
-            comp.fn(*seq, S[ss], Z[ss], M[ss], *(c[:, ts] for c in scratch), U, W, MN, *grads, r)
+            run(comp, q.device, (*seq, S[ss], Z[ss], M[ss], *(c[:, ts] for c in scratch), U, W, MN, *grads, r))
         else:
-            comp.fn(*seq, *_empty_state(n, H, t1, D, q.device), U, W, *grads, r)
+            run(comp, q.device, (*seq, *_empty_state(n, H, t1, D, q.device), U, W, *grads, r))
     return dq, dk, dv
 
 
@@ -154,15 +186,19 @@ def step_impl(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, Z0: Tensor, M0: Tenso
     S, Z, M = float32_state(S0, Z0, M0, copy=True)
     if o.numel() == 0:
         return o, S, Z, M
-    comp = build.kernel_for("step", True, order, kernel_dtype(q.dtype), H, D, 1)
-    comp.fn(*step_args(q, k, v, o, S, Z, M, scale))
+    target = target_of(q)
+    comp = build.kernel_for("step", True, order, kernel_dtype(q.dtype), H, D, 1, target=target, channels=B * H * D)
+    run(comp, q.device, step_args(q, k, v, o, S, Z, M, scale, cuda=target != "cpu"))
     return o, S, Z, M
 
 
-def step_args(q: Tensor, k: Tensor, v: Tensor, o: Tensor, S: Tensor, Z: Tensor, M: Tensor, scale: float) -> tuple:
-    """The step kernel's arguments: ``q, k, v, o [B, H, D]`` (contiguous; the kernel takes them as they are), the
-    float32 state ``S, Z [B, H, t+1, D]``, ``M [B, H, D]`` (contiguous; updated in place), ``sqrt(scale)``."""
-    return (*(_arg(t) for t in (q, k, v, o)), S, Z, M, math.sqrt(scale))
+def step_args(q: Tensor, k: Tensor, v: Tensor, o: Tensor, S: Tensor, Z: Tensor, M: Tensor, scale: float,
+              cuda: bool = False) -> tuple:
+    """The step kernel's arguments: ``q, k, v, o [B, H, D]`` (contiguous; the CPU kernel takes them as they are,
+    the CUDA one, the causal forward at T = 1, as ``[B, 1, H, D]`` views), the float32 state
+    ``S, Z [B, H, t+1, D]``, ``M [B, H, D]`` (contiguous; updated in place), ``sqrt(scale)``."""
+    seq = (q, k, v, o) if not cuda else (t.unsqueeze(1) for t in (q, k, v, o))
+    return (*(_arg(t) for t in seq), S, Z, M, math.sqrt(scale))
 
 
 def stepper(S: Tensor, Z: Tensor, M: Tensor, *, order: int, scale: float, dtype: torch.dtype):
@@ -173,6 +209,8 @@ def stepper(S: Tensor, Z: Tensor, M: Tensor, *, order: int, scale: float, dtype:
     """
     set_threads_once()
     B, H, _, D = S.shape
+    if S.device.type == "cuda":
+        return _cuda_stepper(S, Z, M, order=order, scale=scale, dtype=dtype)
     fn = build.kernel_for("step", True, order, kernel_dtype(dtype), H, D, 1).fn
     r = math.sqrt(scale)
     shape, dev = (B, H, D), S.device
@@ -190,6 +228,20 @@ def stepper(S: Tensor, Z: Tensor, M: Tensor, *, order: int, scale: float, dtype:
         return o
 
     return step_bf16 if dtype == torch.bfloat16 else step
+
+
+def _cuda_stepper(S: Tensor, Z: Tensor, M: Tensor, *, order: int, scale: float, dtype: torch.dtype):
+    """``stepper`` on a GPU: the same kernel as ``step_impl``, chosen once, on the current stream at each call."""
+    B, H, _, D = S.shape
+    dev = S.device
+    comp = build.kernel_for("step", True, order, kernel_dtype(dtype), H, D, 1, target=target_of(S), channels=B * H * D)
+
+    def step(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        o = new_buffer((B, H, D), dtype, dev) if poisoning() else torch.empty_like(q)
+        run(comp, dev, step_args(q, k, v, o, S, Z, M, scale, cuda=True))
+        return o
+
+    return step
 
 
 # ------------------------------------------------------------------------------------------ custom ops

@@ -14,11 +14,15 @@ that says why, when
 - the TVM runtime or tvm_ffi version, or the kernel sources' sha256 (the kernels' argument conventions), differ
   from this installation's;
 - a file it names is missing, is not a regular file in the pack's folder (a link, a path with a separator), or
-  its size or sha256 differs from the manifest.
+  its size or sha256 differs from the manifest;
+- (CUDA) no GPU this process sees has the pack's arch (a cubin runs on one compute capability), or an entry lacks
+  its library, CUDA source or cubin.
 
 Libraries (``.so``) are loaded with tvm_ffi only: loading never imports the TVM compiler. Object archives
 (``.tar``, what a cross build for another CPU writes when no linker for it is at hand) are linked on the host
 that loads them, with its C compiler driver (``cc -shared``), into the user cache. That is a link, not a compile.
+A CUDA kernel is a library of host code holding its CUDA C source, and the cubin nvcc built from that source;
+TVM's loader gets the cubin for exactly that source (``cuda_runtime.serve_binaries``), never a compiler.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import Any
 
 from ...errors import KernelPackError
 from ...records import read_regular, user_cache_dir
+from ..common import SCAN
 
 FORMAT = "ea-ops-kernel-pack"
 FORMAT_VERSION = 1
@@ -201,39 +206,89 @@ def load(folder: str | os.PathLike) -> KernelPack:
     folder = Path(folder).expanduser().resolve()
     man = read_manifest(folder)
     target = man["target"]
-    if target.get("kind") != "cpu":
-        raise _fail(folder, f"it holds {target.get('kind')!r} kernels; this ea-ops runs CPU packs (CUDA packs are "
-                            "built and checked here, not run)")
-    problem = host_problem(target, disk_cache._mcpu())
+    kind = target.get("kind")
+    if kind == "cpu":
+        problem, sources = host_problem(target, disk_cache._mcpu()), disk_cache.SOURCES
+    elif kind == "cuda":
+        from . import cuda_device
+
+        problem, sources = cuda_device.pack_problem(target.get("arch"), cuda_device.visible_archs()), \
+            disk_cache.CUDA_SOURCES
+    else:
+        raise _fail(folder, f"it holds {kind!r} kernels; ea-ops runs cpu and cuda packs")
     if problem:
         raise _fail(folder, problem)
     have = disk_cache.versions()
     for name in ("tvm", "tvm_ffi"):
         if man["versions"].get(name) != have[name]:
             raise _fail(folder, f"built with {name} {man['versions'].get(name)}, this host has {have[name]}")
-    if man["sources_sha256"] != disk_cache.sources_sha256():
+    if man["sources_sha256"] != disk_cache.sources_sha256(sources):
         raise _fail(folder, "built from other kernel sources than this ea-ops' (sources_sha256 differs)")
     kernels = {}
     for i, k in enumerate(man["kernels"]):
-        files = k["files"]
-        if "library" in files:
-            path = _checked_file(folder, files["library"], f"kernels[{i}]")
-        elif "objects" in files:
-            path = _link(folder, _checked_file(folder, files["objects"], f"kernels[{i}]"), files["objects"]["sha256"])
+        if kind == "cuda":
+            lib = _load_cuda_entry(folder, k, f"kernels[{i}]")
+            key = cuda_key(k["kernel"], k["causal"], k["order"], k["dtype"], k["H"], k["D"], target["arch"],
+                           k["schedule"].get("variant"))
         else:
-            raise _fail(folder, f"kernels[{i}] has no library or objects file")
+            lib = _load_cpu_entry(folder, k, f"kernels[{i}]")
+            key = (k["kernel"], True if k["kernel"] == "step" else k["causal"], k["order"], k["dtype"], k["H"],
+                   k["D"])
         try:
-            lib = disk_cache._load_module(str(path))
             fn = lib["main"]
-        except Exception as exc:  # what the loader raises for a library it cannot use
-            raise _fail(folder, f"kernels[{i}]: {path.name} did not load ({type(exc).__name__}: {exc})") from None
-        key = (k["kernel"], True if k["kernel"] == "step" else k["causal"], k["order"], k["dtype"], k["H"], k["D"])
+        except Exception as exc:  # a library without the kernels' entry point
+            raise _fail(folder, f"kernels[{i}]: no function 'main' ({type(exc).__name__}: {exc})") from None
         kernels[key] = Compiled(fn, lib, k["kernel"], dict(k["schedule"]), "pack", 0.0, "pack")
     pack = KernelPack(folder, target, kernels)
     with _lock:
         _packs[:] = [p for p in _packs if p.folder != folder] + [pack]
         _generation[0] += 1
     return pack
+
+
+def _load_cpu_entry(folder: Path, k: dict, where: str):
+    """The runtime module of a CPU kernel entry: its shared library, or its object archive linked here."""
+    from . import disk_cache
+
+    files = k["files"]
+    if "library" in files:
+        path = _checked_file(folder, files["library"], where)
+    elif "objects" in files:
+        path = _link(folder, _checked_file(folder, files["objects"], where), files["objects"]["sha256"])
+    else:
+        raise _fail(folder, f"{where} has no library or objects file")
+    try:
+        return disk_cache._load_module(str(path))
+    except Exception as exc:  # what the loader raises for a library it cannot use
+        raise _fail(folder, f"{where}: {path.name} did not load ({type(exc).__name__}: {exc})") from None
+
+
+def cuda_key(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, arch: str, variant: str | None):
+    """The key of a CUDA pack kernel. The step is the causal forward's one-thread-per-channel kernel at T = 1."""
+    if kernel == "step":
+        kernel, causal, variant = "forward", True, SCAN
+    return (kernel, causal, order, dtype, H, D, arch, variant)
+
+
+def _load_cuda_entry(folder: Path, k: dict, where: str):
+    """The runtime module of a CUDA kernel entry: its library (host code + CUDA module) with the cubin built
+    from its source served to TVM's loader (``cuda_runtime``): nothing is compiled."""
+    from . import cuda_runtime
+
+    files = k["files"]
+    for role in ("library", "source", "cubin"):
+        if role not in files:
+            why = " (the pack was built without nvcc)" if role == "cubin" else ""
+            raise _fail(folder, f"{where} has no {role} file{why}: loading it would need a CUDA compiler")
+    lib_path = _checked_file(folder, files["library"], where)
+    source = _checked_file(folder, files["source"], where).read_bytes()
+    cubin = _checked_file(folder, files["cubin"], where).read_bytes()
+    try:
+        return cuda_runtime.load_module(str(lib_path), {cuda_runtime.source_sha256(source): cubin})
+    except cuda_runtime.CudaRuntimeError as exc:
+        raise _fail(folder, str(exc)) from None
+    except Exception as exc:  # what the loader raises for a library or cubin it cannot use
+        raise _fail(folder, f"{where}: {lib_path.name} did not load ({type(exc).__name__}: {exc})") from None
 
 
 def _link(folder: Path, archive: Path, digest: str) -> Path:
@@ -287,11 +342,16 @@ def generation() -> int:
     return _generation[0]
 
 
-def lookup(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int) -> Any | None:
-    """The loaded pack kernel for this call (the last pack loaded wins), or None."""
+def lookup(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, *, target: str = "cpu",
+           variant: str | None = None) -> Any | None:
+    """The loaded pack kernel for this call (the last pack loaded wins), or None. ``target``: ``"cpu"``, or the
+    CUDA arch of the tensors' GPU with the schedule ``variant`` wanted (``cuda_key``)."""
     if not _packs:
         return None
-    key = (kernel, True if kernel == "step" else causal, order, dtype, H, D)
+    if target == "cpu":
+        key = (kernel, True if kernel == "step" else causal, order, dtype, H, D)
+    else:
+        key = cuda_key(kernel, causal, order, dtype, H, D, target, variant)
     for pack in reversed(_packs):
         hit = pack.kernels.get(key)
         if hit is not None:
