@@ -147,7 +147,7 @@ def _edit(folder: Path, fn) -> None:
     (lambda m: m["kernels"][0]["files"]["library"].update(path="../x.so"), "not a file name in the pack"),
     (lambda m: m["kernels"][0]["files"]["library"].update(bytes=1), "the manifest says 1"),
     (lambda m: m["kernels"][0].update(order="2"), r"kernels\[0\] is malformed"),
-    (lambda m: m["target"].update(kind="cuda"), "holds 'cuda' kernels"),
+    (lambda m: m["target"].update(kind="rocm"), "holds 'rocm' kernels"),
 ])
 def test_a_pack_for_another_host_or_version_or_a_bad_manifest_is_refused(pack, tmp_path, change, match):
     folder = _copy(pack, tmp_path)
