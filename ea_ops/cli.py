@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str | None]] = {
                      "analysis"),
     "check": ("analysis.cli_check", "check an EA implementation against EA's properties (smallest failing input)",
               "analysis"),
+    "study": ("analysis.cli_study", "evidence: spikiness vs accuracy, recall/copying vs softmax, cost", "analysis"),
 }
 
 
