@@ -83,11 +83,30 @@ def test_varlen_plan_lists_each_sequences_items_padded():
     assert plan.seq_items.tolist() == [[0, 3], [3, 3], [1, 2]]  # 3 = n_items, the zero row's index
 
 
-PLAN_FIELDS = ("n_seqs", "n_items", "chunk", "max_rows")
+def test_long_sequences_take_the_chunk_prefix_in_two_levels_of_about_sqrt_chunks():
+    from ea_ops.backends.triton.plan import GROUPS_FROM, group_size, groups_of, make_plan
+
+    assert group_size(GROUPS_FROM) == 0 and group_size(GROUPS_FROM + 1) == 5
+    assert group_size(8192) == 91  # T = 1M in chunks of 128: walks of at most 91 steps instead of 8192
+    for n in range(GROUPS_FROM + 1, 3000):
+        g = group_size(n)
+        assert (g - 1) ** 2 < n <= g * g
+    # chunks [0, 17) | none | [17, 18) | [18, 36): groups of 5, never across sequences
+    assert groups_of([0, 17, 17, 18, 36], 5) == ([0, 5, 10, 15, 17, 18, 23, 28, 33, 36], [0, 4, 4, 5, 9])
+    plan = make_plan(sequences(1, 36, [(0, 17), (17, 17), (17, 18), (18, 36)]), 1, torch.device("cpu"))
+    assert (plan.group, plan.n_groups) == (5, 9)
+    assert plan.group_chunks.tolist() == [0, 5, 10, 15, 17, 18, 23, 28, 33, 36]
+    assert plan.seq_groups.tolist() == [0, 4, 4, 5, 9]
+    assert make_plan(sequences(2, 64, None), 4, torch.device("cpu")).n_groups == 0  # 16 chunks: one level
+    assert make_plan(sequences(1, 10**4, None), None, torch.device("cpu")).n_groups == 0  # the plain scan
+
+
+PLAN_FIELDS = ("n_seqs", "n_items", "chunk", "max_rows", "group", "n_groups")
 
 
 @pytest.mark.parametrize("B, T, chunk", [(1, 1, None), (3, 7, None), (2, 0, None), (2, 0, 4), (0, 5, 2),
-                                         (1, 37, 8), (4, 16, 4), (3, 5, 1), (2, 9, 64)])
+                                         (1, 37, 8), (4, 16, 4), (3, 5, 1), (2, 9, 64), (2, 37, 2), (3, 100, 1),
+                                         (1, 17, 1)])
 def test_plans_built_while_capturing_equal_the_host_ones_and_are_not_cached(B, T, chunk, monkeypatch):
     from ea_ops.backends.triton import plan
 
@@ -99,7 +118,7 @@ def test_plans_built_while_capturing_equal_the_host_ones_and_are_not_cached(B, T
     monkeypatch.setattr(plan, "_host_plan", lambda *a: pytest.fail("host plan while capturing"))
     got = plan.make_plan(seqs, chunk, cpu)
     assert [getattr(got, f) for f in PLAN_FIELDS] == [getattr(want, f) for f in PLAN_FIELDS]
-    for f in ("bounds", "item_seq", "seq_chunks", "seq_items"):
+    for f in ("bounds", "item_seq", "seq_chunks", "seq_items", "group_chunks", "seq_groups"):
         a, b = getattr(got, f), getattr(want, f)
         assert a.dtype == b.dtype and torch.equal(a, b), f
     assert not plan._CACHE  # graph-pool tensors stay out of the cache

@@ -237,15 +237,17 @@ def ea_fwd_scan(q_ptr, k_ptr, v_ptr, o_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in
 
 
 @_kernel
-def ea_chunk_prefix(bounds_ptr, seq_chunks_ptr, s_init_ptr, z_init_ptr, m_init_ptr,
-                    s_ptr, z_ptr, m_ptr, s_fin_ptr, z_fin_ptr, m_fin_ptr, HD, D,
+def ea_chunk_prefix(seq_chunks_ptr, s_init_ptr, z_init_ptr, m_init_ptr, s_ptr, z_ptr, m_ptr,
+                    s_fin_ptr, z_fin_ptr, m_fin_ptr, HD, D,
                     T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
-                    LOAD_INIT: tl.constexpr, STORE_FINAL: tl.constexpr):
-    """Prefix over the chunk states of one sequence, in place.
+                    LOAD_INIT: tl.constexpr, WRITE_PREFIX: tl.constexpr, STORE_FINAL: tl.constexpr):
+    """Prefix over consecutive chunk states ``seq_chunks[p] .. seq_chunks[p+1]`` (a sequence's, or a group's:
+    ``plan``), program ``p`` along axis 0.
 
-    On entry ``s/z/m[ch]`` hold chunk ``ch``'s own sums (from the empty state); on exit the state entering
-    chunk ``ch``. Starts from ``init[seq]`` (``LOAD_INIT``) or empty; the state after the last chunk goes
-    to ``fin[seq]`` (``STORE_FINAL``). Grid ``(sequences, cdiv(HD, BLOCK_C))``.
+    On entry ``s/z/m[ch]`` hold chunk ``ch``'s own sums (from the empty state). Starts from ``init[p]``
+    (``LOAD_INIT``) or empty; with ``WRITE_PREFIX`` each ``s/z/m[ch]`` is replaced, in place, by the state
+    entering chunk ``ch``; the state after the last chunk goes to ``fin[p]`` (``STORE_FINAL``).
+    Grid ``(programs, cdiv(HD, BLOCK_C))``.
     """
     seq = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -269,9 +271,10 @@ def ea_chunk_prefix(bounds_ptr, seq_chunks_ptr, s_init_ptr, z_init_ptr, m_init_p
         Sc = tl.load(s_ptr + coff, mask=smask, other=0.0)
         Zc = tl.load(z_ptr + coff, mask=smask, other=0.0)
         mc = tl.load(m_ptr + cmoff, mask=cm, other=float("inf"))
-        tl.store(s_ptr + coff, S, mask=smask)
-        tl.store(z_ptr + coff, Z, mask=smask)
-        tl.store(m_ptr + cmoff, m, mask=cm)
+        if WRITE_PREFIX:
+            tl.store(s_ptr + coff, S, mask=smask)
+            tl.store(z_ptr + coff, Z, mask=smask)
+            tl.store(m_ptr + cmoff, m, mask=cm)
         mn = tl.minimum(m, mc)
         ka = _rebase(mn, m)
         kb = _rebase(mn, mc)
@@ -400,24 +403,35 @@ def ea_bwd_rev_scan(q_ptr, k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, c_ptr, co_p
 
 
 @_kernel
-def ea_chunk_suffix(seq_chunks_ptr, u_ptr, w_ptr, mr_ptr, HD, D,
-                    T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Suffix over the chunk sums of one sequence, in place (last chunk first).
+def ea_chunk_suffix(seq_chunks_ptr, u_ptr, w_ptr, mr_ptr, u_init_ptr, w_init_ptr, mr_init_ptr,
+                    u_tot_ptr, w_tot_ptr, mr_tot_ptr, HD, D,
+                    T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
+                    LOAD_INIT: tl.constexpr, WRITE_SUFFIX: tl.constexpr, STORE_TOTAL: tl.constexpr):
+    """Suffix over consecutive chunk sums ``seq_chunks[p] .. seq_chunks[p+1]`` (a sequence's, or a group's),
+    last chunk first, program ``p`` along axis 0.
 
-    On entry ``u/w[ch]`` hold chunk ``ch``'s own reverse sums referenced to ``mr[ch]`` (its first row's
-    ``m``); on exit the sums of all rows after chunk ``ch``, referenced to ``mr[ch]`` (``-inf`` and zero
-    sums for the last chunk). Grid ``(sequences, cdiv(HD, BLOCK_C))``.
+    On entry ``u/w[ch]`` hold chunk ``ch``'s own reverse sums referenced to ``mr[ch]`` (its first row's ``m``).
+    Starts from ``init[p]``, the sums of the rows after the last chunk (``LOAD_INIT``), or from none (``-inf``
+    and zero sums). With ``WRITE_SUFFIX`` each ``u/w/mr[ch]`` is replaced, in place, by the sums of all rows
+    after chunk ``ch`` and their reference; the sums of all the chunks and the rows after them, referenced to
+    the first chunk's ``mr``, go to ``tot[p]`` (``STORE_TOTAL``). Grid ``(programs, cdiv(HD, BLOCK_C))``.
     """
     seq = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < HD
     first = tl.load(seq_chunks_ptr + seq)
     last = tl.load(seq_chunks_ptr + seq + 1)
-    n = tl.arange(0, T1P)
-    smask = (n < T1)[:, None] & cm[None, :]
-    U = tl.zeros([T1P, BLOCK_C], tl.float32)
-    W = tl.zeros([T1P, BLOCK_C], tl.float32)
-    mref = tl.full([BLOCK_C], float("-inf"), tl.float32)
+    soff, nm = _state_offsets(seq, c, HD, D, T1, T1P)
+    smask = nm[:, None] & cm[None, :]
+    moff = tl.cast(seq, tl.int64) * HD + c
+    if LOAD_INIT:
+        U = tl.load(u_init_ptr + soff, mask=smask, other=0.0)
+        W = tl.load(w_init_ptr + soff, mask=smask, other=0.0)
+        mref = tl.load(mr_init_ptr + moff, mask=cm, other=float("-inf"))
+    else:
+        U = tl.zeros([T1P, BLOCK_C], tl.float32)
+        W = tl.zeros([T1P, BLOCK_C], tl.float32)
+        mref = tl.full([BLOCK_C], float("-inf"), tl.float32)
     for i in range(first, last):
         ch = last - 1 - (i - first)
         coff, _ = _state_offsets(ch, c, HD, D, T1, T1P)
@@ -425,13 +439,18 @@ def ea_chunk_suffix(seq_chunks_ptr, u_ptr, w_ptr, mr_ptr, HD, D,
         Uc = tl.load(u_ptr + coff, mask=smask, other=0.0)
         Wc = tl.load(w_ptr + coff, mask=smask, other=0.0)
         mc = tl.load(mr_ptr + cmoff, mask=cm, other=float("-inf"))
-        tl.store(u_ptr + coff, U, mask=smask)
-        tl.store(w_ptr + coff, W, mask=smask)
-        tl.store(mr_ptr + cmoff, mref, mask=cm)
+        if WRITE_SUFFIX:
+            tl.store(u_ptr + coff, U, mask=smask)
+            tl.store(w_ptr + coff, W, mask=smask)
+            tl.store(mr_ptr + cmoff, mref, mask=cm)
         keep = _rebase(mref, mc)
         U = keep[None, :] * U + Uc
         W = keep[None, :] * W + Wc
         mref = mc
+    if STORE_TOTAL:
+        tl.store(u_tot_ptr + soff, U, mask=smask)
+        tl.store(w_tot_ptr + soff, W, mask=smask)
+        tl.store(mr_tot_ptr + moff, mref, mask=cm)
 
 
 # ----------------------------------------------------------------------------------------- non-causal

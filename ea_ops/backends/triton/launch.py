@@ -22,17 +22,22 @@ from .plan import Plan, make_plan, sequences
 SCAN_OUT = dict(LOAD_STATE=True, WRITE_O=True, STORE_STATE=False)  # outputs only (chunks, or no final state)
 SCAN_OUT_STATE = dict(LOAD_STATE=True, WRITE_O=True, STORE_STATE=True)  # outputs and final state; the step
 SCAN_SUMS = dict(LOAD_STATE=False, WRITE_O=False, STORE_STATE=True)  # a chunk's own sums
-PREFIX_INIT = dict(LOAD_INIT=True, STORE_FINAL=False)
-PREFIX_INIT_FINAL = dict(LOAD_INIT=True, STORE_FINAL=True)
-PREFIX_GLOBAL = dict(LOAD_INIT=False, STORE_FINAL=True)  # non-causal: sums over the whole sequence
+PREFIX_INIT = dict(LOAD_INIT=True, WRITE_PREFIX=True, STORE_FINAL=False)
+PREFIX_INIT_FINAL = dict(LOAD_INIT=True, WRITE_PREFIX=True, STORE_FINAL=True)
+# the total only: non-causal sums over the whole sequence, and a group's own total (two-level prefix)
+PREFIX_TOTAL = dict(LOAD_INIT=False, WRITE_PREFIX=False, STORE_FINAL=True)
 REV_OWN = dict(LOAD_STATE=False, WRITE_GRADS=True, STORE_STATE=False)  # whole sequences
 REV_SUMS = dict(LOAD_STATE=False, WRITE_GRADS=False, STORE_STATE=True)  # a chunk's own reverse sums
 REV_GRADS = dict(LOAD_STATE=True, WRITE_GRADS=True, STORE_STATE=False)  # chunks, from the suffix
+SUFFIX_OWN = dict(LOAD_INIT=False, WRITE_SUFFIX=True, STORE_TOTAL=False)  # a sequence's chunks, or its groups
+SUFFIX_TOTAL = dict(LOAD_INIT=False, WRITE_SUFFIX=False, STORE_TOTAL=True)  # a group's own total
+SUFFIX_FROM = dict(LOAD_INIT=True, WRITE_SUFFIX=True, STORE_TOTAL=False)  # a group's chunks, from the suffix
 LAUNCHES = (
     ("fwd_scan", SCAN_OUT), ("fwd_scan", SCAN_OUT_STATE), ("fwd_scan", SCAN_SUMS),
-    ("chunk_prefix", PREFIX_INIT), ("chunk_prefix", PREFIX_INIT_FINAL), ("chunk_prefix", PREFIX_GLOBAL),
+    ("chunk_prefix", PREFIX_INIT), ("chunk_prefix", PREFIX_INIT_FINAL), ("chunk_prefix", PREFIX_TOTAL),
     ("bwd_dx_scan", {}), ("bwd_rev_scan", REV_OWN), ("bwd_rev_scan", REV_SUMS), ("bwd_rev_scan", REV_GRADS),
-    ("chunk_suffix", {}), ("nc_out", {}), ("nc_bwd_dx", {}), ("nc_bwd_dkdv", {}),
+    ("chunk_suffix", SUFFIX_OWN), ("chunk_suffix", SUFFIX_TOTAL), ("chunk_suffix", SUFFIX_FROM),
+    ("nc_out", {}), ("nc_bwd_dx", {}), ("nc_bwd_dkdv", {}),
 )
 
 
@@ -75,6 +80,51 @@ def _plan(B: int, T: int, segments, config: dict, device, *, force_chunk: bool =
     return make_plan(sequences(B, T, segments), int(config.get("chunk", 256)) if chunked else None, device)
 
 
+def _pass_meta(meta: dict) -> dict:
+    """The constants of the chunk passes (no order, no rows)."""
+    return dict(T1=meta["T1"], T1P=meta["T1P"], BLOCK_C=meta["BLOCK_C"], num_warps=meta["num_warps"])
+
+
+def _chunk_prefix(st: tuple[Tensor, Tensor, Tensor], plan: Plan, HD: int, D: int, meta: dict, config: dict,
+                  init: tuple[Tensor, Tensor, Tensor] | None, final: tuple[Tensor, Tensor, Tensor] | None) -> None:
+    """Each sequence's chunk states ``st`` (own sums on entry) become the states entering the chunks, in place,
+    from ``init`` (causal) or, with ``init`` None, only the totals go to ``final`` (non-causal). Sequences of many
+    chunks take it in two levels (``plan``'s groups)."""
+    pm = _pass_meta(meta)
+    flags = PREFIX_TOTAL if init is None else PREFIX_INIT if final is None else PREFIX_INIT_FINAL
+    if not plan.n_groups:
+        K.ea_chunk_prefix[_grid(plan.n_seqs, HD, config)](
+            plan.seq_chunks, *(init or st), *st, *(final or st), HD, D, **flags, **pm)
+        return
+    grp = _state_bufs(plan.n_groups, HD // D, meta["T1"], D, st[0].device)
+    # each group's own total, then the prefix over the totals of each sequence, then inside each group
+    K.ea_chunk_prefix[_grid(plan.n_groups, HD, config)](
+        plan.group_chunks, *st, *st, *grp, HD, D, **PREFIX_TOTAL, **pm)
+    K.ea_chunk_prefix[_grid(plan.n_seqs, HD, config)](
+        plan.seq_groups, *(init or grp), *grp, *(final or grp), HD, D, **flags, **pm)
+    if init is not None:
+        K.ea_chunk_prefix[_grid(plan.n_groups, HD, config)](
+            plan.group_chunks, *grp, *st, *st, HD, D, **PREFIX_INIT, **pm)
+
+
+def _chunk_suffix(agg: tuple[Tensor, Tensor, Tensor], plan: Plan, HD: int, D: int, meta: dict,
+                  config: dict) -> None:
+    """Each sequence's chunk reverse sums ``agg`` (own sums on entry) become the sums of the rows after each
+    chunk, in place; in two levels for sequences of many chunks."""
+    pm = _pass_meta(meta)
+    if not plan.n_groups:
+        K.ea_chunk_suffix[_grid(plan.n_seqs, HD, config)](
+            plan.seq_chunks, *agg, *agg, *agg, HD, D, **SUFFIX_OWN, **pm)
+        return
+    grp = _state_bufs(plan.n_groups, HD // D, meta["T1"], D, agg[0].device)
+    K.ea_chunk_suffix[_grid(plan.n_groups, HD, config)](
+        plan.group_chunks, *agg, *agg, *grp, HD, D, **SUFFIX_TOTAL, **pm)
+    K.ea_chunk_suffix[_grid(plan.n_seqs, HD, config)](
+        plan.seq_groups, *grp, *grp, *grp, HD, D, **SUFFIX_OWN, **pm)
+    K.ea_chunk_suffix[_grid(plan.n_groups, HD, config)](
+        plan.group_chunks, *agg, *grp, *grp, HD, D, **SUFFIX_FROM, **pm)
+
+
 def _chunk_states(k: Tensor, v: Tensor, plan: Plan, HD: int, D: int, r: float, meta: dict, config: dict,
                   init: tuple[Tensor, Tensor, Tensor] | None, final: tuple[Tensor, Tensor, Tensor] | None):
     """States entering each chunk ``[items, H, t+1, D]`` (pass 1: chunk sums; pass 2: prefix per sequence)."""
@@ -83,13 +133,7 @@ def _chunk_states(k: Tensor, v: Tensor, plan: Plan, HD: int, D: int, r: float, m
     if plan.n_items:
         K.ea_fwd_scan[_grid(plan.n_items, HD, config)](
             k, k, v, k, plan.bounds, *st, *st, r, HD, D, **SCAN_SUMS, **meta)
-    if init is None:
-        flags = PREFIX_GLOBAL
-    else:
-        flags = PREFIX_INIT if final is None else PREFIX_INIT_FINAL
-    K.ea_chunk_prefix[_grid(plan.n_seqs, HD, config)](
-        plan.bounds, plan.seq_chunks, *(init or st), *st, *(final or st), HD, D,
-        T1=meta["T1"], T1P=meta["T1P"], BLOCK_C=meta["BLOCK_C"], num_warps=meta["num_warps"], **flags)
+    _chunk_prefix(st, plan, HD, D, meta, config, init, final)
     return st
 
 
@@ -184,9 +228,7 @@ def backward(q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: tuple[Tensor, Te
     agg = _state_bufs(plan.n_items, H, t1, D, dev)  # reverse sums of each chunk, then suffixes, in place
     K.ea_bwd_rev_scan[grid](q, k, v, dk, dv, plan.bounds, cbuf, cobuf, mbuf, *agg, *agg, r, HD, D,
                             **REV_SUMS, **meta)
-    K.ea_chunk_suffix[_grid(plan.n_seqs, HD, config)](
-        plan.seq_chunks, *agg, HD, D, T1=meta["T1"], T1P=meta["T1P"], BLOCK_C=meta["BLOCK_C"],
-        num_warps=meta["num_warps"])
+    _chunk_suffix(agg, plan, HD, D, meta, config)
     K.ea_bwd_rev_scan[grid](q, k, v, dk, dv, plan.bounds, cbuf, cobuf, mbuf, *agg, *agg, r, HD, D,
                             **REV_GRADS, **meta)
     return dq, dk, dv

@@ -177,3 +177,44 @@ def test_channels_over_several_programs():
     ref, ref_st, _ = C.ref_forward(q, k, v, order=4, causal=True, scale=1.0, state=init)
     assert C.rel(o, ref) < C.TOL[torch.bfloat16]
     assert C.state_rel(fin, ref_st) < C.TOL[torch.float32]
+
+
+# Sequences of 17, 0, 1 and 18 single-row chunks: more than plan.GROUPS_FROM chunks, so the chunk prefix and
+# suffix run in two levels (groups of 5: a group's total, the prefix over groups, then inside the groups), with
+# an empty sequence, one of a single one-chunk group and groups cut short at a sequence's end. (The chunk1
+# configurations above, 19 rows, take the two levels too.)
+TWO_LEVEL = {"variant": "chunked", "num_warps": 1, "chunk": 1}
+TWO_LEVEL_SEGMENTS = [(0, 17), (17, 17), (17, 18), (18, 36)]
+
+
+@pytest.mark.parametrize("causal, shift", [(True, 0.0), (True, 11.0), (False, 11.0)])
+def test_two_level_chunk_prefix_and_suffix(causal, shift):
+    from ea_ops.backends.triton.plan import make_plan, sequences
+
+    segs = TWO_LEVEL_SEGMENTS
+    plan = make_plan(sequences(1, 36, segs), TWO_LEVEL["chunk"], torch.device("cpu"))
+    assert (plan.group, plan.n_groups) == (5, 9)  # the path under test: 4 + 0 + 1 + 4 groups
+    H, D, order = 1, 2, 4
+    q, k, v = C.inputs((1, 36, H, D), torch.float32, seed=41, shift_k=shift)
+    q = q + shift  # shift 11: y^2 ~ 121 > 88.7, only the stabilisation keeps the sums finite
+    g = torch.randn(q.shape, generator=torch.Generator().manual_seed(42))
+    init = C.random_state(len(segs), H, D, order, seed=43, shift_k=shift) if causal else None
+    st = _st(init) if causal else None
+    o, fin = launch.forward(q, k, v, st, order=order, causal=causal, scale=1.0, segments=segs, want_state=causal,
+                            config=TWO_LEVEL)
+    grads = launch.backward(q, k, v, g, st, order=order, causal=causal, scale=1.0, segments=segs, config=TWO_LEVEL)
+    ref, ref_st, ref_g = C.ref_forward(q, k, v, order=order, causal=causal, scale=1.0, state=init, segments=segs,
+                                     want_grad_of=g)
+    assert C.rel(o, ref) < C.TOL[torch.float32]
+    if causal:
+        assert C.state_rel(fin, ref_st) < C.TOL[torch.float32]
+        assert torch.equal(fin[0][1], init.S[1]) and torch.equal(fin[2][1], init.m[1])
+    # Gradients against float64. At shift 11, dq is ill-conditioned (sum c (N' - o D') cancels): the float32
+    # reference itself is 3.9e-2 from float64 there (1.2e-7 at shift 0), so the bound is 4x its error or TOL.
+    qd, kd, vd = (t.double().requires_grad_() for t in (q, k, v))
+    o64, _ = torch_backend.attention(qd, kd, vd, order=order, causal=causal, scale=1.0,
+                                     initial_state=init.to(dtype=torch.float64) if causal else None,
+                                     output_final_state=causal, cu_seqlens=segs)
+    g64 = torch.autograd.grad(o64, (qd, kd, vd), g.double())
+    for name, a, b, c in zip(("dq", "dk", "dv"), grads, ref_g, g64):
+        assert C.rel(a, c) < max(C.TOL[torch.float32], 4 * C.rel(b, c)), name
