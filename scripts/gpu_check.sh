@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# GPU check of the Triton backend, sized for a short GPU slot: at most 7 minutes in all (the per-step limits,
-# their kill-after grace and the set-up; checked below), in five steps:
+# GPU check of the Triton backend (and of the TVM backend on CUDA), sized for a short GPU slot: at most 7 minutes
+# in all (the per-step limits, their kill-after grace and the set-up; checked below), in six steps:
 #   env    python3 with the preinstalled torch + triton (nothing is downloaded), ea-ops from this checkout
-#   tests  the GPU-marked tests (pytest -m gpu) against the torch reference
+#   tests  the GPU-marked tests (pytest -m gpu) against the torch reference, but the TVM ones
+#   tvm    the TVM backend's GPU tests (tests/ea_ops/test_tvm_cuda_gpu.py: kernels built for this GPU, a pack run
+#          without the compiler, TVM against Triton); skipped by pytest where TVM is not installed
 #   timings  per-pass times of the default configuration at B = 1 and 8, and the decode step in a CUDA graph
 #          (scripts/gpu_timings.py; untuned, before the tuning run)
 #   tune   a small tuning run (ea-ops tune --backend triton --workloads small); the bench reads its records
@@ -13,7 +15,8 @@
 #                                 rewritten as each step ends
 #   logs/{env,tests,timings,tune,bench}.log
 #   bench-gpu-goal.json           the bench document (rewritten after each workload)
-#   artifacts.tar.gz              records/ (tuned), tests.xml, timings.json, tune.json, the bench's table and plot
+#   artifacts.tar.gz              records/ (tuned), tests.xml, tvm.log and tvm-tests.xml (the tvm step's, kept
+#                                 here to stay within 8 files), timings.json, tune.json, the bench's table and plot
 # Exit status: 0 every step passed; 1 a correctness failure (the bench's gate, a GPU test); 2 no usable
 # environment; 3 a step timed out or failed otherwise.
 # --dry-run (no GPU needed): runs the steps that need none (env, the tests' collection, the timings' and the
@@ -38,17 +41,18 @@ PY="${PYTHON:-python3}"
 
 # Limits in seconds. Steps + their kill-after grace + SLACK (the summaries and the tarball) <= TOTAL.
 T_ENV="${T_ENV:-25}"
-T_TESTS="${T_TESTS:-150}"    # mostly Triton's JIT compiles, one per configuration the tests cover
+T_TESTS="${T_TESTS:-125}"    # mostly Triton's JIT compiles, one per configuration the tests cover
+T_TVM="${T_TVM:-55}"         # about 10 TVM CUDA builds (1-2 s each) and a small pack built and run in a child
 T_TIMINGS="${T_TIMINGS:-30}" # the JIT builds are on disk by then (Triton's cache)
 T_TUNE="${T_TUNE:-45}"
 TUNE_BUDGET="${TUNE_BUDGET:-25}"
-T_BENCH="${T_BENCH:-120}"    # torch.compile comes last in the preset: a time-out there keeps the rest
+T_BENCH="${T_BENCH:-90}"     # torch.compile comes last in the preset: a time-out there keeps the rest
 KILL_AFTER=5
 SLACK=20
 TOTAL=420
-SUM=$(( T_ENV + T_TESTS + T_TIMINGS + T_TUNE + T_BENCH + 5 * KILL_AFTER + SLACK ))
+SUM=$(( T_ENV + T_TESTS + T_TVM + T_TIMINGS + T_TUNE + T_BENCH + 6 * KILL_AFTER + SLACK ))
 if [ "$SUM" -gt "$TOTAL" ]; then
-  echo "gpu_check.sh: the limits add up to ${SUM}s, over ${TOTAL}s (T_ENV, T_TESTS, T_TIMINGS, T_TUNE, T_BENCH)" >&2
+  echo "gpu_check.sh: the limits add up to ${SUM}s, over ${TOTAL}s (T_ENV, T_TESTS, T_TVM, T_TIMINGS, T_TUNE, T_BENCH)" >&2
   exit 2
 fi
 
@@ -58,8 +62,8 @@ LOGS="$OUT_DIR/logs"
 WORK="$(mktemp -d)"  # scratch: what is packed into artifacts.tar.gz, the step records
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/pack/records"
-printf '{"env": %d, "tests": %d, "timings": %d, "tune": %d, "tune_budget": %d, "bench": %d, "kill_after": %d, "total": %d}\n' \
-  "$T_ENV" "$T_TESTS" "$T_TIMINGS" "$T_TUNE" "$TUNE_BUDGET" "$T_BENCH" "$KILL_AFTER" "$TOTAL" > "$WORK/limits.json"
+printf '{"env": %d, "tests": %d, "tvm": %d, "timings": %d, "tune": %d, "tune_budget": %d, "bench": %d, "kill_after": %d, "total": %d}\n' \
+  "$T_ENV" "$T_TESTS" "$T_TVM" "$T_TIMINGS" "$T_TUNE" "$TUNE_BUDGET" "$T_BENCH" "$KILL_AFTER" "$TOTAL" > "$WORK/limits.json"
 
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export EA_OPS_CACHE_DIR="$WORK/pack/records"     # the tuned records land here, and the bench reads them
@@ -78,15 +82,15 @@ record() {
   summarize
 }
 
-# step NAME LIMIT CMD...: run under a hard limit, output to logs/NAME.log
+# step NAME LIMIT CMD...: run under a hard limit, output to logs/NAME.log (or to $STEP_LOG)
 step() {
   local name="$1" limit="$2"; shift 2
-  local t0 rc
+  local t0 rc out="${STEP_LOG:-$LOGS/$name.log}"
   t0=$(date +%s)
   log "$name (limit ${limit}s): $*"
-  timeout --kill-after="$KILL_AFTER" "$limit" "$@" > "$LOGS/$name.log" 2>&1; rc=$?
+  timeout --kill-after="$KILL_AFTER" "$limit" "$@" > "$out" 2>&1; rc=$?
   record "$name" "$rc" "$(( $(date +%s) - t0 ))"
-  tail -n 5 "$LOGS/$name.log"
+  tail -n 5 "$out"
   return "$rc"
 }
 
@@ -94,7 +98,7 @@ step() {
 skip() {
   local name="$1" why="$2"; shift 2
   log "$name: skipped ($why): $*"
-  echo "skipped ($why): $*" > "$LOGS/$name.log"
+  echo "skipped ($why): $*" > "${STEP_LOG:-$LOGS/$name.log}"
   record "$name" null 0 "$why"
 }
 
@@ -138,8 +142,9 @@ if os.environ.get("DRY_RUN") != "1":
         sys.exit(f"the Triton backend cannot run here: {env['backends']['triton']}")
 EOF
 
-# ---- tests: the GPU-marked tests (a dry run collects them)
-mapfile -t GPU_FILES < <(grep -rlE "mark\.gpu" tests --include='test_*.py' | sort)
+# ---- tests: the GPU-marked tests (a dry run collects them), but the tvm step's
+TVM_GPU_TESTS=tests/ea_ops/test_tvm_cuda_gpu.py
+mapfile -t GPU_FILES < <(grep -rlE "mark\.gpu" tests --include='test_*.py' | grep -vxF "$TVM_GPU_TESTS" | sort)
 if ! "$PY" -c "import pytest, hypothesis" 2>/dev/null; then
   skip tests "pytest or hypothesis missing" "$PY" -m pytest -m gpu "${GPU_FILES[@]}"
 elif [ "$DRY_RUN" = 1 ]; then
@@ -148,6 +153,18 @@ else
   step tests "$T_TESTS" "$PY" -m pytest -q -m gpu -p no:cacheprovider "${GPU_FILES[@]}" \
     --junitxml="$WORK/pack/tests.xml"
 fi
+
+# ---- tvm: the TVM backend's GPU tests; log and junit XML into the tarball (a dry run collects them)
+TVM_TESTS=("$PY" -m pytest -q -rs -m gpu -p no:cacheprovider "$TVM_GPU_TESTS")
+STEP_LOG="$WORK/pack/tvm.log"
+if ! "$PY" -c "import pytest, hypothesis" 2>/dev/null; then
+  skip tvm "pytest or hypothesis missing" "${TVM_TESTS[@]}"
+elif [ "$DRY_RUN" = 1 ]; then
+  step tvm "$T_TVM" "${TVM_TESTS[@]}" --collect-only
+else
+  step tvm "$T_TVM" "${TVM_TESTS[@]}" --junitxml="$WORK/pack/tvm-tests.xml"
+fi
+unset STEP_LOG
 
 # ---- timings: per pass at B = 1 and 8, the decode step in a CUDA graph (a dry run writes the plan)
 TIMINGS=("$PY" scripts/gpu_timings.py "$WORK/pack/timings.json")

@@ -4,7 +4,8 @@
     python3 scripts/gpu_check_summary.py WORK OUT [--final]
 
 Reads what the steps left in the scratch folder ``WORK`` (``steps.jsonl``, ``env.json``, ``pack/timings.json``,
-``pack/tune.json``, ``pack/tests.xml``) and the bench document in ``OUT``; writes ``OUT/summary.json``. With
+``pack/tune.json``, ``pack/tests.xml``, ``pack/tvm-tests.xml``) and the bench document in ``OUT``; writes
+``OUT/summary.json``. With
 ``--final`` it exits with the script's status (``exit_status``). Standard library only: it runs even where
 torch does not import.
 """
@@ -38,10 +39,10 @@ def _steps(work: Path) -> list[dict]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def _tests(work: Path) -> dict | None:
-    """Counts from pytest's junit XML (tests, failures, errors, skipped), or None without one."""
+def _tests(work: Path, name: str = "tests.xml") -> dict | None:
+    """Counts from pytest's junit XML ``pack/<name>`` (tests, failures, errors, skipped), or None without one."""
     try:
-        root = ET.parse(work / "pack" / "tests.xml").getroot()
+        root = ET.parse(work / "pack" / name).getroot()
     except (OSError, ET.ParseError):
         return None
     suite = root if root.tag == "testsuite" else root.find("testsuite")
@@ -70,15 +71,17 @@ def _bench(out: Path) -> dict | None:
 
 
 def correctness_failed(summary: dict) -> bool:
-    """A kernel failed the bench's gate, or a GPU test failed."""
+    """A kernel failed the bench's gate, or a GPU test failed (the tests step's or the tvm step's)."""
     steps = {s["step"]: s for s in summary["steps"]}
     bench = summary.get("bench") or {}
     if any(w["gate_ok"] is False for w in bench.get("workloads", [])):
         return True
     if steps.get("bench", {}).get("rc") == GATE_FAILED:
         return True
-    tests = summary.get("tests") or {}
-    return steps.get("tests", {}).get("rc") == PYTEST_FAILED or tests.get("failures", 0) > 0
+    for step, counts in (("tests", summary.get("tests")), ("tvm", summary.get("tvm_tests"))):
+        if steps.get(step, {}).get("rc") == PYTEST_FAILED or (counts or {}).get("failures", 0) > 0:
+            return True
+    return False
 
 
 def exit_status(summary: dict) -> int:
@@ -102,6 +105,7 @@ def summarize(work: Path, out: Path, *, final: bool) -> dict:
         "limits_s": _load(work / "limits.json"),
         "steps": _steps(work),
         "tests": _tests(work),
+        "tvm_tests": _tests(work, "tvm-tests.xml"),
         "timings": _load(work / "pack" / "timings.json"),
         "tune": _load(work / "pack" / "tune.json"),
         "bench": _bench(out),

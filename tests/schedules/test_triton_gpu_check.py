@@ -48,15 +48,17 @@ def test_dry_run_runs_what_needs_no_gpu_and_writes_the_layout(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["complete"] and summary["dry_run"] and summary["exit_status"] == 0
     steps = {s["step"]: s for s in summary["steps"]}
-    assert list(steps) == ["env", "tests", "timings", "tune", "bench"]
+    assert list(steps) == ["env", "tests", "tvm", "timings", "tune", "bench"]
     assert steps["tune"]["rc"] is None and steps["tune"]["skipped"] == "needs a GPU"
     assert steps["env"]["rc"] == steps["tests"]["rc"] == steps["timings"]["rc"] == steps["bench"]["rc"] == 0
+    assert steps["tvm"]["rc"] == 0 and summary["limits_s"]["tvm"] <= 60
     timings = summary["timings"]
     assert timings["dry_run"] and [(r["what"], r["B"]) for r in timings["rows"]] == [
         ("passes", 1), ("passes", 1), ("passes", 8), ("passes", 8), ("decode", 1), ("decode", 8), ("decode", 64)]
     assert all(r["result"] is None for r in timings["rows"])
     assert summary["env"]["torch"] and summary["env"]["triton"]
-    assert "tests/ea_ops/test_triton_gpu.py" in (tmp_path / "logs" / "tests.log").read_text()  # collected
+    tests_log = (tmp_path / "logs" / "tests.log").read_text()
+    assert "tests/ea_ops/test_triton_gpu.py" in tests_log and "test_tvm_cuda_gpu" not in tests_log  # collected
     bench = summary["bench"]
     assert bench["dry_run"] and bench["backend"] == "triton"
     assert [w["mode"] for w in bench["workloads"]][:4] == ["fwd", "fwdbwd", "fwdbwd", "fwdbwd"]
@@ -64,7 +66,10 @@ def test_dry_run_runs_what_needs_no_gpu_and_writes_the_layout(tmp_path):
     assert json.loads((tmp_path / "bench-gpu-goal.json").read_text())["preset"] == "gpu-goal"
     with tarfile.open(tmp_path / "artifacts.tar.gz") as tar:
         names = tar.getnames()
-    assert {"./records", "./timings.json", "./bench-gpu-goal.txt"} <= set(names)
+        tvm_log = tar.extractfile("./tvm.log").read().decode()
+    assert {"./records", "./timings.json", "./bench-gpu-goal.txt", "./tvm.log"} <= set(names)
+    if importlib.util.find_spec("tvm") is not None:  # the TVM GPU tests, collected in their own step
+        assert "test_tvm_cuda_gpu.py::test_forward_backward_against_torch" in tvm_log
 
 
 def test_limits_that_do_not_fit_seven_minutes_are_refused(tmp_path):
@@ -91,6 +96,9 @@ OK = [("env", 0), ("tests", 0), ("tune", 0), ("bench", 0)]
     (_summary([("env", 1)]), 2),
     (_summary([("env", 0), ("tests", 0), ("tune", 124), ("bench", 0)]), 3),  # a time-out
     (_summary([("env", 0), ("tests", 0), ("tune", 0), ("bench", 2)]), 3),
+    (_summary([("env", 0), ("tests", 0), ("tvm", 1), ("tune", 0), ("bench", 0)]), 1),  # a TVM GPU test failed
+    ({**_summary(OK), "tvm_tests": {"failures": 1}}, 1),
+    (_summary([("env", 0), ("tests", 0), ("tvm", 124), ("tune", 0), ("bench", 0)]), 3),
 ])
 def test_exit_status(summary, status):
     assert _summary_module().exit_status(summary) == status
