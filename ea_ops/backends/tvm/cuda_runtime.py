@@ -77,7 +77,7 @@ def serve_binaries(binaries: dict[str, bytes]) -> Iterator[list[str]]:
 
     served: list[str] = []
 
-    def lookup(source) -> bytes:
+    def lookup(source, *_target) -> bytes:  # TVM's own callback takes the source alone; a target would be ignored
         key = source_sha256(source)
         found = binaries.get(key)
         if found is None:

@@ -77,9 +77,12 @@ def backward_scratch(B: int, T: int, H: int, D: int, device) -> list[Tensor]:
     """``C, CO, MM [B, T, H, D]`` float32 for the causal backward, reused across calls in this thread.
 
     Fresh multi-megabyte allocations are fresh pages: at T = 4096 the page faults cost more than the
-    kernel. Keeps the largest buffer used so far per device (3 B T H D floats).
+    kernel. Keeps the largest buffer used so far per device (3 B T H D floats). On a GPU, fresh buffers from
+    torch's caching allocator (stream-ordered: a kept one could be in use by a kernel on another stream).
     """
     n = B * T * H * D
+    if torch.device(device).type != "cpu":  # kept buffers would be shared across streams; the allocator is cheap
+        return [new_buffer((B, T, H, D), torch.float32, device) for _ in range(3)]
     key = str(device)
     buf = getattr(_scratch, "bufs", {}).get(key)
     if buf is None or buf.numel() < 3 * n:
