@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -227,8 +228,13 @@ def test_the_sm90_pack_holds_libraries_and_cubins_of_sm90_with_its_kernels(cuda_
         files = {role: cuda_pack / f["path"] for role, f in k["files"].items()}
         for role, f in k["files"].items():
             assert packs.sha256_of(files[role]) == f["sha256"], (k["name"], role)
-        source = files["source"].read_bytes()
-        assert source in files["library"].read_bytes()  # the source the loader will hand to the callback
+        source, library = files["source"].read_bytes(), files["library"].read_bytes()
+        # The CUDA module as the library holds it (CUDAModuleNode::SaveToBytes): format "cuda", the function
+        # table, then the source, each length-prefixed; format "cuda" is what makes the loader ask the callback.
+        at = library.index(source)
+        assert struct.unpack_from("<Q", library, at - 8)[0] == len(source)
+        fmt = library.rfind(struct.pack("<Q", 4) + b"cuda", 0, at)
+        assert fmt >= 0 and all(n.encode() in library[fmt:at] for n in k["kernels"])
         info = cubin_info(files["cubin"].read_bytes())
         assert info["sm"] == 90 and k["kernels"] and set(k["kernels"]) <= set(info["functions"]), (k["name"], info)
         assert ".target sm_90" in files["ptx"].read_text()
