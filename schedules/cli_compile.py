@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--shapes", type=_shapes, default=None,
                     help="comma-separated HxD of the compiled kernels (TVM), e.g. 8x64,16x128")
     ap.add_argument("--from-log", default=None, metavar="FILE",
-                    help="also the CPU calls an EA_OPS_LOG_CALLS file recorded (TVM; their shapes, orders, dtypes)")
+                    help="also the calls an EA_OPS_LOG_CALLS file recorded on the target's device (TVM; their "
+                         "shapes, orders, dtypes)")
     return ap
 
 

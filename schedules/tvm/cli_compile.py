@@ -15,9 +15,10 @@ Targets:
 
 Kernels: the forward and backward, causal and not, and the decoding step, for each ``--shapes`` ``HxD`` (default
 8x64; ``EA_OPS_COMPILE_SHAPE`` and ``--heads/--dim`` still name one), order and dtype, or for the calls a
-``--from-log`` file recorded. CPU kernels take this target's tuned records (the best one at T = 4096), else the
-default schedule. ``manifest.json`` (``packs.write_manifest``) holds the target, versions, the kernel sources'
-sha256, per kernel its schedule and where it came from, its argument order, and each file's size and sha256.
+``--from-log`` file recorded (its CPU calls for a CPU target, its CUDA calls for a CUDA one). CPU kernels take
+this target's tuned records (the best one at T = 4096), else the default schedule. ``manifest.json``
+(``packs.write_manifest``) holds the target, versions, the kernel sources' sha256, per kernel its schedule and
+where it came from, its argument order (CUDA: the built function's parameters), and each file's size and sha256.
 """
 
 from __future__ import annotations
@@ -84,17 +85,24 @@ def _name(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, var
     return f"{kernel}-{'causal' if causal else 'full'}{mid}-t{order}-{dtype}-H{H}D{D}"
 
 
-def output_names(kind: str, orders, dtypes, shapes, nvcc: str | None, files: str = "library") -> list[str]:
-    """Every file ``run`` writes into the output folder."""
+def output_names(kind: str, orders, dtypes, shapes, nvcc: str | None, files: str = "library",
+                 combos: list[tuple] | None = None) -> list[str]:
+    """Every file ``run`` writes into the output folder; CUDA: for ``combos`` ``(H, D, order, dtype)`` when given,
+    else the grid of ``shapes``, ``orders`` and ``dtypes``."""
     if kind == "cpu":
         ext = "so" if files == "library" else "tar"
         names = [f"{_name(k, c, o, dt, H, D)}.{ext}" for H, D in shapes for o in orders for dt in dtypes
                  for k, c in CPU_KERNELS]
     else:
         exts = ("so", "cu", "ptx", "cubin") if nvcc else ("so", "cu")
-        names = [f"{_name(k, c, o, dt, H, D, v)}.{e}" for H, D in shapes for o in orders for dt in dtypes
-                 for k, c, v in CUDA_VARIANTS for e in exts]
+        combos = combos or _grid(shapes, orders, dtypes)
+        names = [f"{_name(k, c, o, dt, H, D, v)}.{e}" for H, D, o, dt in combos for k, c, v in CUDA_VARIANTS
+                 for e in exts]
     return [*names, MANIFEST]
+
+
+def _grid(shapes, orders, dtypes) -> list[tuple]:
+    return [(H, D, o, dt) for H, D in shapes for o in orders for dt in dtypes]
 
 
 def _nvcc() -> str | None:
@@ -137,7 +145,8 @@ def _cpu(out: Path, tgt: dict, work: list[tuple]) -> list[dict]:
     return entries
 
 
-def _cuda(out: Path, arch: str, orders, dtypes, shapes, nvcc: str | None) -> list[dict]:
+def _cuda(out: Path, arch: str, combos: list[tuple], nvcc: str | None) -> list[dict]:
+    """Every CUDA variant for each ``(H, D, order, dtype)`` of ``combos``, for ``arch``."""
     import tvm
 
     from ea_ops.backends.tvm import cuda_kernels
@@ -145,7 +154,7 @@ def _cuda(out: Path, arch: str, orders, dtypes, shapes, nvcc: str | None) -> lis
 
     target = tvm.target.Target(cuda_target(arch), host="llvm")
     entries = []
-    for (H, D), order, dtype in ((hd, o, dt) for hd in shapes for o in orders for dt in dtypes):
+    for H, D, order, dtype in combos:
         for kernel, causal, variant in CUDA_VARIANTS:
             cfg = {**cuda_kernels.default_config(kernel, causal), "variant": variant}
             mod = cuda_kernels.scheduled_module(kernel, causal, order, dtype, H, D, cfg)
@@ -200,8 +209,9 @@ def _nvcc_build(out: Path, cu: Path, arch: str, kernels: list[str]) -> tuple[str
     return ptx.name, cubin.name
 
 
-def _work(args, shapes) -> list[tuple]:
-    """``(kernel, causal, order, dtype, H, D)`` of every CPU kernel to build: the grid, plus a log's calls."""
+def _work(args, shapes, device: str = "cpu") -> list[tuple]:
+    """``(kernel, causal, order, dtype, H, D)`` of every kernel to build: the grid, plus a log's calls on
+    ``device`` (``cpu`` or ``cuda``)."""
     work = [(k, c, o, dt, H, D) for H, D in shapes for o in args.orders for dt in args.dtypes for k, c in CPU_KERNELS]
     log = getattr(args, "from_log", None)
     if log:
@@ -218,8 +228,8 @@ def _work(args, shapes) -> list[tuple]:
         from ea_ops.backends.tvm.cpu_kernels import DTYPES
 
         for line in lines:
-            if line["device"] != "cpu" or line["dtype"] not in DTYPES:
-                continue  # not a call the TVM CPU kernels run
+            if line["device"] != device or line["dtype"] not in DTYPES:
+                continue  # not a call the TVM kernels of this target run
             for kernel in call_log.kernels_of(line):
                 causal = True if kernel == "step" else bool(line["causal"])
                 work.append((kernel, causal, int(line["order"]), line["dtype"], int(line["H"]), int(line["D"])))
@@ -235,8 +245,9 @@ def run(args) -> int:
     if args.target.startswith("cuda"):
         tgt = targets.parse(args.target)
         nvcc = _nvcc()
-        out = prepare_out_dir(args.out, output_names("cuda", args.orders, args.dtypes, shapes, nvcc))
-        entries = _cuda(out, tgt.arch, args.orders, args.dtypes, shapes, nvcc)
+        combos = sorted({(H, D, o, dt) for _, _, o, dt, H, D in _work(args, shapes, "cuda")})
+        out = prepare_out_dir(args.out, output_names("cuda", args.orders, args.dtypes, shapes, nvcc, combos=combos))
+        entries = _cuda(out, tgt.arch, combos, nvcc)
         if nvcc is None:
             print("nvcc not found: exported CUDA source only (no PTX)", file=sys.stderr)
         target = {"kind": "cuda", "arch": tgt.arch, "fingerprint": tgt.fingerprint}

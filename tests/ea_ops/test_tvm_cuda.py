@@ -432,3 +432,25 @@ def test_a_cuda_pack_loads_with_its_cubins_served_and_then_runs_the_calls(cuda_p
         assert packs.lookup("forward", True, ORDER, "float32", H, D, target="sm_80", variant="scan") is None
     finally:
         packs.unload_all()
+
+
+def test_a_cuda_pack_from_a_log_takes_its_cuda_calls(tmp_path):
+    """``ea-ops compile --target cuda:sm_90 --from-log``: the shapes, orders and dtypes of the log's CUDA calls
+    (its CPU calls are for a CPU pack), each with every CUDA variant."""
+    from types import SimpleNamespace
+
+    from schedules.tvm import cli_compile
+
+    base = {"v": 1, "kind": "forward", "needs_grad": False, "B": 1, "T": 40, "n_seqs": None, "T_bucket": 64,
+            "H": 2, "D": 8, "order": 2, "dtype": "float32", "causal": False, "device": "cuda"}
+    log = tmp_path / "calls.jsonl"
+    log.write_text("\n".join(json.dumps({**base, **c}) for c in (
+        {}, {"H": 4, "D": 32, "order": 6, "dtype": "bfloat16", "kind": "step", "T": 1, "T_bucket": 1, "causal": True},
+        {"device": "cpu", "H": 8, "D": 64}, {"dtype": "float64"})) + "\n")
+    args = SimpleNamespace(orders=[6], dtypes=["float32"], shapes=None, heads=None, dim=None, from_log=str(log))
+    combos = sorted({(H, D, o, dt) for _, _, o, dt, H, D in cli_compile._work(args, cli_compile._shapes(args),
+                                                                               "cuda")})
+    assert combos == [(2, 8, 2, "float32"), (4, 32, 6, "bfloat16")]
+    names = cli_compile.output_names("cuda", [6], ["float32"], [(8, 64)], "13.0", combos=combos)
+    assert len(names) == 2 * len(cli_compile.CUDA_VARIANTS) * 4 + 1
+    assert "forward-causal-chunked-t6-bfloat16-H4D32.cubin" in names and not any("H8D64" in n for n in names)
