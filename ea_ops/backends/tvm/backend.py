@@ -122,9 +122,10 @@ def stepper(state, *, order: int, scale: float, dtype: torch.dtype):
 
 
 def describe() -> dict:
-    """Target fingerprint, records found for it and for related CPUs (``tuned.related_fingerprints``), the
-    compiled-kernel cache on disk, and kernels built or loaded in this process."""
-    from . import build, disk_cache
+    """Target fingerprint, records found for it and for related CPUs (``tuned.related_fingerprints``), the GPUs
+    (by arch), the kernel packs loaded, the compiled-kernel cache on disk, and kernels built or loaded in this
+    process."""
+    from . import build, cuda_device, disk_cache, packs
     from .target import describe_cpu
 
     out = describe_cpu()
@@ -135,6 +136,8 @@ def describe() -> dict:
                            f"xD{r['workload'].get('D')}" for r in recs})
     others = [fp for fp in tuned.related_fingerprints() if fp != cpu_fingerprint()]
     out["transferable_records"] = {fp: len(tuned.load(fp)) for fp in others}
+    out["cuda_devices"] = cuda_device.visible_archs()  # what backend="tvm" runs CUDA kernels for (by arch)
+    out["packs_loaded"] = [{"folder": str(p.folder), "target": p.target, "kernels": len(p)} for p in packs.loaded()]
     out["built_in_process"] = len(build.BUILD_LOG)
     out["loaded_from_disk_in_process"] = len(build.LOAD_LOG)
     out.update(disk_cache.describe())
