@@ -250,7 +250,8 @@ def run(args) -> int:
         entries = _cuda(out, tgt.arch, combos, nvcc)
         if nvcc is None:
             print("nvcc not found: exported CUDA source only (no PTX)", file=sys.stderr)
-        target = {"kind": "cuda", "arch": tgt.arch, "fingerprint": tgt.fingerprint}
+        # host_arch: the libraries' host code is LLVM's default for this machine's architecture
+        target = {"kind": "cuda", "arch": tgt.arch, "fingerprint": tgt.fingerprint, "host_arch": packs.host_arch()}
         extra = {"versions": {"nvcc": nvcc}}
     else:
         target = _cpu_target(args.target)

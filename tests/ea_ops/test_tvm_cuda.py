@@ -220,7 +220,8 @@ def test_the_sm90_pack_holds_libraries_and_cubins_of_sm90_with_its_kernels(cuda_
 
     man = _manifest(cuda_pack)
     _nvcc(man)
-    assert man["target"] == {"kind": "cuda", "arch": "sm_90", "fingerprint": "cuda-sm_90"}
+    assert man["target"] == {"kind": "cuda", "arch": "sm_90", "fingerprint": "cuda-sm_90",
+                             "host_arch": packs.host_arch()}
     assert {(k["kernel"], k["causal"], k["variant"]) for k in man["kernels"]} == {
         ("forward", True, "scan"), ("forward", True, "chunked"), ("forward", False, "scan"),
         ("backward", True, "scan"), ("backward", False, "scan")}
@@ -391,6 +392,10 @@ def test_a_cuda_pack_with_an_altered_or_missing_cubin_is_refused(cuda_pack, tmp_
     man["sources_sha256"] = "0" * 64
     (folder / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(KernelPackError, match="other kernel sources"):
+        ea_ops.load_kernels(folder)
+    man["target"]["host_arch"] = "riscv64"
+    (folder / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(KernelPackError, match=f"host code was built for riscv64, this host is {packs.host_arch()}"):
         ea_ops.load_kernels(folder)
 
 

@@ -214,6 +214,8 @@ def load(folder: str | os.PathLike) -> KernelPack:
 
         problem, sources = cuda_device.pack_problem(target.get("arch"), cuda_device.visible_archs()), \
             disk_cache.CUDA_SOURCES
+        if target.get("host_arch") != host_arch():
+            problem = f"its host code was built for {target.get('host_arch')}, this host is {host_arch()}"
     else:
         raise _fail(folder, f"it holds {kind!r} kernels; ea-ops runs cpu and cuda packs")
     if problem:
