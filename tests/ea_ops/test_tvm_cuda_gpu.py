@@ -41,6 +41,19 @@ def _tvm():
     pytest.importorskip("tvm")
 
 
+@pytest.fixture(scope="module")
+def can_build(_tvm):
+    """Skip, saying why, where this process cannot build TVM CUDA kernels (no NVRTC or nvcc, or TVM's CUDA
+    runtime not loaded: README 'Kernel packs' lists the doubts); any other error fails the tests."""
+    from ea_ops.backends.tvm import build
+    from ea_ops.errors import BackendUnavailableError
+
+    try:
+        build.kernel_for("forward", False, ORDER, "float32", H, D, 1, target=_arch(), channels=H * D)
+    except BackendUnavailableError as exc:
+        pytest.skip(f"TVM cannot build CUDA kernels in this process: {exc}")
+
+
 @pytest.fixture(autouse=True)
 def _poison():
     with common.poison_outputs():
@@ -69,6 +82,7 @@ def tvm(q, k, v, go, *, causal, state=None, scale=1.0, cu=None):
 
 
 @pytest.mark.parametrize("dtype, causal", [(torch.float32, True), (torch.float32, False), (torch.bfloat16, True)])
+@pytest.mark.usefixtures("can_build")
 def test_forward_backward_against_torch(dtype, causal):
     q, k, v, go = data((2, 300, H, D), dtype, seed=1)
     st = None
@@ -84,6 +98,7 @@ def test_forward_backward_against_torch(dtype, causal):
     assert all(e < TOL[dtype] for e in errs.values()), errs
 
 
+@pytest.mark.usefixtures("can_build")
 def test_packed_sequences_and_the_one_thread_per_channel_forward():
     """``cu_seqlens`` (a launch per sequence), and B*H*D >= 2^17 channels, where the default is the scan."""
     cu = torch.tensor([0, 70, 70, 200], device=DEV)
@@ -108,6 +123,7 @@ def _arch() -> str:
     return device_arch(torch.device(DEV))
 
 
+@pytest.mark.usefixtures("can_build")
 def test_step_and_decoder_continue_the_prefill():
     B, T0, T = 3, 50, 60
     q, k, v, _ = data((B, T, H, D), torch.float32, seed=5)
@@ -123,6 +139,7 @@ def test_step_and_decoder_continue_the_prefill():
     assert rel_err(torch.stack(outs, 1), full[:, T0:]) < TOL[torch.float32]
 
 
+@pytest.mark.usefixtures("can_build")
 def test_nan_keys_and_far_keys_as_the_torch_backend_has_them():
     q, k, v, go = data((1, 64, 2, D), torch.float32, seed=6)
     k = k.clone()
@@ -136,6 +153,7 @@ def test_nan_keys_and_far_keys_as_the_torch_backend_has_them():
     assert o.isfinite().all()
 
 
+@pytest.mark.usefixtures("can_build")
 def test_kernels_run_on_the_callers_stream():
     """Inputs written on a side stream after a long sleep there: a kernel launched on another stream would read
     them (and write its NaN-poisoned output) out of order."""
@@ -153,6 +171,7 @@ def test_kernels_run_on_the_callers_stream():
     assert rel_err(o, want) < TOL[torch.float32]
 
 
+@pytest.mark.usefixtures("can_build")
 def test_tvm_and_triton_agree_on_the_same_inputs():
     if ea_ops.dispatch.available().get("triton") is not None:
         pytest.skip("the Triton backend is not available here")
@@ -207,6 +226,8 @@ def test_a_pack_for_this_gpu_runs_in_a_process_that_cannot_compile(tmp_path):
     env = {**os.environ, "EA_OPS_KERNEL_CACHE": "0"}
     res = subprocess.run([sys.executable, "-c", _NO_COMPILER + _CHILD, str(out)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
+    if res.returncode and "TVM's CUDA runtime is not available in this process" in res.stderr:
+        pytest.skip(res.stderr.strip().splitlines()[-1])
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["kernels"] == 5 and got["builds"] == 0 and not got["tvm_imported"], got
