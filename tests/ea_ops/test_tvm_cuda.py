@@ -459,3 +459,18 @@ def test_a_cuda_pack_from_a_log_takes_its_cuda_calls(tmp_path):
     names = cli_compile.output_names("cuda", [6], ["float32"], [(8, 64)], "13.0", combos=combos)
     assert len(names) == 2 * len(cli_compile.CUDA_VARIANTS) * 4 + 1
     assert "forward-causal-chunked-t6-bfloat16-H4D32.cubin" in names and not any("H8D64" in n for n in names)
+
+
+def test_the_installed_cuda_runtime_compiles_source_through_the_callback_and_launches_on_the_env_stream():
+    """What the CUDA path relies on, in this TVM's libtvm_runtime_cuda.so itself (its sources say the same): the
+    loader of format "cuda" turns source into code through ``tvm_callback_cuda_compile`` (what a pack serves),
+    loads the result with cuModuleLoadData, and launches on tvm_ffi's environment stream (what ``launch`` sets)."""
+    import importlib.util
+
+    lib = Path(importlib.util.find_spec("tvm").origin).parent / "lib" / "libtvm_runtime_cuda.so"
+    if not lib.is_file():
+        pytest.skip(f"{lib} is not part of this TVM installation")
+    data = lib.read_bytes()
+    for needed in (cuda_runtime.CUDA_LOADER, cuda_runtime.COMPILE_CALLBACK,
+                   "fmt=='cuda' requires tvm_callback_cuda_compile", "cuModuleLoadData", "TVMFFIEnvGetStream"):
+        assert needed.encode() in data, needed
