@@ -107,7 +107,7 @@ PRESETS: dict[str, StudyConfig] = {
                          frontier_scales=(0.25, 1.0), frontier_orders=(2, 6), frontier_len=24,
                          frontier_channels=4, cost_steps=2, cost_decode_tokens=4, cost_contexts=(4,)),
     "quick": StudyConfig(models=QUICK_MODELS, seeds=(0, 1),
-                         settings=(Setting("mqar", 32, 4), Setting("mqar", 64, 8), Setting("copy", 64, 8))),
+                         settings=(Setting("mqar", 32, 4), Setting("mqar", 32, 8), Setting("copy", 32, 8))),
     "full": StudyConfig(models=FULL_MODELS, steps=600,
                         settings=(Setting("mqar", 64, 4), Setting("mqar", 64, 8), Setting("mqar", 128, 8),
                                   Setting("mqar", 128, 16), Setting("copy", 64, 8), Setting("copy", 128, 16)),
