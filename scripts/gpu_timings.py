@@ -24,7 +24,6 @@ WARMUP, REPS, GRAPH_REPLAYS = 2, 10, 200
 SHAPE = {"T": 8192, "H": 16, "D": 128, "dtype": "bfloat16", "order": 6}
 PASS_BATCHES = (1, 8)
 DECODE_BATCHES = (1, 8, 64)
-FLAGS = ("LOAD_STATE", "WRITE_O", "STORE_STATE", "LOAD_INIT", "STORE_FINAL", "WRITE_GRADS")
 
 
 def plan() -> list[dict]:
@@ -32,6 +31,13 @@ def plan() -> list[dict]:
     rows += [{"what": "decode", "B": b, **{k: SHAPE[k] for k in ("H", "D", "dtype", "order")}}
              for b in DECODE_BATCHES]
     return rows
+
+
+def _flag_names() -> set[str]:
+    """The constexpr flags that tell one pass of a kernel from another (``launch.LAUNCHES``)."""
+    from ea_ops.backends.triton import launch
+
+    return {name for _, flags in launch.LAUNCHES for name in flags}
 
 
 class _TimedKernels:
@@ -57,7 +63,7 @@ class _TimedKernels:
                     start.record()
                     launcher(*args, **kw)
                     end.record()
-                    flags = "".join(f"-{k.lower()}{int(kw[k])}" for k in FLAGS if k in kw)
+                    flags = "".join(f"-{k.lower()}{int(kw[k])}" for k in sorted(kw) if k in _flag_names())
                     log.append((name[3:] + flags, start, end))
 
                 return run

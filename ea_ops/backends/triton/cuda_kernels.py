@@ -290,12 +290,17 @@ def ea_chunk_prefix(seq_chunks_ptr, s_init_ptr, z_init_ptr, m_init_ptr, s_ptr, z
 # ------------------------------------------------------------------------------------ causal backward
 @_kernel
 def ea_bwd_dx_scan(q_ptr, k_ptr, v_ptr, g_ptr, dq_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in_ptr,
-                   c_ptr, co_ptr, mm_ptr, r, HD, D,
+                   c_ptr, co_ptr, mm_ptr, u_out_ptr, w_out_ptr, mr_out_ptr, r, HD, D,
                    ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
-                   ROWS: tl.constexpr):
+                   ROWS: tl.constexpr, STORE_REV: tl.constexpr):
     """Forward re-scan of the backward: ``dq`` per row, and float32 ``c = g/den``, ``c*o``, ``m`` per row.
 
-    Starts from ``in[item]`` (the initial state, or the state entering the chunk). Grid as ``ea_fwd_scan``.
+    Starts from ``in[item]`` (the initial state, or the state entering the chunk). With ``STORE_REV`` it also
+    stores the item's own reverse sums, those ``ea_bwd_rev_scan`` hands on (``U = sum_i c_i x_i^n
+    exp(m_i - m_first)`` and ``W`` with ``c_i o_i``, referenced to the first row's ``m``, to ``u/w/mr_out[item]``).
+    They are summed here, forward, as the terms appear: each factor ``exp(m_i - m_first)`` is at most 1 (``m``
+    never grows), so nothing is gained by the reverse order, and a chunked backward saves a pass that re-read
+    ``q, c, c*o, m`` (14 of 62 bytes per element in bfloat16; issue 14 item 5). Grid as ``ea_fwd_scan``.
     """
     item = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -308,6 +313,12 @@ def ea_bwd_dx_scan(q_ptr, k_ptr, v_ptr, g_ptr, dq_ptr, bounds_ptr, s_in_ptr, z_i
     S = tl.load(s_in_ptr + soff, mask=smask, other=0.0) / coef
     Z = tl.load(z_in_ptr + soff, mask=smask, other=0.0) / coef
     m = tl.load(m_in_ptr + moff, mask=cm, other=float("inf"))
+    if STORE_REV:
+        # the reference: m after the first row (a chunk, the only item this runs on, has at least one row)
+        y0 = tl.load(k_ptr + start * HD + c, mask=cm, other=0.0).to(tl.float32) * r
+        m_first = tl.minimum(m, y0 * y0)
+        U = tl.zeros([T1P, BLOCK_C], tl.float32)
+        W = tl.zeros([T1P, BLOCK_C], tl.float32)
     ridx = tl.arange(0, ROWS)
     for blk in range(start, end, ROWS):
         toff = tl.cast(blk, tl.int64) * HD + ridx[:, None] * HD + c[None, :]
@@ -321,32 +332,44 @@ def ea_bwd_dx_scan(q_ptr, k_ptr, v_ptr, g_ptr, dq_ptr, bounds_ptr, s_in_ptr, z_i
         CO = tl.zeros([ROWS, BLOCK_C], tl.float32)
         MM = tl.zeros([ROWS, BLOCK_C], tl.float32)
         for i in tl.static_range(ROWS):
-            S, Z, m = _absorb(S, Z, m, _row(Y, ridx, i), _row(V, ridx, i), blk + i < end, T1P, ORDER)
-            dx, cc, o = _query_grad(_row(X, ridx, i), _row(Gr, ridx, i), S, Z, ORDER)
+            valid = blk + i < end
+            S, Z, m = _absorb(S, Z, m, _row(Y, ridx, i), _row(V, ridx, i), valid, T1P, ORDER)
+            x = _row(X, ridx, i)
+            dx, cc, o = _query_grad(x, _row(Gr, ridx, i), S, Z, ORDER)
             DX = _put(DX, ridx, i, dx)
             CC = _put(CC, ridx, i, cc)
             CO = _put(CO, ridx, i, cc * o)
             MM = _put(MM, ridx, i, m)
+            if STORE_REV:
+                # a select past the item, never a multiply by a mask (0/0 or inf * 0 there)
+                e = tl.where(valid, _rebase(m, m_first), 0.0)
+                P = _powers(x, T1P, ORDER)
+                U += (e * cc)[None, :] * P
+                W += (e * cc * o)[None, :] * P
         tl.store(dq_ptr + toff, (DX * r).to(dq_ptr.dtype.element_ty), mask=tmask)
         tl.store(c_ptr + toff, CC, mask=tmask)
         tl.store(co_ptr + toff, CO, mask=tmask)
         tl.store(mm_ptr + toff, MM, mask=tmask)
+    if STORE_REV:
+        tl.store(u_out_ptr + soff, U, mask=smask)
+        tl.store(w_out_ptr + soff, W, mask=smask)
+        tl.store(mr_out_ptr + moff, m_first, mask=cm)
 
 
 @_kernel
 def ea_bwd_rev_scan(q_ptr, k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, c_ptr, co_ptr, mm_ptr,
-                    u_in_ptr, w_in_ptr, mr_in_ptr, u_out_ptr, w_out_ptr, mr_out_ptr, r, HD, D,
+                    u_in_ptr, w_in_ptr, mr_in_ptr, r, HD, D,
                     ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr,
-                    ROWS: tl.constexpr, LOAD_STATE: tl.constexpr, WRITE_GRADS: tl.constexpr, STORE_STATE: tl.constexpr):
+                    ROWS: tl.constexpr, LOAD_STATE: tl.constexpr):
     """Reverse scan of the backward over one work item, last row first.
 
     ``U = sum_{i >= j} c_i f(x_i) exp(m_i - m_j)`` and ``W`` (with ``c_i o_i``) are held referenced to the
     current row's ``m_j`` (all factors ``<= 1``: ``m`` is non-increasing in ``i``), in the monomial basis
     (``U_n / c_n = sum c_i x_i^n ...``; the chunk sums ``u/w`` are internal and stay in it); the key side
-    evaluates them by Horner (``_horner2``). Starts from the sums
-    of the rows after the item, ``u/w_in[item]`` referenced to ``mr_in[item]`` (``LOAD_STATE``), or from
-    zero; writes ``dk, dv`` (``WRITE_GRADS``); stores the item's sums referenced to its first row's ``m``
-    (``STORE_STATE``). Grid as ``ea_fwd_scan``.
+    evaluates them by Horner (``_horner2``) for ``dk, dv``. Starts from the sums of the rows after the item,
+    ``u/w_in[item]`` referenced to ``mr_in[item]`` (``LOAD_STATE``: a chunk, its suffix from
+    ``ea_chunk_suffix`` over the sums ``ea_bwd_dx_scan`` stored), or from zero (a whole sequence).
+    Grid as ``ea_fwd_scan``.
     """
     item = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -372,11 +395,10 @@ def ea_bwd_rev_scan(q_ptr, k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, c_ptr, co_p
         CC = tl.load(c_ptr + toff, mask=tmask, other=0.0)
         CO = tl.load(co_ptr + toff, mask=tmask, other=0.0)
         MI = tl.load(mm_ptr + toff, mask=tmask, other=0.0)
-        if WRITE_GRADS:
-            Y = tl.load(k_ptr + toff, mask=tmask, other=0.0).to(tl.float32) * r
-            V = tl.load(v_ptr + toff, mask=tmask, other=0.0).to(tl.float32)
-            DY = tl.zeros([ROWS, BLOCK_C], tl.float32)
-            DV = tl.zeros([ROWS, BLOCK_C], tl.float32)
+        Y = tl.load(k_ptr + toff, mask=tmask, other=0.0).to(tl.float32) * r
+        V = tl.load(v_ptr + toff, mask=tmask, other=0.0).to(tl.float32)
+        DY = tl.zeros([ROWS, BLOCK_C], tl.float32)
+        DV = tl.zeros([ROWS, BLOCK_C], tl.float32)
         for i in tl.static_range(ROWS):
             valid = top - i >= start  # rows before the item change nothing: c = 0, reference kept
             mi = tl.where(valid, _row(MI, ridx, i), mref)
@@ -385,21 +407,15 @@ def ea_bwd_rev_scan(q_ptr, k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, c_ptr, co_p
             U = keep[None, :] * U + _row(CC, ridx, i)[None, :] * P
             W = keep[None, :] * W + _row(CO, ridx, i)[None, :] * P
             mref = mi
-            if WRITE_GRADS:
-                y = _row(Y, ridx, i)
-                v = _row(V, ridx, i)
-                e = tl.exp(mi - y * y)
-                pu, pw, hu, hw = _horner2(U, W, y, ORDER)
-                DV = _put(DV, ridx, i, e * pu)
-                # sum_n f_n'(y) U_n = 2 h_U, and d/dy exp(-y^2) brings -2y p_U
-                DY = _put(DY, ridx, i, 2.0 * e * (v * (hu - y * pu) - (hw - y * pw)))
-        if WRITE_GRADS:
-            tl.store(dk_ptr + toff, (DY * r).to(dk_ptr.dtype.element_ty), mask=tmask)
-            tl.store(dv_ptr + toff, DV.to(dv_ptr.dtype.element_ty), mask=tmask)
-    if STORE_STATE:
-        tl.store(u_out_ptr + soff, U, mask=smask)
-        tl.store(w_out_ptr + soff, W, mask=smask)
-        tl.store(mr_out_ptr + moff, mref, mask=cm)
+            y = _row(Y, ridx, i)
+            v = _row(V, ridx, i)
+            e = tl.exp(mi - y * y)
+            pu, pw, hu, hw = _horner2(U, W, y, ORDER)
+            DV = _put(DV, ridx, i, e * pu)
+            # sum_n f_n'(y) U_n = 2 h_U, and d/dy exp(-y^2) brings -2y p_U
+            DY = _put(DY, ridx, i, 2.0 * e * (v * (hu - y * pu) - (hw - y * pw)))
+        tl.store(dk_ptr + toff, (DY * r).to(dk_ptr.dtype.element_ty), mask=tmask)
+        tl.store(dv_ptr + toff, DV.to(dv_ptr.dtype.element_ty), mask=tmask)
 
 
 @_kernel

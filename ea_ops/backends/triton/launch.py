@@ -26,16 +26,17 @@ PREFIX_INIT = dict(LOAD_INIT=True, WRITE_PREFIX=True, STORE_FINAL=False)
 PREFIX_INIT_FINAL = dict(LOAD_INIT=True, WRITE_PREFIX=True, STORE_FINAL=True)
 # the total only: non-causal sums over the whole sequence, and a group's own total (two-level prefix)
 PREFIX_TOTAL = dict(LOAD_INIT=False, WRITE_PREFIX=False, STORE_FINAL=True)
-REV_OWN = dict(LOAD_STATE=False, WRITE_GRADS=True, STORE_STATE=False)  # whole sequences
-REV_SUMS = dict(LOAD_STATE=False, WRITE_GRADS=False, STORE_STATE=True)  # a chunk's own reverse sums
-REV_GRADS = dict(LOAD_STATE=True, WRITE_GRADS=True, STORE_STATE=False)  # chunks, from the suffix
+DX_OWN = dict(STORE_REV=False)  # whole sequences
+DX_SUMS = dict(STORE_REV=True)  # chunks: also each chunk's own reverse sums
+REV_OWN = dict(LOAD_STATE=False)  # whole sequences
+REV_GRADS = dict(LOAD_STATE=True)  # chunks, from the suffix
 SUFFIX_OWN = dict(LOAD_INIT=False, WRITE_SUFFIX=True, STORE_TOTAL=False)  # a sequence's chunks, or its groups
 SUFFIX_TOTAL = dict(LOAD_INIT=False, WRITE_SUFFIX=False, STORE_TOTAL=True)  # a group's own total
 SUFFIX_FROM = dict(LOAD_INIT=True, WRITE_SUFFIX=True, STORE_TOTAL=False)  # a group's chunks, from the suffix
 LAUNCHES = (
     ("fwd_scan", SCAN_OUT), ("fwd_scan", SCAN_OUT_STATE), ("fwd_scan", SCAN_SUMS),
     ("chunk_prefix", PREFIX_INIT), ("chunk_prefix", PREFIX_INIT_FINAL), ("chunk_prefix", PREFIX_TOTAL),
-    ("bwd_dx_scan", {}), ("bwd_rev_scan", REV_OWN), ("bwd_rev_scan", REV_SUMS), ("bwd_rev_scan", REV_GRADS),
+    ("bwd_dx_scan", DX_OWN), ("bwd_dx_scan", DX_SUMS), ("bwd_rev_scan", REV_OWN), ("bwd_rev_scan", REV_GRADS),
     ("chunk_suffix", SUFFIX_OWN), ("chunk_suffix", SUFFIX_TOTAL), ("chunk_suffix", SUFFIX_FROM),
     ("nc_out", {}), ("nc_bwd_dx", {}), ("nc_bwd_dkdv", {}),
 )
@@ -219,16 +220,16 @@ def backward(q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: tuple[Tensor, Te
         return dq, dk, dv
     grid = _grid(plan.n_items, HD, config)
     if plan.chunk is None:
-        K.ea_bwd_dx_scan[grid](q, k, v, g, dq, plan.bounds, *state, cbuf, cobuf, mbuf, r, HD, D, **meta)
-        K.ea_bwd_rev_scan[grid](q, k, v, dk, dv, plan.bounds, cbuf, cobuf, mbuf, *state, *state, r, HD, D,
-                                **REV_OWN, **meta)
+        K.ea_bwd_dx_scan[grid](q, k, v, g, dq, plan.bounds, *state, cbuf, cobuf, mbuf, *state, r, HD, D,
+                               **DX_OWN, **meta)
+        K.ea_bwd_rev_scan[grid](q, k, v, dk, dv, plan.bounds, cbuf, cobuf, mbuf, *state, r, HD, D, **REV_OWN,
+                                **meta)
         return dq, dk, dv
     st = _chunk_states(k, v, plan, HD, D, r, meta, config, state, None)
-    K.ea_bwd_dx_scan[grid](q, k, v, g, dq, plan.bounds, *st, cbuf, cobuf, mbuf, r, HD, D, **meta)
     agg = _state_bufs(plan.n_items, H, t1, D, dev)  # reverse sums of each chunk, then suffixes, in place
-    K.ea_bwd_rev_scan[grid](q, k, v, dk, dv, plan.bounds, cbuf, cobuf, mbuf, *agg, *agg, r, HD, D,
-                            **REV_SUMS, **meta)
+    K.ea_bwd_dx_scan[grid](q, k, v, g, dq, plan.bounds, *st, cbuf, cobuf, mbuf, *agg, r, HD, D, **DX_SUMS,
+                           **meta)
     _chunk_suffix(agg, plan, HD, D, meta, config)
-    K.ea_bwd_rev_scan[grid](q, k, v, dk, dv, plan.bounds, cbuf, cobuf, mbuf, *agg, *agg, r, HD, D,
-                            **REV_GRADS, **meta)
+    K.ea_bwd_rev_scan[grid](q, k, v, dk, dv, plan.bounds, cbuf, cobuf, mbuf, *agg, r, HD, D, **REV_GRADS,
+                            **meta)
     return dq, dk, dv

@@ -129,6 +129,18 @@ def test_forced_and_default_configurations_are_what_runs(variant, monkeypatch):
     assert spy.calls == 1
 
 
+def test_a_chunked_backward_takes_the_chunk_reverse_sums_from_the_dx_scan(monkeypatch):
+    # one reverse scan (the gradients), not two: each chunk's own reverse sums come out of ea_bwd_dx_scan
+    spies = {name: _Counting(getattr(cuda_kernels, name)) for name in ("ea_bwd_dx_scan", "ea_bwd_rev_scan")}
+    for name, spy in spies.items():
+        monkeypatch.setattr(cuda_kernels, name, spy)
+    q, k, v = inputs((1, 40, 1, 2), torch.float32, seed=39)
+    q.requires_grad_()
+    with configs.forced({"variant": "chunked", "num_warps": 1, "chunk": 16}, "backward"):
+        ea_ops.ea_attention(q, k, v, order=2, backend="triton")[0].sum().backward()
+    assert (spies["ea_bwd_dx_scan"].calls, spies["ea_bwd_rev_scan"].calls) == (1, 1)
+
+
 def test_custom_op_opcheck():
     q, k, v = inputs((1, 6, 1, 2), torch.float32, seed=38)
     st = EAState.empty(1, 1, 2, 2)
