@@ -272,6 +272,14 @@ def cuda_key(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, 
     return (kernel, causal, order, dtype, H, D, arch, variant)
 
 
+def _checked_bytes(folder: Path, entry: dict, where: str) -> bytes:
+    """The bytes of a checked file, checked again as read (what is served to the loader is what was hashed)."""
+    data = _checked_file(folder, entry, where).read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise _fail(folder, f"{where}: {entry['path']} changed while it was read")
+    return data
+
+
 def _load_cuda_entry(folder: Path, k: dict, where: str):
     """The runtime module of a CUDA kernel entry: its library (host code + CUDA module) with the cubin built
     from its source served to TVM's loader (``cuda_runtime``): nothing is compiled."""
@@ -283,8 +291,7 @@ def _load_cuda_entry(folder: Path, k: dict, where: str):
             why = " (the pack was built without nvcc)" if role == "cubin" else ""
             raise _fail(folder, f"{where} has no {role} file{why}: loading it would need a CUDA compiler")
     lib_path = _checked_file(folder, files["library"], where)
-    source = _checked_file(folder, files["source"], where).read_bytes()
-    cubin = _checked_file(folder, files["cubin"], where).read_bytes()
+    source, cubin = (_checked_bytes(folder, files[role], where) for role in ("source", "cubin"))
     try:
         return cuda_runtime.load_module(str(lib_path), {cuda_runtime.source_sha256(source): cubin})
     except cuda_runtime.CudaRuntimeError as exc:
