@@ -34,4 +34,4 @@ def load_kernels(folder: str | os.PathLike) -> dict:
 
 def _name(kernel: str, causal: bool, order: int, dtype: str, H: int, D: int, *cuda: str) -> str:
     """``forward-causal-t6-float32-H8D64``; a CUDA kernel adds its arch and variant (``-sm_90-chunked``)."""
-    return "-".join([kernel, "causal" if causal else "full", f"t{order}", dtype, f"H{H}D{D}", *cuda])
+    return "-".join([kernel, "causal" if causal else "full", f"t{order}", dtype, f"H{H}D{D}", *map(str, cuda)])
