@@ -105,9 +105,15 @@ def _absorb(M, N, m, y, v, valid, T1P: tl.constexpr, ORDER: tl.constexpr):
     changes nothing (weight 0, ``m`` kept). Returns ``M, N, m``."""
     y2 = y * y
     mn = tl.where(valid, tl.minimum(m, y2), m)
-    keep = _rebase(mn, m)
+    # One exp serves both factors: with d = m - y^2, a new minimum (d > 0) rescales the state by exp(-d) and
+    # weighs the key 1; otherwise the state is kept and the key weighs exp(d). Equal to exp(mn - m) and
+    # exp(mn - y^2) everywhere, inf and NaN included (m = y^2 = inf: d is NaN, the weight NaN, as exp(inf - inf)).
+    d = m - y2
+    e = tl.exp(-tl.abs(d))
+    drop = d > 0.0
+    keep = tl.where(drop & valid, e, 1.0)
     # a select, not a multiply by the mask (inf * 0 = NaN past the item once m > 88.7)
-    w = tl.where(valid, tl.exp(mn - y2), 0.0)
+    w = tl.where(valid, tl.where(drop, 1.0, e), 0.0)
     P = _powers(y, T1P, ORDER)
     M = keep[None, :] * M + (w * v)[None, :] * P
     N = keep[None, :] * N + w[None, :] * P
