@@ -31,13 +31,33 @@ settings.register_profile("thorough", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection: start only the children that will be waited for
 def pytest_collection_modifyitems(config, items):
+    if not config.option.collectonly:
+        _interpreter_runs_in_the_background(items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def _interpreter_runs_in_the_background(items) -> None:
+    """The Triton interpreter's child runs (tests/ea_ops/test_triton_interp.py) start now, beside the rest of
+    the suite, and their tests move to the end, where they wait for them."""
+    mine = [it for it in items if it.path.name == "test_triton_interp.py"]
+    if not mine:
+        return
+    items[:] = [it for it in items if it.path.name != "test_triton_interp.py"] + mine
+    mine[0].module.start([it.callspec.params["module"] for it in mine])
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for item in getattr(session, "items", []):
+        if item.path.name == "test_triton_interp.py":
+            item.module.stop()
+            return
 
 
 @pytest.fixture
