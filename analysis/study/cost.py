@@ -1,5 +1,6 @@
 """Part 3: cost beside quality. Training step time and greedy decode tokens/s of each model, measured one after
-the other in one process on the same shapes (only the ratios between them mean much: the machine is shared)."""
+the other in one process on the same shapes, taking turns (only the ratios between them mean much: the machine is
+shared)."""
 
 from __future__ import annotations
 
@@ -16,61 +17,73 @@ from .presets import StudyConfig
 from .tasks import vocab_size
 
 
-def _median_ms(fn: Callable[[], None], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(ts)
-
-
-def train_step_ms(cfg: StudyConfig, model: str, seq_len: int) -> float:
-    """Median wall time (ms) of one Adam step at ``[cfg.batch, seq_len]``."""
+def _nets(cfg: StudyConfig, max_len: int) -> dict[str, TinyLM]:
     V = vocab_size(cfg.num_keys, cfg.num_values)
-    torch.manual_seed(0)
-    net = TinyLM(model, V, cfg.hidden, cfg.heads, cfg.layers, seq_len, backend=cfg.backend)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x = torch.randint(0, V, (cfg.batch, seq_len), generator=torch.Generator().manual_seed(0))
+    out = {}
+    for m in cfg.models:
+        torch.manual_seed(0)
+        out[m] = TinyLM(m, V, cfg.hidden, cfg.heads, cfg.layers, max_len, backend=cfg.backend)
+    return out
 
-    def step() -> None:
-        loss = F.cross_entropy(net(x).flatten(0, 1), x.flatten())
-        opt.zero_grad(set_to_none=True)
+
+def train_step_ms(cfg: StudyConfig, seq_len: int, warmup: int = 2) -> dict[str, float]:
+    """Median wall time (ms) of one Adam step at ``[cfg.batch, seq_len]`` per model. The models take turns, one
+    step each per round for ``cfg.cost_steps`` rounds, so that a change of the machine's load touches them all."""
+    nets = _nets(cfg, seq_len)
+    opts = {m: torch.optim.Adam(n.parameters(), lr=1e-3) for m, n in nets.items()}
+    x = torch.randint(0, nets[cfg.models[0]].start, (cfg.batch, seq_len), generator=torch.Generator().manual_seed(0))
+
+    def step(m: str) -> None:
+        loss = F.cross_entropy(nets[m](x).flatten(0, 1), x.flatten())
+        opts[m].zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        opts[m].step()
 
-    return _median_ms(step, cfg.cost_steps)
+    times: dict[str, list[float]] = {m: [] for m in nets}
+    for r in range(warmup + cfg.cost_steps):
+        for m in nets:
+            t0 = time.perf_counter()
+            step(m)
+            if r >= warmup:
+                times[m].append(time.perf_counter() - t0)
+    return {m: 1000 * statistics.median(t) for m, t in times.items()}
 
 
 @torch.no_grad()
-def decode_tokens_per_s(cfg: StudyConfig, model: str, context: int, max_len: int) -> float:
-    """Greedy decoding, batch 1: tokens/s of ``cfg.cost_decode_tokens`` steps after ``context`` steps already in
-    the cache (softmax and exact EA: a KV cache; linear attention and EA-t: a fixed-size state)."""
-    V = vocab_size(cfg.num_keys, cfg.num_values)
-    torch.manual_seed(0)
-    net = TinyLM(model, V, cfg.hidden, cfg.heads, cfg.layers, max_len, backend=cfg.backend).eval()
-    caches: list = [None] * cfg.layers
-    tok, prev = torch.zeros(1, dtype=torch.int64), torch.full((1,), net.start)
-    for pos in range(context):
-        logits, caches = net.step(tok, prev, pos, caches)
-        prev, tok = tok, logits.argmax(-1)
-    t0 = time.perf_counter()
-    for pos in range(context, context + cfg.cost_decode_tokens):
-        logits, caches = net.step(tok, prev, pos, caches)
-        prev, tok = tok, logits.argmax(-1)
-    return cfg.cost_decode_tokens / (time.perf_counter() - t0)
+def decode_tokens_per_s(cfg: StudyConfig, context: int, max_len: int, rounds: int = 4) -> dict[str, float]:
+    """Greedy decoding, batch 1, per model: tokens/s of ``cfg.cost_decode_tokens`` steps after ``context`` steps
+    already in the cache (softmax and exact EA: a KV cache; linear attention and EA-t: a fixed-size state). The
+    models take turns in ``rounds`` slices of the timed tokens; the median slice rate counts."""
+    nets = {m: n.eval() for m, n in _nets(cfg, max_len).items()}
+    run = {}
+    for m, net in nets.items():
+        caches: list = [None] * cfg.layers
+        tok, prev = torch.zeros(1, dtype=torch.int64), torch.full((1,), net.start)
+        for pos in range(context):
+            logits, caches = net.step(tok, prev, pos, caches)
+            prev, tok = tok, logits.argmax(-1)
+        run[m] = [tok, prev, context, caches]
+    per = max(1, cfg.cost_decode_tokens // rounds)
+    rates: dict[str, list[float]] = {m: [] for m in nets}
+    for _ in range(rounds):
+        for m, net in nets.items():
+            tok, prev, pos, caches = run[m]
+            t0 = time.perf_counter()
+            for _ in range(per):
+                logits, caches = net.step(tok, prev, pos, caches)
+                prev, tok, pos = tok, logits.argmax(-1), pos + 1
+            rates[m].append(per / (time.perf_counter() - t0))
+            run[m] = [tok, prev, pos, caches]
+    return {m: statistics.median(r) for m, r in rates.items()}
 
 
 def cost_table(cfg: StudyConfig, seq_len: int, max_len: int, tick: Callable[[], None] | None = None
                ) -> list[dict[str, Any]]:
     """One row per model: ``train_step_ms`` at ``seq_len`` and ``decode_tokens_per_s`` per context."""
-    rows = []
-    for m in cfg.models:
-        row = {"model": m, "seq_len": seq_len, "batch": cfg.batch, "train_step_ms": train_step_ms(cfg, m, seq_len),
-               "decode_tokens_per_s": {str(c): decode_tokens_per_s(cfg, m, c, max_len) for c in cfg.cost_contexts}}
-        rows.append(row)
-        if tick is not None:
-            tick()
+    step = train_step_ms(cfg, seq_len)
+    decode = {str(c): decode_tokens_per_s(cfg, c, max_len) for c in cfg.cost_contexts}
+    rows = [{"model": m, "seq_len": seq_len, "batch": cfg.batch, "train_step_ms": step[m],
+             "decode_tokens_per_s": {c: decode[c][m] for c in decode}} for m in cfg.models]
+    if tick is not None:
+        tick(len(rows))
     return rows

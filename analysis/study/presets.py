@@ -4,7 +4,7 @@ about 10 minutes on 2 cores, ``full`` about an hour)."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .models import MODELS
 from .tasks import TASKS
@@ -49,7 +49,6 @@ class StudyConfig:
     cost_steps: int = 10
     cost_decode_tokens: int = 128
     cost_contexts: tuple[int, ...] = (64, 512)
-    notes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -95,7 +94,7 @@ def validate(cfg: StudyConfig) -> None:
         raise ValueError(f"frontier_scales must be > 0, got {cfg.frontier_scales!r}")
 
 
-QUICK_MODELS = ("softmax", "linear", "ea-exact", "ea-2-rms", "ea-6-rms", "ea-6")
+QUICK_MODELS = ("softmax", "linear", "ea-exact", "ea-exact-rms", "ea-2-rms", "ea-6-rms", "ea-6")
 FULL_MODELS = ("softmax", "linear", "ea-exact", "ea-exact-rms", "ea-2-rms", "ea-6-rms", "ea-6", "ea-16")
 
 PRESETS: dict[str, StudyConfig] = {
