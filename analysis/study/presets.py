@@ -106,9 +106,10 @@ PRESETS: dict[str, StudyConfig] = {
                          frontier_channels=4, cost_steps=2, cost_decode_tokens=4, cost_contexts=(4,)),
     "quick": StudyConfig(models=QUICK_MODELS, seeds=(0, 1),
                          settings=(Setting("mqar", 32, 4), Setting("mqar", 32, 8), Setting("copy", 32, 8))),
-    # about an hour: estimate_seconds(PRESETS["full"], quick study) = 61 min from the quick preset's measured step
-    # times; the LR grid moves up one step, since no quick cell picked 1e-3 and most picked the grid's top
-    "full": StudyConfig(models=FULL_MODELS, lrs=(3e-3, 1e-2, 3e-2), seeds=(0, 1, 2),
+    # about an hour: estimate_seconds(PRESETS["full"], quick study) from the quick preset's measured step times;
+    # twice the steps (quick curves still rise at 300); the LR grid moves up one step, since no quick cell picked
+    # 1e-3 and most picked the grid's top
+    "full": StudyConfig(models=FULL_MODELS, lrs=(3e-3, 1e-2, 3e-2), seeds=(0, 1, 2), steps=600, eval_every=100,
                         settings=(Setting("mqar", 32, 8), Setting("mqar", 64, 16), Setting("copy", 32, 8),
                                   Setting("copy", 64, 16))),
 }
