@@ -12,7 +12,10 @@ from ea_ops.outdir import OutDirError, prepare_out_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ea-ops study", description=__doc__.splitlines()[0].strip("`"))
+    p = argparse.ArgumentParser(prog="ea-ops study",
+                                description="Evidence: the spikiness/accuracy frontier, recall and copying against "
+                                            "softmax and linear attention, and cost. Writes study.json, study.md, "
+                                            "frontier.png and curves.png into --out.")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--quick", action="store_true", help="the quick preset (about 10 minutes on 2 cores)")
     p.add_argument("--preset", choices=["smoke", "quick", "full"], help="a preset by name (default full)")
