@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .models import model_spec
-from .presets import StudyConfig
+from .presets import StudyConfig, cells
 from .train import runs_per_cell
 
 
@@ -28,14 +28,13 @@ def estimate_seconds(cfg: StudyConfig, study: dict[str, Any]) -> float:
     batch_ratio = cfg.batch / study["config"]["batch"]
     width_ratio = (cfg.hidden / study["config"]["hidden"]) ** 2
     total = 0.0
-    for s in cfg.settings:
-        for m in cfg.models:
-            known = [(T, v) for (mm, T), v in per.items() if mm == m]
-            if not known:
-                known = [max(((T, v) for (mm, T), v in per.items() if model_spec(mm).kind == "taylor"),
-                             key=lambda tv: tv[1])]
-            T0, v = max(known)
-            power = 2 if model_spec(m).kind in ("softmax", "exact") else 1
-            total += runs_per_cell(cfg) * cfg.steps * v * (s.seq_len / T0) ** power * batch_ratio \
-                * max(1.0, width_ratio)
+    for m, s in cells(cfg):
+        known = [(T, v) for (mm, T), v in per.items() if mm == m]
+        if not known:
+            known = [max(((T, v) for (mm, T), v in per.items() if model_spec(mm).kind == "taylor"),
+                         key=lambda tv: tv[1])]
+        T0, v = max(known)
+        power = 2 if model_spec(m).kind in ("softmax", "exact") else 1
+        total += runs_per_cell(cfg) * cfg.steps * v * (s.seq_len / T0) ** power * batch_ratio \
+            * max(1.0, width_ratio)
     return total

@@ -20,7 +20,7 @@ from . import output
 from .cost import cost_table
 from .frontier import frontier
 from .models import max_len_for
-from .presets import PRESETS, StudyConfig
+from .presets import PRESETS, StudyConfig, cells
 from .train import runs_per_cell, study_cell
 
 
@@ -70,8 +70,8 @@ def run_study(cfg: StudyConfig | str, out: str | os.PathLike | None = None, *, p
     study: dict[str, Any] = {"preset": preset, "date": datetime.date.today().isoformat(), "machine": machine(),
                              "ea_backend": ea_backend(cfg), "config": config_json(cfg), "frontier": [],
                              "results": [], "cost": [], "wall_seconds": 0.0, "timings": {}}
-    cells = [(m, s) for s in cfg.settings for m in cfg.models]
-    total = len(cells) * runs_per_cell(cfg) * cfg.steps + len(cfg.models) + 1
+    todo = cells(cfg)
+    total = len(todo) * runs_per_cell(cfg) * cfg.steps + len(cfg.models) + 1
     with Bar(total, "ea-ops study", disable=not progress, unit="step") as bar:
         bar.note("frontier")
         t = time.perf_counter()
@@ -80,7 +80,7 @@ def run_study(cfg: StudyConfig | str, out: str | os.PathLike | None = None, *, p
         study["timings"]["frontier_s"] = time.perf_counter() - t
         bar.update()
         t = time.perf_counter()
-        for m, s in cells:
+        for m, s in todo:
             bar.note(f"{m} on {s.name()}")
             study["results"].append(study_cell(cfg, m, s, tick=bar.update))
             if out_path is not None:

@@ -71,6 +71,7 @@ def test_frontier_properties():
     ({"models": ("softmax", "gru")}, "models"), ({"lrs": (0.0,)}, "lrs"), ({"seeds": (1, 1)}, "seeds"),
     ({"hidden": 10, "heads": 4}, "heads"), ({"settings": (Setting("mqar", 5, 2),)}, "seq_len"),
     ({"settings": (Setting("sort", 20, 2),)}, "task"), ({"steps": 0}, "steps"), ({"frontier_orders": (3,)}, "even"),
+    ({"exact_max_len": 0}, "exact_max_len"),
 ])
 def test_bad_config_names_the_field(kw, word):
     with pytest.raises(ValueError, match=word):
@@ -79,6 +80,23 @@ def test_bad_config_names_the_field(kw, word):
         run_study("huge")
     with pytest.raises(TypeError, match="cfg"):
         run_study(3)
+
+
+def test_exact_ea_trains_only_up_to_exact_max_len_and_the_estimate_counts_what_runs():
+    from analysis.study.estimate import estimate_seconds
+    from analysis.study.presets import cells
+
+    cfg = SMOKE.replace(models=("softmax", "ea-exact", "ea-2-rms"),
+                        settings=(Setting("mqar", 16, 2), Setting("mqar", 24, 2)))
+    assert len(cells(cfg)) == 6
+    short = cfg.replace(exact_max_len=16)
+    assert cells(short) == [(m, s) for s in cfg.settings for m in cfg.models if (m, s.seq_len) != ("ea-exact", 24)]
+    study = {"config": {"lrs": [3e-3], "seeds": [0], "steps": 30, "batch": 16, "hidden": 16},
+             "results": [{"model": m, "seq_len": 16, "train_seconds": 30 * t}
+                         for m, t in (("softmax", 1.0), ("ea-exact", 5.0), ("ea-2-rms", 1.0))]}
+    # the skipped cell is the exact model at T 24: 5 s a step, scaled by (24/16)^2, for 30 steps
+    assert estimate_seconds(cfg, study) - estimate_seconds(short, study) == pytest.approx(30 * 5.0 * 1.5 ** 2)
+    assert PRESETS["full"].exact_max_len == 32  # the full preset's exact EA stays at T 32 (an hour, not two)
 
 
 def test_cli_refuses_bad_arguments_by_name(tmp_path, capsys):
