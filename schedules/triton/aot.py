@@ -305,13 +305,27 @@ def _classify(op: str) -> str:
     return "int_other"
 
 
+def _loop_counts(body: list[str], rows_per_iteration: int) -> dict:
+    cls = {k: 0 for k in ("fp", "mem", "int_other", "control")}
+    for op in body:
+        cls[_classify(op)] += 1
+    return {"instructions": len(body), **cls, "barriers": sum(op == "BAR" for op in body),
+            "per_row": {"all": round(len(body) / rows_per_iteration, 2),
+                        "fp": round(cls["fp"] / rows_per_iteration, 2)}}
+
+
 def sass_counts(text: str, rows_per_iteration: int = 1) -> dict:
-    """Counts of the SASS in ``text``: instructions and ``BAR`` barriers of the whole kernel, and the body of
-    its main loop, the innermost loop (a backward branch to a label, no other loop inside) with the most
-    instructions, by class and per row (``rows_per_iteration`` rows a trip; ``ROWS`` for the row loops).
+    """Counts of the SASS in ``text``: instructions and ``BAR`` barriers of the whole kernel, and the bodies of
+    its innermost loops (a backward branch to a label, no other loop inside) of more than one instruction, in
+    address order, by class and per row (``rows_per_iteration`` rows a trip; ``ROWS`` for the row loops).
+
+    The *main* loop is the first of them: every kernel has one row (or chunk) loop, and the forward scan's
+    block-form loop comes before the exact rescan that runs only after a large fall of the minimum
+    (``ea_fwd_scan``), which is ``loops[1]`` there.
 
     Returns ``{"instructions", "barriers", "loop": {"instructions", "fp", "mem", "int_other", "control",
-    "per_row": {"all", "fp"}}}`` (``loop`` None for a kernel without a loop).
+    "barriers", "per_row": {"all", "fp"}}, "loops": [...]}`` (``loop`` None, ``loops`` empty, for a kernel
+    without a loop).
     """
     ops: list[str] = []
     labels: dict[str, int] = {}
@@ -330,19 +344,12 @@ def sass_counts(text: str, rows_per_iteration: int = 1) -> dict:
             if tgt:
                 branches.append((len(ops), tgt.group(1)))
         ops.append(op)
-    loops = [(labels[t], i) for i, t in branches if t in labels and labels[t] <= i]
-    inner = [(a, b) for a, b in loops if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in loops)]
-    out = {"instructions": len(ops), "barriers": sum(op == "BAR" for op in ops), "loop": None}
-    if inner:
-        a, b = max(inner, key=lambda ab: ab[1] - ab[0])
-        body = ops[a:b + 1]
-        cls = {k: 0 for k in ("fp", "mem", "int_other", "control")}
-        for op in body:
-            cls[_classify(op)] += 1
-        out["loop"] = {"instructions": len(body), **cls,
-                       "per_row": {"all": round(len(body) / rows_per_iteration, 2),
-                                   "fp": round(cls["fp"] / rows_per_iteration, 2)}}
-    return out
+    # a branch to itself (the trap after EXIT) is no loop
+    loops = [(labels[t], i) for i, t in branches if t in labels and labels[t] < i]
+    inner = sorted((a, b) for a, b in loops if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in loops))
+    found = [_loop_counts(ops[a:b + 1], rows_per_iteration) for a, b in inner]
+    return {"instructions": len(ops), "barriers": sum(op == "BAR" for op in ops),
+            "loop": found[0] if found else None, "loops": found}
 
 
 # ------------------------------------------------------------------------------------------- the table

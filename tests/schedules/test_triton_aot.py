@@ -126,10 +126,16 @@ def test_shipped_builds_compile_without_spills(arch):
         ptx = ck.asm["ptx"]
         assert f".target sm_{arch}" in ptx, b.name
         use = aot.resource_usage(ck.asm["cubin"])
-        use["barriers"] = aot.sass_counts(aot.sass(ck.asm["cubin"]))["barriers"]
-        # spills go to local memory through the stack frame; shared memory (and the barriers around it)
-        # would mean a layout conversion in every row (the kernels keep the Taylor index inside one thread)
-        if use["local"] or use["stack"] or use["shared"] or use["barriers"] or use["registers"] > 255:
+        counts = aot.sass_counts(aot.sass(ck.asm["cubin"]))
+        use["barriers"] = counts["barriers"]
+        use["loop_barriers"] = sum(lp["barriers"] for lp in counts["loops"])
+        # spills go to local memory through the stack frame; shared memory with barriers in a loop would mean a
+        # layout conversion in every row (the kernels keep the Taylor index inside one thread). The one
+        # exception: the forward scan with outputs reduces, once, after its row loop, whether any channel's
+        # minimum fell too far for the block form (scratch for the warps' partial results, one barrier).
+        once = b.kernel == "fwd_scan" and dict(b.flags)["WRITE_O"] and b.num_warps > 1
+        if (use["local"] or use["stack"] or use["loop_barriers"] or use["registers"] > 255
+                or (use["shared"] > (1024 if once else 0)) or use["barriers"] > (1 if once else 0)):
             problems.append((b.name, use))
     assert not problems, problems
 
@@ -165,10 +171,13 @@ SASS = """
 def test_sass_counts_on_a_known_listing():
     got = aot.sass_counts(SASS, rows_per_iteration=2)
     assert got["instructions"] == 11 and got["barriers"] == 1
-    # both loops are innermost; the larger (.L_x_0, 6 instructions) is the main one
-    assert got["loop"] == {"instructions": 6, "fp": 2, "mem": 1, "int_other": 1, "control": 2,
+    # both loops are innermost; the first (.L_x_0, 6 instructions) is the main one
+    assert got["loop"] == {"instructions": 6, "fp": 2, "mem": 1, "int_other": 1, "control": 2, "barriers": 1,
                            "per_row": {"all": 3.0, "fp": 1.0}}
-    assert aot.sass_counts("        /*0000*/                   EXIT ;")["loop"] is None
+    assert [lp["instructions"] for lp in got["loops"]] == [6, 2]
+    assert got["loops"][1]["fp"] == 1 and got["loops"][1]["barriers"] == 0
+    none = aot.sass_counts("        /*0000*/                   EXIT ;")
+    assert none["loop"] is None and none["loops"] == []
 
 
 def test_sass_counts_of_the_forward_scan():
@@ -215,11 +224,13 @@ def test_build_of_a_compiled_kernel_names_its_build():
 
 
 # FP instructions per (row, channel) in the main loop at order 6 (bf16, 4 warps, sm_90), docs/triton_builds.md:
-# measured 71.75 / 89.75 / 83 with the monomial basis, Horner and one exp per key (113 / 156 / 140 with the
-# feature basis, 76 / 94 with two exps); the bounds leave 5% for another ptxas, and fail on the old forms. The
-# chunked backward's dx scan also sums each chunk's reverse sums (119.5, in place of a 41-instruction pass).
-FP_PER_ROW = {("fwd_scan", "SCAN_OUT"): 75.5, ("bwd_dx_scan", "DX_OWN"): 94, ("bwd_rev_scan", "REV_OWN"): 88,
-              ("bwd_dx_scan", "DX_SUMS"): 125.5}
+# the forward's block form measured 56.25 with outputs (the issue's goal: at most 60; the per-row form was
+# 71.75) and 30 for a chunk's own sums (45.25); the backward 89.75 / 83 with the monomial basis, Horner and one
+# exp per key (156 / 140 with the feature basis, 94 with two exps). The bounds leave 5% for another ptxas (the
+# forward's is the goal itself) and fail on the old forms. The chunked backward's dx scan also sums each
+# chunk's reverse sums (119.5, in place of a 41-instruction pass).
+FP_PER_ROW = {("fwd_scan", "SCAN_OUT"): 60, ("fwd_scan", "SCAN_SUMS"): 31.5, ("bwd_dx_scan", "DX_OWN"): 94,
+              ("bwd_rev_scan", "REV_OWN"): 88, ("bwd_dx_scan", "DX_SUMS"): 125.5}
 
 
 @pytest.mark.parametrize("kernel, flags", sorted(FP_PER_ROW, key=str))
@@ -230,3 +241,16 @@ def test_fp_instructions_per_element(kernel, flags):
     b = next(x for x in aot.builds_for([6], ["bfloat16"], [4], [90]) if x.kernel == kernel and x.flags == want)
     got = aot.build_profile(b)["loop"]["per_row"]["fp"]
     assert got <= FP_PER_ROW[(kernel, flags)], (b.name, got)
+
+
+def test_the_forward_scans_block_loop_comes_before_its_exact_rescan():
+    """The forward scan with outputs has two row loops: the block form (the main one, counted above) and the
+    exact per-row rescan that runs after a large fall of the minimum, which rescales the state every row."""
+    from ea_ops.backends.triton import launch
+
+    flags = tuple(sorted(launch.SCAN_OUT.items()))
+    b = next(x for x in aot.builds_for([6], ["bfloat16"], [4], [90]) if x.kernel == "fwd_scan" and x.flags == flags)
+    loops = aot.build_profile(b)["loops"]
+    assert len(loops) == 2
+    block, rescan = (lp["per_row"]["fp"] for lp in loops)
+    assert block <= 60 < rescan  # the rescan's 14 more multiplies a row: the state rescaled to each row's minimum

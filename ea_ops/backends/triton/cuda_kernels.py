@@ -169,6 +169,75 @@ def _query_grad(x, g, M, N, ORDER: tl.constexpr):
     return 2.0 * c * (hm - o * hn), c, o
 
 
+# The block form's limit on the fall of the running minimum inside one block (natural-log units): the rows
+# before the fall see their sums scaled by at least exp(-DROP_MAX) = 1.1e-7, which costs nothing above
+# float32's normal range; beyond it the program rescans exactly (``ea_fwd_scan``).
+DROP_MAX = tl.constexpr(16.0)
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _fwd_rows_exact(q_ptr, k_ptr, v_ptr, o_ptr, S, Z, m, blk, end, c, cm, r, HD,
+                    ORDER: tl.constexpr, T1P: tl.constexpr, ROWS: tl.constexpr, WRITE_O: tl.constexpr):
+    """Rows ``blk .. min(blk + ROWS, end)`` into the state, each rescaling it to its own running minimum
+    (``_absorb``), with their outputs (``WRITE_O``). Returns ``S, Z, m``."""
+    ridx = tl.arange(0, ROWS)
+    # ROWS rows' loads are issued together: memory latency overlaps the sequential scan
+    toff = tl.cast(blk, tl.int64) * HD + ridx[:, None] * HD + c[None, :]
+    tmask = ((blk + ridx) < end)[:, None] & cm[None, :]
+    Y = tl.load(k_ptr + toff, mask=tmask, other=0.0).to(tl.float32) * r
+    V = tl.load(v_ptr + toff, mask=tmask, other=0.0).to(tl.float32)
+    if WRITE_O:
+        X = tl.load(q_ptr + toff, mask=tmask, other=0.0).to(tl.float32) * r
+        O = tl.zeros([ROWS, c.shape[0]], tl.float32)
+    for i in tl.static_range(ROWS):
+        S, Z, m = _absorb(S, Z, m, _row(Y, ridx, i), _row(V, ridx, i), blk + i < end, T1P, ORDER)
+        if WRITE_O:
+            O = _put(O, ridx, i, _ratio_horner(S, Z, _row(X, ridx, i), ORDER))
+    if WRITE_O:
+        tl.store(o_ptr + toff, O.to(o_ptr.dtype.element_ty), mask=tmask)
+    return S, Z, m
+
+
+@triton.jit
+def _fwd_rows_block(q_ptr, k_ptr, v_ptr, o_ptr, S, Z, m, worst, blk, c, cm, r, HD,
+                    ORDER: tl.constexpr, T1P: tl.constexpr, ROWS: tl.constexpr, WRITE_O: tl.constexpr):
+    """The ROWS rows from ``blk`` (all inside the item) against one reference, the block's minimum ``mb``:
+    the state is rescaled once, to ``mb``, and every key weighs ``exp(mb - y^2) <= 1`` (the CPU's block
+    stabilisation). Row ``i``'s sums are then its exact ones times ``exp(mb - m_i)``, which cancels in
+    its ratio; ``worst`` keeps the largest ``m_0 - mb``, the smallest of those factors. Returns
+    ``S, Z, mb, worst``."""
+    ridx = tl.arange(0, ROWS)
+    toff = tl.cast(blk, tl.int64) * HD + ridx[:, None] * HD + c[None, :]
+    tmask = (ridx >= 0)[:, None] & cm[None, :]
+    Y = tl.load(k_ptr + toff, mask=tmask, other=0.0).to(tl.float32) * r
+    V = tl.load(v_ptr + toff, mask=tmask, other=0.0).to(tl.float32)
+    Y2 = Y * Y
+    m0 = tl.minimum(m, _row(Y2, ridx, 0))
+    mb = m0
+    for i in tl.static_range(1, ROWS):
+        mb = tl.minimum(mb, _row(Y2, ridx, i))
+    keep = _rebase(mb, m)
+    S = keep[None, :] * S
+    Z = keep[None, :] * Z
+    if WRITE_O:
+        worst = tl.maximum(worst, m0 - mb)
+        X = tl.load(q_ptr + toff, mask=tmask, other=0.0).to(tl.float32) * r
+        O = tl.zeros([ROWS, c.shape[0]], tl.float32)
+    mb2 = mb * LOG2E
+    for i in tl.static_range(ROWS):
+        y = _row(Y, ridx, i)
+        w = tl.exp2(tl.fma(_row(Y2, ridx, i), -LOG2E, mb2))  # exp(mb - y^2): one FFMA where a FADD and FMUL were
+        P = _powers(y, T1P, ORDER)
+        S = S + (w * _row(V, ridx, i))[None, :] * P
+        Z = Z + w[None, :] * P
+        if WRITE_O:
+            O = _put(O, ridx, i, _ratio_horner(S, Z, _row(X, ridx, i), ORDER))
+    if WRITE_O:
+        tl.store(o_ptr + toff, O.to(o_ptr.dtype.element_ty), mask=tmask)
+    return S, Z, mb, worst
+
+
 @triton.jit
 def _item_rows(bounds_ptr, item):
     """Rows ``[start, end)`` of work item ``item``, as int64: the row loops step ``ROWS`` past ``end`` and
@@ -188,6 +257,19 @@ def _state_offsets(item, c, HD, D, T1: tl.constexpr, T1P: tl.constexpr):
     return off, n < T1
 
 
+@triton.jit
+def _load_state(s_ptr, z_ptr, m_ptr, item, c, cm, HD, D,
+                ORDER: tl.constexpr, T1: tl.constexpr, T1P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """State ``item`` for channels ``c`` in the monomial basis (``S / c_n``, ``Z / c_n``, ``m``)."""
+    soff, nm = _state_offsets(item, c, HD, D, T1, T1P)
+    smask = nm[:, None] & cm[None, :]
+    coef = _basis(T1P, ORDER, BLOCK_C)
+    S = tl.load(s_ptr + soff, mask=smask, other=0.0) / coef
+    Z = tl.load(z_ptr + soff, mask=smask, other=0.0) / coef
+    m = tl.load(m_ptr + tl.cast(item, tl.int64) * HD + c, mask=cm, other=float("inf"))
+    return S, Z, m
+
+
 # ------------------------------------------------------------------------------- causal forward scan
 @_kernel
 def ea_fwd_scan(q_ptr, k_ptr, v_ptr, o_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in_ptr,
@@ -203,35 +285,49 @@ def ea_fwd_scan(q_ptr, k_ptr, v_ptr, o_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < HD
     start, end = _item_rows(bounds_ptr, item)
-    coef = _basis(T1P, ORDER, BLOCK_C)  # the state is scanned in the monomial basis, S / c_n
-    soff, nm = _state_offsets(item, c, HD, D, T1, T1P)
-    smask = nm[:, None] & cm[None, :]
-    moff = tl.cast(item, tl.int64) * HD + c
-    if LOAD_STATE:
-        S = tl.load(s_in_ptr + soff, mask=smask, other=0.0) / coef
-        Z = tl.load(z_in_ptr + soff, mask=smask, other=0.0) / coef
-        m = tl.load(m_in_ptr + moff, mask=cm, other=float("inf"))
+    if LOAD_STATE:  # the state is scanned in the monomial basis, S / c_n
+        S, Z, m = _load_state(s_in_ptr, z_in_ptr, m_in_ptr, item, c, cm, HD, D, ORDER, T1, T1P, BLOCK_C)
     else:
         S = tl.zeros([T1P, BLOCK_C], tl.float32)
         Z = tl.zeros([T1P, BLOCK_C], tl.float32)
         m = tl.full([BLOCK_C], float("inf"), tl.float32)
-    ridx = tl.arange(0, ROWS)
-    for blk in range(start, end, ROWS):
-        # ROWS rows' loads are issued together: memory latency overlaps the sequential scan
-        toff = tl.cast(blk, tl.int64) * HD + ridx[:, None] * HD + c[None, :]
-        tmask = ((blk + ridx) < end)[:, None] & cm[None, :]
-        Y = tl.load(k_ptr + toff, mask=tmask, other=0.0).to(tl.float32) * r
-        V = tl.load(v_ptr + toff, mask=tmask, other=0.0).to(tl.float32)
-        if WRITE_O:
-            X = tl.load(q_ptr + toff, mask=tmask, other=0.0).to(tl.float32) * r
-            O = tl.zeros([ROWS, BLOCK_C], tl.float32)
-        for i in tl.static_range(ROWS):
-            S, Z, m = _absorb(S, Z, m, _row(Y, ridx, i), _row(V, ridx, i), blk + i < end, T1P, ORDER)
-            if WRITE_O:
-                O = _put(O, ridx, i, _ratio_horner(S, Z, _row(X, ridx, i), ORDER))
-        if WRITE_O:
-            tl.store(o_ptr + toff, O.to(o_ptr.dtype.element_ty), mask=tmask)
+    # The first ROWS rows and the last partial block take the exact per-row form (``_fwd_rows_exact``); the
+    # full blocks between them the block form (``_fwd_rows_block``), which rescales the state once per block.
+    # After the first block the running minimum is that of ROWS keys, so a later block can drop it by more
+    # than DROP_MAX only while it is still above DROP_MAX (large keys everywhere so far, or a loaded state).
+    head_end = tl.minimum(start + ROWS, end)
+    full_end = head_end + (end - head_end) // ROWS * ROWS
+    S, Z, m = _fwd_rows_exact(q_ptr, k_ptr, v_ptr, o_ptr, S, Z, m, start, end, c, cm, r, HD,
+                              ORDER, T1P, ROWS, WRITE_O)
+    worst = tl.zeros([BLOCK_C], tl.float32)
+    for blk in range(head_end, full_end, ROWS):
+        S, Z, m, worst = _fwd_rows_block(q_ptr, k_ptr, v_ptr, o_ptr, S, Z, m, worst, blk, c, cm, r, HD,
+                                         ORDER, T1P, ROWS, WRITE_O)
+    if full_end < end:
+        S, Z, m = _fwd_rows_exact(q_ptr, k_ptr, v_ptr, o_ptr, S, Z, m, full_end, end, c, cm, r, HD,
+                                  ORDER, T1P, ROWS, WRITE_O)
+    if WRITE_O:
+        # A block whose minimum fell by more than DROP_MAX left its earlier rows' sums scaled by less than
+        # exp(-DROP_MAX) (all of them 0 past a fall of about 87): the program scans its item again, exactly.
+        # The state the block form carries on is exact either way; only outputs need this.
+        if tl.max(worst, axis=0) > DROP_MAX:
+            if LOAD_STATE:
+                S, Z, m = _load_state(s_in_ptr, z_in_ptr, m_in_ptr, tl.where(start <= end, item, 0), c, cm, HD, D,
+                                      ORDER, T1, T1P, BLOCK_C)
+            else:
+                S = tl.zeros([T1P, BLOCK_C], tl.float32)
+                Z = tl.zeros([T1P, BLOCK_C], tl.float32)
+                m = tl.full([BLOCK_C], float("inf"), tl.float32)
+            for blk in range(start, end, ROWS):
+                S, Z, m = _fwd_rows_exact(q_ptr, k_ptr, v_ptr, o_ptr, S, Z, m, blk, end, c, cm, r, HD,
+                                          ORDER, T1P, ROWS, WRITE_O)
     if STORE_STATE:
+        # offsets and coefficients again, from an index the compiler cannot equate with ``item`` (kept from
+        # the start, they held about 30 more registers through the row loops)
+        again = tl.where(start <= end, item, 0)
+        coef = _basis(T1P, ORDER, BLOCK_C)
+        soff, nm = _state_offsets(again, c, HD, D, T1, T1P)
+        smask = nm[:, None] & cm[None, :]
         S = S * coef
         Z = Z * coef
         if LOAD_STATE:  # an item without rows hands its state on bit for bit (S / c * c is not S)
@@ -239,7 +335,7 @@ def ea_fwd_scan(q_ptr, k_ptr, v_ptr, o_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in
             Z = tl.where(end <= start, tl.load(z_in_ptr + soff, mask=smask, other=0.0), Z)
         tl.store(s_out_ptr + soff, S, mask=smask)
         tl.store(z_out_ptr + soff, Z, mask=smask)
-        tl.store(m_out_ptr + moff, m, mask=cm)
+        tl.store(m_out_ptr + tl.cast(again, tl.int64) * HD + c, m, mask=cm)
 
 
 @_kernel
