@@ -371,3 +371,48 @@ def check_large_keys(backend: str, T: int, cu: list[int] | None, causal: bool, *
         for name, a, w in (("o_t", o32, o64), ("S_t", s32.S, s64.S), ("Z_t", s32.Z, s64.Z), ("m_t", s32.m, s64.m)):
             assert torch.isfinite(a).all(), f"{backend}: step {name} not finite"
             assert rel_err(a, w) < LARGE_TOL, f"{backend}: step {name} relative error {rel_err(a, w):.3g}"
+
+
+# ----------------------------------------------------------------------------- the minimum falling in a block
+FALLS = [8.0, 15.0, 40.0, 300.0]  # below and above the Triton block form's limit (DROP_MAX = 16); 300: exp = 0
+
+
+def falling_inputs(lengths, at: int, fall: float, *, H: int = 1, D: int = 3, seed: int = 21):
+    """``q, k, v, go`` of sequences of ``lengths`` (``[1, sum, H, D]``, ``cu_seqlens`` from them) whose keys
+    sit at ``y^2`` about ``fall + 2`` (scale 1) until row ``at`` of each sequence, where the running minimum
+    falls to 2: the rows before ``at`` in the same block of a block-stabilised scan see their sums scaled by
+    ``exp(-fall)``."""
+    g = torch.Generator().manual_seed(seed)
+    T = sum(lengths)
+    q = torch.randn(1, T, H, D, generator=g) * 0.7
+    v, go = (torch.randn(1, T, H, D, generator=g) for _ in range(2))
+    k = (fall + 2.0) ** 0.5 + 0.01 * torch.randn(1, T, H, D, generator=g)
+    first = 0
+    for n in lengths:
+        k[:, first + at] = 2.0 ** 0.5
+        first += n
+    return q, k, v, go
+
+
+def check_minimum_falls(backend: str, lengths, at: int, fall: float, *, order: int = 6, H: int = 1,
+                        device: str = "cpu") -> dict:
+    """Outputs, final states and gradients of ``falling_inputs`` in float32 against the torch backend in
+    float64: finite and within ``LARGE_TOL`` (``dq, dk`` against their terms, as ``check_large_keys``).
+    ``H = 4`` on 2 threads gives TVM's blocked schedule (blocks of 64 steps). Returns the errors by name."""
+    q, k, v, go = falling_inputs(lengths, at, fall, H=H)
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    kw = dict(order=order, causal=True, cu=cu)
+    got = results(backend, torch.float32, q, k, v, go, device=device, **kw)
+    want = results("torch", torch.float64, q, k, v, go, **kw)
+    terms = (2 * torch.maximum(q.abs().max(), k.abs().max()) * go.abs().max() * v.abs().max()).item()
+    errs = {}
+    for name, w in want.items():
+        a = got[name]
+        assert torch.isfinite(a).all(), f"{backend}: {name} not finite (fall {fall}, lengths {lengths})"
+        errs[name] = (a.double() - w).abs().max().item() / terms if name in ("dq", "dk") else rel_err(a, w)
+        tol = LARGE_GRAD_TOL if name in ("dq", "dk") else LARGE_TOL
+        assert errs[name] < tol, f"{backend}: {name} error {errs[name]:.3g} (fall {fall}, lengths {lengths})"
+    return errs
+

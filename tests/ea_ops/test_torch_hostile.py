@@ -25,3 +25,9 @@ def test_large_keys_finite_and_as_float64(T, cu, causal, chunk):
     chunk at the end of every odd length."""
     with torch_chunks(chunk):
         HX.check_large_keys("torch", T, cu, causal)
+
+
+@pytest.mark.parametrize("fall", HX.FALLS)
+def test_the_minimum_falling_inside_a_block(fall):
+    HX.check_minimum_falls("torch", (100, 131), 70, fall)
+

@@ -178,6 +178,18 @@ def test_large_keys_at_tail_lengths(T, cu, causal, cfg):
         HX.check_large_keys("triton", T, cu, causal, device=DEV)
 
 
+@pytest.mark.parametrize("cfg", [CONFIGS[1], {"variant": "chunked", "num_warps": 4, "chunk": 8}], ids=_ids)
+@pytest.mark.parametrize("fall", [8.0, 15.0, 40.0, 100.0, 300.0])
+def test_the_minimum_falling_inside_a_block(fall, cfg):
+    """The block form of the forward on the GPU (exp2 flushes below 2^-126: a fall of 100 without the exact
+    rescan leaves the rows before it 0 / 0), H = 64 channels in one program."""
+    from ea_ops.backends.triton import configs
+    from tests.ea_ops import hostile as HX
+
+    with configs.forced(cfg):
+        HX.check_minimum_falls("triton", (100, 131), 70, fall, H=64, device=DEV)
+
+
 def _run_every_launch(dtype=torch.bfloat16, H=16, D=64):
     """Forward, backward (causal with state, non-causal) and the step at H*D = 1024: the JIT builds them."""
     from ea_ops.backends.triton import configs

@@ -91,3 +91,12 @@ def test_large_keys_through_the_block_stabilised_forward(T, cu, causal):
     """H = 4 heads: the default schedule is ``blocked`` (up to 4 threads), whose causal forward is stabilised
     per block of 64 steps; keys near 12 make every block fall back to the per-step form where it must."""
     HX.check_large_keys("tvm", T, cu, causal, H=4, order=6)
+
+
+@pytest.mark.parametrize("fall", HX.FALLS)
+@pytest.mark.parametrize("lengths, at", [((16, 19), 13), ((100, 131), 70)])
+def test_the_minimum_falling_inside_a_block(lengths, at, fall):
+    """H = 4 (the blocked schedule): row 70 is inside the second block of 64 steps; falls below and above what
+    a block's single reference can carry."""
+    HX.check_minimum_falls("tvm", lengths, at, fall, H=4)
+

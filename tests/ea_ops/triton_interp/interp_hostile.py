@@ -73,3 +73,18 @@ def test_large_keys_finite_and_as_float64(T, cu, cfg, causal):
     lengths) must not turn exp(m) = inf into NaN in the state."""
     with configs.forced(C.CONFIGS[cfg]):
         HX.check_large_keys("triton", T, cu, causal)
+
+
+# Row 13 is the second row of a block of the block form (rows 12..15, after the exact first block; with chunks
+# of 8, the second block of chunk 1); row 70 one of a later block, in the plain scan only (16 s a case here).
+FALL_CASES = ([("scan", (100, 131), 70, fall) for fall in (15.0, 300.0)]
+              + [(cfg, (16, 19), 13, fall) for cfg in ("scan", "chunk8") for fall in HX.FALLS])
+
+
+@pytest.mark.parametrize("cfg, lengths, at, fall", FALL_CASES)
+def test_the_minimum_falling_inside_a_block(cfg, lengths, at, fall):
+    """The forward's block form scales the rows before a fall by exp(-fall): up to DROP_MAX (16) it answers;
+    past it the program rescans exactly (without that, a fall of 300 leaves those rows 0 / 0: NaN)."""
+    with configs.forced(C.CONFIGS[cfg]):
+        HX.check_minimum_falls("triton", lengths, at, fall)
+

@@ -114,39 +114,6 @@ def test_varlen_with_empty_and_short_sequences(cfg, causal):
 
 
 
-def _keys_falling_at(lengths, at, fall, D, *, seed):
-    """``q, k, v`` of sequences of ``lengths`` (concatenated, ``[1, sum, 1, D]``) whose keys sit at ``y^2`` about
-    ``fall + 2`` until row ``at`` of each, where the minimum falls to 2 (``y^2``, scale 1)."""
-    g = torch.Generator().manual_seed(seed)
-    T = sum(lengths)
-    q = torch.randn(1, T, 1, D, generator=g) * 0.7
-    v = torch.randn(1, T, 1, D, generator=g)
-    k = (fall + 2.0) ** 0.5 + 0.01 * torch.randn(1, T, 1, D, generator=g)
-    first = 0
-    for n in lengths:
-        k[:, first + at] = 2.0 ** 0.5
-        first += n
-    return q, k, v
-
-
-@pytest.mark.parametrize("fall", [8.0, 15.0, 40.0, 300.0])
-@pytest.mark.parametrize("cfg", ["scan", "chunk8"])
-def test_the_minimum_falling_inside_a_block(cfg, fall):
-    """Row 13 of each sequence is the second row of a block of the block form (rows 12..15, after the exact
-    first block; with chunks of 8 the second block of chunk 1). Its key lowers the running minimum by ``fall``:
-    up to DROP_MAX (16) the block form answers, with row 12's sums scaled by exp(-fall); past it the program
-    rescans exactly (without that, a fall of 300 leaves row 12 with 0 / 0). Sequences of 16 and 19 rows
-    (a partial last block), outputs and final states."""
-    lengths = (16, 19)
-    segments = [(0, 16), (16, 35)]
-    q, k, v = _keys_falling_at(lengths, 13, fall, 3, seed=21)
-    init = EAState.empty(len(lengths), 1, 3, 6)
-    o, fin = launch.forward(q, k, v, _st(init), order=6, causal=True, scale=1.0, segments=segments,
-                            want_state=True, config=C.CONFIGS[cfg])
-    ref, ref_st, _ = C.ref_forward(q, k, v, order=6, causal=True, scale=1.0, state=init, segments=segments)
-    assert C.rel(o, ref) < C.TOL[torch.float32]
-    assert C.state_rel(fin, ref_st) < C.TOL[torch.float32]
-
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_step_matches_reference_step(dtype):
     B, H, D, order = 3, 2, 5, 6
