@@ -264,3 +264,23 @@ def test_fingerprint_names_gpu_capability_triton_and_source():
     assert records.check_name(fp, "fingerprint") == fp
     assert fingerprint_of({**desc, "name": "NVIDIA H100"}) != fp
     assert len(source_hash()) == 12
+
+
+def test_the_rescan_emulation_applies_the_kernels_rule():
+    """scripts/triton_block_rescans.py (the shares in docs/triton_builds.md) flags a lane whose minimum falls by
+    more than DROP_MAX inside a full block after the first, and no other."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "triton_block_rescans.py"
+    spec = importlib.util.spec_from_file_location("triton_block_rescans", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows, drop = mod.ROWS, mod.DROP_MAX
+    T = 5 * rows
+    y2 = torch.full((T, 4), drop + 10.0)
+    y2[rows + 1, 0] = 1.0  # lane 0: falls by drop + 9 at a block's second row -> rescans
+    y2[rows + 1, 1] = 11.0  # lane 1: falls by drop - 1 -> no
+    y2[1, 2] = 1.0  # lane 2: the same fall as lane 0 inside the first block (exact) -> no
+    y2[rows, 3] = 1.0  # lane 3: at a block's first row, the reference of the rows after it -> no
+    assert mod.rescans(y2.sqrt()).tolist() == [True, False, False, False]
+    assert mod.main(["--T", "64", "--lanes", "8"]) == 0

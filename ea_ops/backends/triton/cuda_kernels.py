@@ -61,10 +61,32 @@ def _feats(x, a, b):
     return tl.cumprod(a[:, None] + b[:, None] * x[None, :], axis=0)
 
 
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _exp(x):
+    """``exp(x)`` as ``ex2.approx.ftz`` of ``x log2 e`` (what ``tl.exp2`` emits): ``tl.exp`` emits the non-flushing
+    ``ex2.approx.f32``, which ptxas wraps in 3 more instructions for results under 2^-126. The kernels take
+    ``exp`` of arguments <= 0 only, where such a result is a weight next to the largest one, 1, and flushing it
+    to 0 changes no float32 sum."""
+    return tl.exp2(x * LOG2E)
+
+
+@triton.jit
+def _div_pos(a, r):
+    """``a / b`` for ``b > 0`` given ``r = rsqrt(b)`` (``rsqrt.approx.ftz``: one ``MUFU.RSQ``, shared by the
+    divisions by one ``b``), as ``(a r) r``, about 4 ulp: ``div.full.f32`` costs a ``MUFU.RCP`` and 7 more
+    instructions of range handling per division. ``a r`` first, so ``r^2`` never goes subnormal for a large
+    ``b``. The denominators here are the stabilised sums ``sum_j w_j P_t(2 x y_j)``: every weight ``<= 1`` and one
+    of them 1 (at least ``exp(-DROP_MAX)`` in the block form), and ``P_t > 0`` for even ``t``, so ``b`` is far
+    from 0 and from float32's limits unless an input is."""
+    return (a * r) * r
+
 @triton.jit
 def _rebase(m_to, m_from):
     """``exp(m_to - m_from)``, and 1 where both are equal (also ``inf == inf``, never ``exp(nan)``)."""
-    return tl.where(m_to == m_from, 1.0, tl.exp(m_to - m_from))
+    return tl.where(m_to == m_from, 1.0, _exp(m_to - m_from))
 
 
 @triton.jit
@@ -109,7 +131,7 @@ def _absorb(M, N, m, y, v, valid, T1P: tl.constexpr, ORDER: tl.constexpr):
     # weighs the key 1; otherwise the state is kept and the key weighs exp(d). Equal to exp(mn - m) and
     # exp(mn - y^2) everywhere, inf and NaN included (m = y^2 = inf: d is NaN, the weight NaN, as exp(inf - inf)).
     d = m - y2
-    e = tl.exp(-tl.abs(d))
+    e = _exp(-tl.abs(d))
     drop = d > 0.0
     keep = tl.where(drop & valid, e, 1.0)
     # a select, not a multiply by the mask (inf * 0 = NaN past the item once m > 88.7)
@@ -124,7 +146,7 @@ def _absorb(M, N, m, y, v, valid, T1P: tl.constexpr, ORDER: tl.constexpr):
 def _ratio_horner(M, N, x, ORDER: tl.constexpr):
     """``o = sum_n a_n x^n M_n / sum_n a_n x^n N_n`` with ``a_n = 2^n/n!`` folded into Horner's steps
     (``a_n x^n = prod_{k<=n} 2x/k``): one multiply by a constant and two FMAs per order. The division is
-    ``div.full.f32`` (2 ulp; the denominator is at least ``min P_t`` times the largest weight, 1 here)."""
+    ``_div_pos`` (the denominator is at least ``min P_t`` times the largest weight)."""
     n = tl.arange(0, M.shape[0])
     num = _row(M, n, ORDER)
     den = _row(N, n, ORDER)
@@ -132,7 +154,7 @@ def _ratio_horner(M, N, x, ORDER: tl.constexpr):
         t = x * (2.0 / (ORDER - j))
         num = _row(M, n, ORDER - 1 - j) + t * num
         den = _row(N, n, ORDER - 1 - j) + t * den
-    return tl.fdiv(num, den)
+    return _div_pos(num, tl.math.rsqrt(den))
 
 
 @triton.jit
@@ -164,8 +186,11 @@ def _query_grad(x, g, M, N, ORDER: tl.constexpr):
     """For query ``x`` with upstream gradient ``g`` against the monomial-basis state ``M, N``: ``(dx, c, o)``
     with ``c = g / den`` and ``dx = c (N' - o Dn')`` (docs/math.md section 5, before the ``r`` factor)."""
     pm, pn, hm, hn = _horner2(M, N, x, ORDER)
-    o = tl.fdiv(pm, pn)
-    c = tl.fdiv(g, pn)
+    # One div.full.f32 (2 ulp) serves both: not _div_pos, whose 4 ulp dx = c (N' - o D') would magnify by its
+    # cancellation (at |y| ~ 11 the float32 reference's dq is already 1e-2 from float64)
+    inv = tl.fdiv(1.0, pn)
+    o = pm * inv
+    c = g * inv
     return 2.0 * c * (hm - o * hn), c, o
 
 
@@ -173,7 +198,6 @@ def _query_grad(x, g, M, N, ORDER: tl.constexpr):
 # before the fall see their sums scaled by at least exp(-DROP_MAX) = 1.1e-7, which costs nothing above
 # float32's normal range; beyond it the program rescans exactly (``ea_fwd_scan``).
 DROP_MAX = tl.constexpr(16.0)
-LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -511,7 +535,7 @@ def ea_bwd_rev_scan(q_ptr, k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, c_ptr, co_p
             mref = mi
             y = _row(Y, ridx, i)
             v = _row(V, ridx, i)
-            e = tl.exp(mi - y * y)
+            e = _exp(mi - y * y)
             pu, pw, hu, hw = _horner2(U, W, y, ORDER)
             DV = _put(DV, ridx, i, e * pu)
             # sum_n f_n'(y) U_n = 2 h_U, and d/dy exp(-y^2) brings -2y p_U
@@ -663,7 +687,7 @@ def ea_nc_bwd_dkdv(k_ptr, v_ptr, dk_ptr, dv_ptr, bounds_ptr, item_seq_ptr, u_ptr
         for i in tl.static_range(ROWS):
             y = _row(Y, ridx, i)
             v = _row(V, ridx, i)
-            e = tl.exp(m - y * y)
+            e = _exp(m - y * y)
             pu, pw, hu, hw = _horner2(U, W, y, ORDER)
             DV = _put(DV, ridx, i, e * pu)
             DY = _put(DY, ridx, i, 2.0 * e * (v * (hu - y * pu) - (hw - y * pw)))
