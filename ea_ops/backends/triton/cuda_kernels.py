@@ -23,7 +23,9 @@ This is the constant folding of the CPU's block-stabilised forward (issue 14 ite
 element before and after are in docs/triton_builds.md.
 
 Stabilisation: every ``exp`` argument is ``<= 0`` (``m`` is the running minimum of ``y^2``; suffix sums of
-the backward are referenced to the position's own ``m``), as in ``ea_ops.backends.torch``.
+the backward are referenced to the position's own ``m``), as in ``ea_ops.backends.torch``. The forward scans
+full blocks of ``ROWS`` rows against the block's minimum (one rescale a block) and rescans an item exactly
+when a block's minimum fell too far for that (``_fwd_rows_block``, ``DROP_MAX``); the backward rescales per row.
 
 Argument naming (the ahead-of-time compiler builds signatures from it): ``*_ptr`` of ``q k v o g dq dk
 dv`` are in the input dtype, ``bounds_ptr seq_chunks_ptr item_seq_ptr`` are int32, other pointers float32;
