@@ -225,7 +225,7 @@ def test_build_of_a_compiled_kernel_names_its_build():
 
 # FP instructions per (row, channel) in the main loop at order 6 (bf16, 4 warps, sm_90), docs/triton_builds.md:
 # the forward's block form measured 50.5 with outputs (the goal: at most 60; the per-row form was 71.75)
-# and 29.25 for a chunk's own sums (45.25); the backward 86 / 77 (89.75 / 83 with tl.exp's range handling and
+# and 28.5 for a chunk's own sums (45.25); the backward 86 / 77 (89.75 / 83 with tl.exp's range handling and
 # a div.full.f32 for each of o and c; 156 / 140 with the feature basis). The chunked backward's dx scan also
 # sums each chunk's reverse sums (112.5, in place of a 41-instruction pass). The bounds leave 5% for another
 # ptxas and fail on the old forms.

@@ -329,24 +329,25 @@ def ea_fwd_scan(q_ptr, k_ptr, v_ptr, o_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in
     for blk in range(head_end, full_end, ROWS):
         S, Z, m, worst = _fwd_rows_block(q_ptr, k_ptr, v_ptr, o_ptr, S, Z, m, worst, blk, c, cm, r, HD,
                                          ORDER, T1P, ROWS, WRITE_O)
-    if full_end < end:
-        S, Z, m = _fwd_rows_exact(q_ptr, k_ptr, v_ptr, o_ptr, S, Z, m, full_end, end, c, cm, r, HD,
-                                  ORDER, T1P, ROWS, WRITE_O)
+    # The partial last block, exactly; or, after a block whose minimum fell by more than DROP_MAX (its earlier
+    # rows' sums scaled by less than exp(-DROP_MAX), all of them 0 past a fall of about 87), the whole item
+    # again, exactly. The state the block form carries on is exact either way; only outputs need the rescan.
+    # One loop serves both: TritonGPUCoalesce's time grows with the square of the code, and a copy for each
+    # made the order-14 build take 7.5 s to compile (0.6 s before the block form).
+    lo = full_end
     if WRITE_O:
-        # A block whose minimum fell by more than DROP_MAX left its earlier rows' sums scaled by less than
-        # exp(-DROP_MAX) (all of them 0 past a fall of about 87): the program scans its item again, exactly.
-        # The state the block form carries on is exact either way; only outputs need this.
         if tl.max(worst, axis=0) > DROP_MAX:
-            if LOAD_STATE:
+            lo = start
+            if LOAD_STATE:  # (again, from an index not CSE'd with item: see STORE_STATE below)
                 S, Z, m = _load_state(s_in_ptr, z_in_ptr, m_in_ptr, tl.where(start <= end, item, 0), c, cm, HD, D,
                                       ORDER, T1, T1P, BLOCK_C)
             else:
                 S = tl.zeros([T1P, BLOCK_C], tl.float32)
                 Z = tl.zeros([T1P, BLOCK_C], tl.float32)
                 m = tl.full([BLOCK_C], float("inf"), tl.float32)
-            for blk in range(start, end, ROWS):
-                S, Z, m = _fwd_rows_exact(q_ptr, k_ptr, v_ptr, o_ptr, S, Z, m, blk, end, c, cm, r, HD,
-                                          ORDER, T1P, ROWS, WRITE_O)
+    for blk in range(lo, end, ROWS):
+        S, Z, m = _fwd_rows_exact(q_ptr, k_ptr, v_ptr, o_ptr, S, Z, m, blk, end, c, cm, r, HD,
+                                  ORDER, T1P, ROWS, WRITE_O)
     if STORE_STATE:
         # offsets and coefficients again, from an index the compiler cannot equate with ``item`` (kept from
         # the start, they held about 30 more registers through the row loops)
