@@ -415,4 +415,3 @@ def check_minimum_falls(backend: str, lengths, at: int, fall: float, *, order: i
         tol = LARGE_GRAD_TOL if name in ("dq", "dk") else LARGE_TOL
         assert errs[name] < tol, f"{backend}: {name} error {errs[name]:.3g} (fall {fall}, lengths {lengths})"
     return errs
-

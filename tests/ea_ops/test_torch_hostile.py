@@ -30,4 +30,3 @@ def test_large_keys_finite_and_as_float64(T, cu, causal, chunk):
 @pytest.mark.parametrize("fall", HX.FALLS)
 def test_the_minimum_falling_inside_a_block(fall):
     HX.check_minimum_falls("torch", (100, 131), 70, fall)
-

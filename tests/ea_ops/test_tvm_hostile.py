@@ -99,4 +99,3 @@ def test_the_minimum_falling_inside_a_block(lengths, at, fall):
     """H = 4 (the blocked schedule): row 70 is inside the second block of 64 steps; falls below and above what
     a block's single reference can carry."""
     HX.check_minimum_falls("tvm", lengths, at, fall, H=4)
-

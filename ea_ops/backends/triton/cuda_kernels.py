@@ -85,6 +85,7 @@ def _div_pos(a, r):
     from 0 and from float32's limits unless an input is."""
     return (a * r) * r
 
+
 @triton.jit
 def _rebase(m_to, m_from):
     """``exp(m_to - m_from)``, and 1 where both are equal (also ``inf == inf``, never ``exp(nan)``)."""
@@ -296,6 +297,13 @@ def _load_state(s_ptr, z_ptr, m_ptr, item, c, cm, HD, D,
     return S, Z, m
 
 
+@triton.jit
+def _empty_state(T1P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The state of no keys: ``S = Z = 0``, ``m = +inf``."""
+    return (tl.zeros([T1P, BLOCK_C], tl.float32), tl.zeros([T1P, BLOCK_C], tl.float32),
+            tl.full([BLOCK_C], float("inf"), tl.float32))
+
+
 # ------------------------------------------------------------------------------- causal forward scan
 @_kernel
 def ea_fwd_scan(q_ptr, k_ptr, v_ptr, o_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in_ptr,
@@ -314,9 +322,7 @@ def ea_fwd_scan(q_ptr, k_ptr, v_ptr, o_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in
     if LOAD_STATE:  # the state is scanned in the monomial basis, S / c_n
         S, Z, m = _load_state(s_in_ptr, z_in_ptr, m_in_ptr, item, c, cm, HD, D, ORDER, T1, T1P, BLOCK_C)
     else:
-        S = tl.zeros([T1P, BLOCK_C], tl.float32)
-        Z = tl.zeros([T1P, BLOCK_C], tl.float32)
-        m = tl.full([BLOCK_C], float("inf"), tl.float32)
+        S, Z, m = _empty_state(T1P, BLOCK_C)
     # The first ROWS rows and the last partial block take the exact per-row form (``_fwd_rows_exact``); the
     # full blocks between them the block form (``_fwd_rows_block``), which rescales the state once per block.
     # After the first block the running minimum is that of ROWS keys, so a later block can drop it by more
@@ -342,9 +348,7 @@ def ea_fwd_scan(q_ptr, k_ptr, v_ptr, o_ptr, bounds_ptr, s_in_ptr, z_in_ptr, m_in
                 S, Z, m = _load_state(s_in_ptr, z_in_ptr, m_in_ptr, tl.where(start <= end, item, 0), c, cm, HD, D,
                                       ORDER, T1, T1P, BLOCK_C)
             else:
-                S = tl.zeros([T1P, BLOCK_C], tl.float32)
-                Z = tl.zeros([T1P, BLOCK_C], tl.float32)
-                m = tl.full([BLOCK_C], float("inf"), tl.float32)
+                S, Z, m = _empty_state(T1P, BLOCK_C)
     for blk in range(lo, end, ROWS):
         S, Z, m = _fwd_rows_exact(q_ptr, k_ptr, v_ptr, o_ptr, S, Z, m, blk, end, c, cm, r, HD,
                                   ORDER, T1P, ROWS, WRITE_O)
@@ -391,9 +395,7 @@ def ea_chunk_prefix(seq_chunks_ptr, s_init_ptr, z_init_ptr, m_init_ptr, s_ptr, z
         Z = tl.load(z_init_ptr + soff, mask=smask, other=0.0)
         m = tl.load(m_init_ptr + moff, mask=cm, other=float("inf"))
     else:
-        S = tl.zeros([T1P, BLOCK_C], tl.float32)
-        Z = tl.zeros([T1P, BLOCK_C], tl.float32)
-        m = tl.full([BLOCK_C], float("inf"), tl.float32)
+        S, Z, m = _empty_state(T1P, BLOCK_C)
     for ch in range(first, last):
         coff, _ = _state_offsets(ch, c, HD, D, T1, T1P)
         cmoff = tl.cast(ch, tl.int64) * HD + c
@@ -435,13 +437,11 @@ def ea_bwd_dx_scan(q_ptr, k_ptr, v_ptr, g_ptr, dq_ptr, bounds_ptr, s_in_ptr, z_i
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < HD
     start, end = _item_rows(bounds_ptr, item)
-    coef = _basis(T1P, ORDER, BLOCK_C)  # the re-scan runs in the monomial basis, as ea_fwd_scan
+    # the re-scan runs in the monomial basis, as ea_fwd_scan
+    S, Z, m = _load_state(s_in_ptr, z_in_ptr, m_in_ptr, item, c, cm, HD, D, ORDER, T1, T1P, BLOCK_C)
     soff, nm = _state_offsets(item, c, HD, D, T1, T1P)
     smask = nm[:, None] & cm[None, :]
     moff = tl.cast(item, tl.int64) * HD + c
-    S = tl.load(s_in_ptr + soff, mask=smask, other=0.0) / coef
-    Z = tl.load(z_in_ptr + soff, mask=smask, other=0.0) / coef
-    m = tl.load(m_in_ptr + moff, mask=cm, other=float("inf"))
     if STORE_REV:
         # the reference: m after the first row (a chunk, the only item this runs on, has at least one row)
         y0 = tl.load(k_ptr + start * HD + c, mask=cm, other=0.0).to(tl.float32) * r

@@ -87,4 +87,3 @@ def test_the_minimum_falling_inside_a_block(cfg, lengths, at, fall):
     past it the program rescans exactly (without that, a fall of 300 leaves those rows 0 / 0: NaN)."""
     with configs.forced(C.CONFIGS[cfg]):
         HX.check_minimum_falls("triton", lengths, at, fall)
-

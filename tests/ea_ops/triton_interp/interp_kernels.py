@@ -113,7 +113,6 @@ def test_varlen_with_empty_and_short_sequences(cfg, causal):
         assert C.rel(a, b) < C.TOL[torch.float32], name
 
 
-
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_step_matches_reference_step(dtype):
     B, H, D, order = 3, 2, 5, 6
