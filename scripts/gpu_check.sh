@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # GPU check of the Triton backend (and of the TVM backend on CUDA), sized for a short GPU slot: at most 7 minutes
-# in all (the per-step limits, their kill-after grace and the set-up; checked below), in six steps:
+# in all (the per-step limits, their kill-after grace and the set-up; checked below), in seven steps:
 #   env    python3 with the preinstalled torch + triton (nothing is downloaded), ea-ops from this checkout
+#   warm   the JIT's builds the tests need, made in parallel (one process per core) into Triton's on-disk cache
+#          (python3 -m schedules.triton.warm: about 136 builds of 0.5-5 s each, which the tests would otherwise
+#          compile one after another)
 #   tests  the GPU-marked tests (pytest -m gpu) against the torch reference, but the TVM ones
 #   tvm    the TVM backend's GPU tests (tests/ea_ops/test_tvm_cuda_gpu.py: kernels built for this GPU, a pack run
 #          without the compiler, TVM against Triton); skipped by pytest where TVM is not installed
@@ -15,12 +18,13 @@
 #                                 rewritten as each step ends
 #   logs/{env,tests,timings,tune,bench}.log
 #   bench-gpu-goal.json           the bench document (rewritten after each workload)
-#   artifacts.tar.gz              records/ (tuned), tests.xml, tvm.log and tvm-tests.xml (the tvm step's, kept
-#                                 here to stay within 8 files), timings.json, tune.json, the bench's table and plot
+#   artifacts.tar.gz              records/ (tuned), tests.xml, warm.log, warm.json, tvm.log and tvm-tests.xml (the
+#                                 warm and tvm steps', kept here to stay within 8 files), timings.json, tune.json,
+#                                 the bench's table and plot
 # Exit status: 0 every step passed; 1 a correctness failure (the bench's gate, a GPU test); 2 no usable
 # environment; 3 a step timed out or failed otherwise.
-# --dry-run (no GPU needed): runs the steps that need none (env, the tests' collection, the timings' and the
-# bench's plans), logs the others as skipped, and writes the same files.
+# --dry-run (no GPU needed): runs the steps that need none (env, the list of builds to warm, the tests'
+# collection, the timings' and the bench's plans), logs the others as skipped, and writes the same files.
 # Usage: scripts/gpu_check.sh [--out DIR] [--dry-run]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,18 +45,19 @@ PY="${PYTHON:-python3}"
 
 # Limits in seconds. Steps + their kill-after grace + SLACK (the summaries and the tarball) <= TOTAL.
 T_ENV="${T_ENV:-25}"
-T_TESTS="${T_TESTS:-125}"    # mostly Triton's JIT compiles, one per configuration the tests cover
-T_TVM="${T_TVM:-55}"         # about 10 TVM CUDA builds (1-2 s each) and a small pack built and run in a child
+T_WARM="${T_WARM:-40}"       # ~136 builds, ~250 s on one core (2-core CPU, measured): ~20 s on 16
+T_TESTS="${T_TESTS:-100}"    # the builds warm made are loaded from disk; a build it missed is compiled here
+T_TVM="${T_TVM:-50}"         # about 10 TVM CUDA builds (1-2 s each) and a small pack built and run in a child
 T_TIMINGS="${T_TIMINGS:-30}" # the JIT builds are on disk by then (Triton's cache)
-T_TUNE="${T_TUNE:-45}"
-TUNE_BUDGET="${TUNE_BUDGET:-25}"
-T_BENCH="${T_BENCH:-90}"     # torch.compile comes last in the preset: a time-out there keeps the rest
+T_TUNE="${T_TUNE:-40}"
+TUNE_BUDGET="${TUNE_BUDGET:-22}"
+T_BENCH="${T_BENCH:-80}"     # torch.compile comes last in the preset: a time-out there keeps the rest
 KILL_AFTER=5
 SLACK=20
 TOTAL=420
-SUM=$(( T_ENV + T_TESTS + T_TVM + T_TIMINGS + T_TUNE + T_BENCH + 6 * KILL_AFTER + SLACK ))
+SUM=$(( T_ENV + T_WARM + T_TESTS + T_TVM + T_TIMINGS + T_TUNE + T_BENCH + 7 * KILL_AFTER + SLACK ))
 if [ "$SUM" -gt "$TOTAL" ]; then
-  echo "gpu_check.sh: the limits add up to ${SUM}s, over ${TOTAL}s (T_ENV, T_TESTS, T_TVM, T_TIMINGS, T_TUNE, T_BENCH)" >&2
+  echo "gpu_check.sh: the limits add up to ${SUM}s, over ${TOTAL}s (T_ENV, T_WARM, T_TESTS, T_TVM, T_TIMINGS, T_TUNE, T_BENCH)" >&2
   exit 2
 fi
 
@@ -62,8 +67,8 @@ LOGS="$OUT_DIR/logs"
 WORK="$(mktemp -d)"  # scratch: what is packed into artifacts.tar.gz, the step records
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/pack/records"
-printf '{"env": %d, "tests": %d, "tvm": %d, "timings": %d, "tune": %d, "tune_budget": %d, "bench": %d, "kill_after": %d, "total": %d}\n' \
-  "$T_ENV" "$T_TESTS" "$T_TVM" "$T_TIMINGS" "$T_TUNE" "$TUNE_BUDGET" "$T_BENCH" "$KILL_AFTER" "$TOTAL" > "$WORK/limits.json"
+printf '{"env": %d, "warm": %d, "tests": %d, "tvm": %d, "timings": %d, "tune": %d, "tune_budget": %d, "bench": %d, "kill_after": %d, "total": %d}\n' \
+  "$T_ENV" "$T_WARM" "$T_TESTS" "$T_TVM" "$T_TIMINGS" "$T_TUNE" "$TUNE_BUDGET" "$T_BENCH" "$KILL_AFTER" "$TOTAL" > "$WORK/limits.json"
 
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export EA_OPS_CACHE_DIR="$WORK/pack/records"     # the tuned records land here, and the bench reads them
@@ -141,6 +146,12 @@ if os.environ.get("DRY_RUN") != "1":
     if env["backends"].get("triton") is not None:
         sys.exit(f"the Triton backend cannot run here: {env['backends']['triton']}")
 EOF
+
+# ---- warm: the tests' JIT builds, in parallel, into Triton's cache (a dry run lists them); log and JSON into the
+# tarball. A failed build is compiled again by the test that needs it, so the tests step runs either way.
+WARM=("$PY" -m schedules.triton.warm --preset gpu-tests --jobs "$(nproc)" --no-progress --json "$WORK/pack/warm.json")
+[ "$DRY_RUN" = 1 ] && WARM+=(--dry-run)
+STEP_LOG="$WORK/pack/warm.log" step warm "$T_WARM" "${WARM[@]}"
 
 # ---- tests: the GPU-marked tests (a dry run collects them), but the tvm step's
 TVM_GPU_TESTS=tests/ea_ops/test_tvm_cuda_gpu.py

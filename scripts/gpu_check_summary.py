@@ -3,11 +3,10 @@
 
     python3 scripts/gpu_check_summary.py WORK OUT [--final]
 
-Reads what the steps left in the scratch folder ``WORK`` (``steps.jsonl``, ``env.json``, ``pack/timings.json``,
-``pack/tune.json``, ``pack/tests.xml``, ``pack/tvm-tests.xml``) and the bench document in ``OUT``; writes
-``OUT/summary.json``. With
-``--final`` it exits with the script's status (``exit_status``). Standard library only: it runs even where
-torch does not import.
+Reads what the steps left in the scratch folder ``WORK`` (``steps.jsonl``, ``env.json``, ``pack/warm.json``,
+``pack/timings.json``, ``pack/tune.json``, ``pack/tests.xml``, ``pack/tvm-tests.xml``) and the bench document in
+``OUT``; writes ``OUT/summary.json``. With ``--final`` it exits with the script's status (``exit_status``).
+Standard library only: it runs even where torch does not import.
 """
 
 from __future__ import annotations
@@ -97,6 +96,14 @@ def exit_status(summary: dict) -> int:
     return 0
 
 
+def _warm(work: Path) -> dict | None:
+    """The warm step's totals (``pack/warm.json``; its entries stay in the tarball), or None without one."""
+    doc = _load(work / "pack" / "warm.json")
+    if not isinstance(doc, dict):
+        return None
+    return {k: doc.get(k) for k in ("preset", "arch", "jobs", "dry_run", "builds", "failed", "seconds")}
+
+
 def summarize(work: Path, out: Path, *, final: bool) -> dict:
     summary = {
         "complete": final,
@@ -106,6 +113,7 @@ def summarize(work: Path, out: Path, *, final: bool) -> dict:
         "steps": _steps(work),
         "tests": _tests(work),
         "tvm_tests": _tests(work, "tvm-tests.xml"),
+        "warm": _warm(work),
         "timings": _load(work / "pack" / "timings.json"),
         "tune": _load(work / "pack" / "tune.json"),
         "bench": _bench(out),

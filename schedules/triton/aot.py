@@ -103,6 +103,27 @@ def signature_for(fn, dtype: str, constexprs: dict, *, divisible_ints: tuple[str
     return sig, attrs
 
 
+def launch_args(fn, build: Build, ints: dict[str, int] | None = None) -> tuple[list, dict]:
+    """``(args, kwargs)`` of a launch of ``fn`` for ``build``, as ``JITFunction.warmup`` takes them: a torch
+    dtype for each tensor (it stands for an aligned tensor), the int arguments from ``ints`` (default 1024;
+    ``do_not_specialize``, so any value gives the same build), the scale, then the constexprs and
+    ``num_warps`` as launch.py passes them."""
+    import torch
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "i32": torch.int32}
+    consts = {k: v for k, v in constexprs_for(build).items() if k in fn.arg_names}
+    sig = _arg_types(fn, build.dtype, consts)
+    args = []
+    for name in fn.arg_names:
+        if name in consts:
+            continue
+        if sig[name].startswith("*"):
+            args.append(dtypes[sig[name][1:]])
+        else:
+            args.append(0.125 if name == "r" else int((ints or {}).get(name, 1024)))
+    return args, {**consts, "num_warps": build.num_warps}
+
+
 def jit_specialization(fn, build: Build, ints: dict[str, int], *, misaligned: tuple[str, ...] = ()) -> dict:
     """What Triton's JIT computes when it launches ``fn`` for ``build`` with these int arguments, through its
     own binder (``create_function_from_signature``, ``_pack_args``; internal, Triton 3.3-3.9) on mock tensors,
@@ -125,23 +146,12 @@ def jit_specialization(fn, build: Build, ints: dict[str, int], *, misaligned: tu
         def data_ptr():
             return 2
 
-    torch_dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "i32": torch.int32}
-    consts = {k: v for k, v in constexprs_for(build).items() if k in fn.arg_names}
-    sig = _arg_types(fn, build.dtype, consts)
-    args = []
-    for name in fn.arg_names:
-        if name in consts:
-            continue
-        if sig[name].startswith("*"):
-            cls = _Misaligned if name in misaligned else MockTensor
-            args.append(cls(torch_dtypes[sig[name][1:]]))
-        elif name == "r":
-            args.append(0.125)
-        else:
-            args.append(int(ints[name]))
+    args, kwargs = launch_args(fn, build, ints)
+    names = [n for n in fn.arg_names if n not in kwargs]
+    args = [(_Misaligned if n in misaligned else MockTensor)(a) if isinstance(a, torch.dtype) else a
+            for n, a in zip(names, args)]
     backend = make_backend(GPUTarget("cuda", build.arch, 32))
     binder = create_function_from_signature(fn.signature, fn.params, backend)
-    kwargs = {**consts, "num_warps": build.num_warps}  # what launch.py passes
     bound, spec, opts = binder(*args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, opts)
     return {"signature": dict(signature), "constexprs": {fn.arg_names[k[0]]: v for k, v in constexprs.items()},

@@ -209,24 +209,31 @@ def _run_every_launch(dtype=torch.bfloat16, H=16, D=64):
 
 def test_the_kernels_the_jit_built_are_the_ahead_of_time_builds():
     """Registers, spills and shared memory read from the kernels the JIT actually built (its cache), against
-    the build made ahead of time for the same launch: same attributes, same registers, no spills, no shared
-    memory (docs/triton_builds.md)."""
+    the build made ahead of time for the same launch: same attributes, same registers and shared memory, no
+    spills (docs/triton_builds.md). Only the builds of ``_run_every_launch`` (order 6, bfloat16, 4 warps) are
+    compared: the cache also holds every earlier test's, and each comparison is a compile."""
     from ea_ops.backends.triton import cuda_kernels
     from schedules.triton import aot
 
     _run_every_launch()
-    seen, problems = set(), []
+    seen, problems, done = set(), [], set()
     for name, fn in cuda_kernels.KERNELS.items():
         for cache in fn.device_caches.values():
             for ck in cache[0].values():
                 ck._init_handles()
                 b = aot.build_of(ck)
                 assert b is not None and not b.divisible_ints, (name, b)
+                sig = list(ck.src.signature.values())
+                misaligned = any(t.startswith("*") and not ck.src.attrs.get((i,)) for i, t in enumerate(sig))
+                ours = b.order == 6 and b.num_warps == 4 and (b.dtype == "bfloat16" or b.kernel.startswith("chunk_"))
+                if not ours or misaligned or b.name in done:  # a misaligned view is another build, by design
+                    continue
+                done.add(b.name)
                 ahead = aot.compile_build(b)
                 use = aot.resource_usage(ahead.asm["cubin"])
                 got = {"registers": ck.n_regs, "spills": ck.n_spills, "shared": ck.metadata.shared}
                 attrs = [{k: v for k, v in x.src.attrs.items() if v} for x in (ck, ahead)]  # the JIT lists empty ones
-                if (got["registers"] != use["registers"] or got["spills"] or got["shared"]
+                if (got["registers"] != use["registers"] or got["spills"] or got["shared"] != use["shared"]
                         or attrs[0] != attrs[1]):
                     problems.append((b.name, got, use))
                 seen.add(b.kernel)

@@ -48,7 +48,8 @@ def test_dry_run_runs_what_needs_no_gpu_and_writes_the_layout(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["complete"] and summary["dry_run"] and summary["exit_status"] == 0
     steps = {s["step"]: s for s in summary["steps"]}
-    assert list(steps) == ["env", "tests", "tvm", "timings", "tune", "bench"]
+    assert list(steps) == ["env", "warm", "tests", "tvm", "timings", "tune", "bench"]
+    assert steps["warm"]["rc"] == 0 and summary["warm"]["dry_run"] and summary["warm"]["builds"] > 100
     assert steps["tune"]["rc"] is None and steps["tune"]["skipped"] == "needs a GPU"
     assert steps["env"]["rc"] == steps["tests"]["rc"] == steps["timings"]["rc"] == steps["bench"]["rc"] == 0
     assert steps["tvm"]["rc"] == 0 and summary["limits_s"]["tvm"] <= 60
@@ -67,7 +68,8 @@ def test_dry_run_runs_what_needs_no_gpu_and_writes_the_layout(tmp_path):
     with tarfile.open(tmp_path / "artifacts.tar.gz") as tar:
         names = tar.getnames()
         tvm_log = tar.extractfile("./tvm.log").read().decode()
-    assert {"./records", "./timings.json", "./bench-gpu-goal.txt", "./tvm.log"} <= set(names)
+    assert {"./records", "./timings.json", "./bench-gpu-goal.txt", "./tvm.log", "./warm.log",
+            "./warm.json"} <= set(names)
     if importlib.util.find_spec("tvm") is not None:  # the TVM GPU tests, collected in their own step
         assert "test_tvm_cuda_gpu.py::test_forward_backward_against_torch" in tvm_log
 
