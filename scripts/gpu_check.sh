@@ -3,7 +3,7 @@
 # in all (the per-step limits, their kill-after grace and the set-up; checked below), in seven steps:
 #   env    python3 with the preinstalled torch + triton (nothing is downloaded), ea-ops from this checkout
 #   warm   the JIT's builds the tests need, made in parallel (one process per core) into Triton's on-disk cache
-#          (python3 -m schedules.triton.warm: about 136 builds of 0.5-5 s each, which the tests would otherwise
+#          (python3 -m schedules.triton.warm: about 146 builds of 0.5-9 s each, which the tests would otherwise
 #          compile one after another)
 #   tests  the GPU-marked tests (pytest -m gpu) against the torch reference, but the TVM ones
 #   tvm    the TVM backend's GPU tests (tests/ea_ops/test_tvm_cuda_gpu.py: kernels built for this GPU, a pack run
@@ -45,7 +45,7 @@ PY="${PYTHON:-python3}"
 
 # Limits in seconds. Steps + their kill-after grace + SLACK (the summaries and the tarball) <= TOTAL.
 T_ENV="${T_ENV:-25}"
-T_WARM="${T_WARM:-40}"       # ~136 builds, ~250 s on one core (2-core CPU, measured): ~20 s on 16
+T_WARM="${T_WARM:-40}"       # 146 builds: 136 of them took 252 s of compiling (128 s in 2 processes, 2-core EPYC)
 T_TESTS="${T_TESTS:-100}"    # the builds warm made are loaded from disk; a build it missed is compiled here
 T_TVM="${T_TVM:-50}"         # about 10 TVM CUDA builds (1-2 s each) and a small pack built and run in a child
 T_TIMINGS="${T_TIMINGS:-30}" # the JIT builds are on disk by then (Triton's cache)
