@@ -211,6 +211,16 @@ def _bundled_tool(name: str) -> Path | None:
     return None
 
 
+def canonical(build: Build) -> Build:
+    """``build`` as ``build_of`` names it: a kernel without input-dtype tensors (the chunk passes) has one build
+    for every dtype, named float32."""
+    from ea_ops.backends.triton import cuda_kernels
+
+    fn = cuda_kernels.KERNELS[build.kernel]
+    takes_io = any(n in _IO_POINTERS for n in fn.arg_names)
+    return build if takes_io else dataclasses.replace(build, dtype="float32")
+
+
 def build_of(compiled) -> Build | None:
     """The ``Build`` a compiled kernel (the JIT's, from ``fn.device_caches``, or ``compile_build``'s) was made
     for, from its source's constants and signature; None for a kernel that is not one of ours. The chunk passes

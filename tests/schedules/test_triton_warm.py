@@ -24,7 +24,7 @@ def test_the_preset_lists_each_build_once_the_slowest_first():
     assert len(names) == len(set(names)) > 100
     jit = {t.build for t in tasks if t.how == "jit"}
     # every launch at order 6 in bfloat16 and 4 warps, and its ahead-of-time build (a test compiles it)
-    goal = {warm._normal(b) for b in aot.builds_for([6], ["bfloat16"], [4], [90])}
+    goal = {aot.canonical(b) for b in aot.builds_for([6], ["bfloat16"], [4], [90])}
     assert goal <= jit and goal <= {t.build for t in tasks if t.how == "aot"}
     # the chunk passes take no input-dtype tensor: one build for every dtype
     chunk = [b for b in jit if b.kernel.startswith("chunk_")]
