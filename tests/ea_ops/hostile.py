@@ -339,6 +339,25 @@ def large_inputs(T: int, seed: int, B: int = 1, H: int = 1, D: int = 4):
     return q, k, v, go
 
 
+def _check_large(backend: str, got: dict, want: dict, inputs, where: str) -> dict:
+    """``got`` (float32) against ``want`` (float64) by name: finite, ``dq, dk`` within ``LARGE_GRAD_TOL`` of
+    their terms' size (``2 max(|q|, |k|) max|go| max|v|``: they cancel), the rest within ``LARGE_TOL``
+    relative. Returns the errors by name."""
+    q, k, v, go = inputs
+    terms = (2 * torch.maximum(q.abs().max(), k.abs().max()) * go.abs().max() * v.abs().max()).item()
+    errs = {}
+    for name, w in want.items():
+        a = got[name]
+        assert torch.isfinite(a).all(), f"{backend}: {name} not finite ({where})"
+        if name in ("dq", "dk"):
+            errs[name] = (a.double() - w).abs().max().item() / terms
+            assert errs[name] < LARGE_GRAD_TOL, f"{backend}: {name} error {errs[name]:.3g} of its terms ({where})"
+        else:
+            errs[name] = rel_err(a, w)
+            assert errs[name] < LARGE_TOL, f"{backend}: {name} relative error {errs[name]:.3g} ({where})"
+    return errs
+
+
 def check_large_keys(backend: str, T: int, cu: list[int] | None, causal: bool, *, order: int = 4,
                      seed: int = 0, H: int = 1, device: str = "cpu") -> None:
     """Outputs, final state, gradients and one decoding step from that state: finite, and within the measured
@@ -349,16 +368,7 @@ def check_large_keys(backend: str, T: int, cu: list[int] | None, causal: bool, *
     kw = dict(order=order, causal=causal, cu=cu)
     got = results(backend, torch.float32, q, k, v, go, device=device, **kw)
     want = results("torch", torch.float64, q, k, v, go, **kw)
-    terms = (2 * torch.maximum(q.abs().max(), k.abs().max()) * go.abs().max() * v.abs().max()).item()
-    for name, w in want.items():
-        a = got[name]
-        assert torch.isfinite(a).all(), f"{backend}: {name} not finite (T={T}, cu={cu}, causal={causal})"
-        if name in ("dq", "dk"):
-            err = (a.double() - w).abs().max().item() / terms
-            assert err < LARGE_GRAD_TOL, f"{backend}: {name} error {err:.3g} of its terms (T={T}, cu={cu})"
-        else:
-            err = rel_err(a, w)
-            assert err < LARGE_TOL, f"{backend}: {name} relative error {err:.3g} (T={T}, cu={cu}, causal={causal})"
+    _check_large(backend, got, want, (q, k, v, go), f"T={T}, cu={cu}, causal={causal}")
     if causal and cu is None:  # decode one more large token from the final state
         qt, kt, vt, _ = (t[:, 0] for t in large_inputs(1, seed + 1, H=H))
         st32 = EAState(*(got[n].to(device) for n in ("S", "Z", "m")))
@@ -406,12 +416,4 @@ def check_minimum_falls(backend: str, lengths, at: int, fall: float, *, order: i
     kw = dict(order=order, causal=True, cu=cu)
     got = results(backend, torch.float32, q, k, v, go, device=device, **kw)
     want = results("torch", torch.float64, q, k, v, go, **kw)
-    terms = (2 * torch.maximum(q.abs().max(), k.abs().max()) * go.abs().max() * v.abs().max()).item()
-    errs = {}
-    for name, w in want.items():
-        a = got[name]
-        assert torch.isfinite(a).all(), f"{backend}: {name} not finite (fall {fall}, lengths {lengths})"
-        errs[name] = (a.double() - w).abs().max().item() / terms if name in ("dq", "dk") else rel_err(a, w)
-        tol = LARGE_GRAD_TOL if name in ("dq", "dk") else LARGE_TOL
-        assert errs[name] < tol, f"{backend}: {name} error {errs[name]:.3g} (fall {fall}, lengths {lengths})"
-    return errs
+    return _check_large(backend, got, want, (q, k, v, go), f"fall {fall}, lengths {lengths}")
